@@ -1,0 +1,4 @@
+//! Deterministic simulation harness for `receipt-store`.
+
+pub mod fs;
+pub mod runtime;

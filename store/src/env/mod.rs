@@ -1,0 +1,77 @@
+//! The three seams the store is written against: a filesystem, a clock and a task spawner.
+//!
+//! Production plugs in [`real::RealEnv`] (std::fs with real fsyncs, tokio time and spawn); the
+//! simulator plugs in deterministic implementations. Nothing in the store touches the OS except
+//! through these traits, which is what makes a seed replayable.
+
+pub mod real;
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed, sendable future; the spawner's currency.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// An open file. Dropping the value closes it (and a handle table, if any, forgets it).
+///
+/// Writes only ever append: the store never rewrites bytes in place, which keeps the crash model
+/// (a prefix of unsynced appends survives, possibly torn) simple and honest.
+pub trait FsFile: Send + Sync + 'static {
+    /// Appends `buf` at the end of the file.
+    fn append(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads exactly `len` bytes at `offset`; a read past the end is `UnexpectedEof`.
+    fn read_at(&self, offset: u64, len: usize) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+    /// The current length in bytes, including unsynced appends.
+    fn len(&self) -> impl Future<Output = io::Result<u64>> + Send;
+    /// Shrinks the file to `len` bytes (used to cut a torn WAL tail).
+    fn truncate(&mut self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes the file's data durable (fdatasync).
+    fn sync_data(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes the file's data and metadata durable (fsync).
+    fn sync_all(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A filesystem. Namespace changes (create, rename, remove) are durable only after
+/// [`Fs::sync_dir`] on the parent directory.
+pub trait Fs: Clone + Send + Sync + 'static {
+    type File: FsFile;
+    /// Creates or truncates `path`, opened for append and read.
+    fn create(&self, path: &Path) -> impl Future<Output = io::Result<Self::File>> + Send;
+    /// Creates `path`, failing with `AlreadyExists` if it exists.
+    fn create_new(&self, path: &Path) -> impl Future<Output = io::Result<Self::File>> + Send;
+    /// Opens an existing file for reading only.
+    fn open(&self, path: &Path) -> impl Future<Output = io::Result<Self::File>> + Send;
+    /// Opens an existing file for reading and appending.
+    fn open_append(&self, path: &Path) -> impl Future<Output = io::Result<Self::File>> + Send;
+    fn rename(&self, from: &Path, to: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    fn remove(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// File names (not paths) directly inside `dir`, sorted bytewise.
+    fn list(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+    fn create_dir_all(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Monotonic time since the environment started, and sleeping on it.
+pub trait Clock: Clone + Send + Sync + 'static {
+    fn now(&self) -> Duration;
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Spawns tasks. The store spawns exactly one: its coordinator.
+pub trait Spawner: Clone + Send + Sync + 'static {
+    fn spawn(&self, name: &'static str, future: BoxFuture<()>);
+}
+
+/// The bundle a store is opened with.
+pub trait Env: Clone + Send + Sync + 'static {
+    type Fs: Fs;
+    type Clock: Clock;
+    type Spawner: Spawner;
+    fn fs(&self) -> &Self::Fs;
+    fn clock(&self) -> &Self::Clock;
+    fn spawner(&self) -> &Self::Spawner;
+}
