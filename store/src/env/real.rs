@@ -47,11 +47,20 @@ impl FsFile for RealFile {
 impl Fs for RealFs {
     type File = RealFile;
     async fn create(&self, path: &Path) -> io::Result<RealFile> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         Ok(RealFile { file })
     }
     async fn create_new(&self, path: &Path) -> io::Result<RealFile> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(RealFile { file })
     }
     async fn open(&self, path: &Path) -> io::Result<RealFile> {
@@ -101,7 +110,9 @@ pub struct TokioClock {
 
 impl Default for TokioClock {
     fn default() -> Self {
-        TokioClock { start: Instant::now() }
+        TokioClock {
+            start: Instant::now(),
+        }
     }
 }
 

@@ -1,0 +1,292 @@
+//! The coordinator: one task owns every piece of mutable state and serves requests from a
+//! bounded channel. Request families live in their own modules: `write` (write, rotate, flush),
+//! `replay` (open and WAL replay), `prune`, and `close` (close and crash).
+
+mod close;
+mod prune;
+pub(crate) mod replay;
+mod write;
+
+pub(crate) use replay::open;
+
+use crate::env::{Clock, Env};
+use crate::error::{Error, Result};
+use crate::files::ClosedPair;
+use crate::parquet::writer::PairWriter;
+use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
+use crate::wal::Wal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Bound on queued requests; callers wait (asynchronously) when it is full.
+pub const REQUEST_QUEUE_CAPACITY: usize = 1024;
+
+/// Named failure points, in the order a write meets them.
+pub mod failpoints {
+    pub const AFTER_WAL_APPEND: &str = "after-wal-append";
+    pub const BEFORE_FLUSH: &str = "before-flush";
+    pub const AFTER_RECEIPT_ROW_GROUP: &str = "after-receipt-row-group";
+    pub const AFTER_FLUSH: &str = "after-flush";
+    pub const AFTER_CLOSE_WRITERS: &str = "after-close-writers";
+    pub const AFTER_WAL_CLEAR: &str = "after-wal-clear";
+    pub const MID_PRUNE: &str = "mid-prune";
+    pub const ALL: [&str; 7] = [
+        AFTER_WAL_APPEND,
+        BEFORE_FLUSH,
+        AFTER_RECEIPT_ROW_GROUP,
+        AFTER_FLUSH,
+        AFTER_CLOSE_WRITERS,
+        AFTER_WAL_CLEAR,
+        MID_PRUNE,
+    ];
+}
+
+/// Per-store fault hook: asked at every failpoint; `true` makes that step fail. It belongs to
+/// one store instance, so concurrent tests and simulator runs never see each other's faults
+/// (unlike the process-global `fail` registry, which is also consulted under the `failpoints`
+/// feature).
+pub trait FaultHook: Send + Sync + 'static {
+    fn should_fail(&self, point: &'static str) -> bool;
+}
+
+/// Rows of the open window that have been flushed (or are buffered), shared with readers.
+#[derive(Debug, Default, Clone)]
+pub struct Chunk {
+    pub receipts: Vec<ReceiptRecord>,
+    pub logs: Vec<LogRecord>,
+}
+
+/// What a read needs: closed pairs (kept alive by the `Arc`s, so prune defers their deletion) and
+/// the open window's rows.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    pub closed: Vec<Arc<ClosedPair>>,
+    pub open: Vec<Arc<Chunk>>,
+}
+
+/// Observable state, for tests, the simulator and the inspector.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub last_seen_block: Option<u64>,
+    pub latest_version: Option<u64>,
+    pub file_start_block: u64,
+    pub closed_pairs: Vec<u64>,
+    pub open_pair: Option<u64>,
+    pub wal_segments: usize,
+    pub poisoned: Option<String>,
+    pub max_blocks_per_file: u64,
+}
+
+pub(crate) enum Request {
+    Write {
+        height: u64,
+        receipts: Vec<ReceiptInput>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    SetMaxBlocksPerFile {
+        n: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    SetBlockFlushInterval {
+        n: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<Snapshot>>,
+    },
+    Status {
+        reply: oneshot::Sender<Result<Status>>,
+    },
+    Prune {
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Crash {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// How the store ended, shared with every handle so late callers get the same answer.
+#[derive(Clone, Debug)]
+pub(crate) enum Ending {
+    Closed(std::result::Result<(), String>),
+    Crashed,
+}
+
+pub(crate) type SharedEnding = Arc<Mutex<Option<Ending>>>;
+
+/// The open pair and the rows of its window.
+pub(crate) struct OpenPair<E: Env> {
+    pub writer: PairWriter<E::Fs>,
+    pub buf_receipts: Vec<ReceiptRecord>,
+    pub buf_logs: Vec<LogRecord>,
+    pub flushed: Vec<Arc<Chunk>>,
+    pub rows: u64,
+}
+
+pub(crate) struct State<E: Env> {
+    pub env: E,
+    pub dir: PathBuf,
+    pub config: Config,
+    pub wal: Option<Wal<E::Fs>>,
+    /// Closed pairs by start block.
+    pub catalogue: BTreeMap<u64, Arc<ClosedPair>>,
+    pub open: Option<OpenPair<E>>,
+    /// Start of the next pair to open (`fileStartBlock`).
+    pub file_start_block: u64,
+    pub last_seen: Option<u64>,
+    pub latest: Option<u64>,
+    pub blocks_since_flush: u64,
+    /// (block, logs already indexed in it): makes log indices block-wide across calls.
+    pub log_cursor: Option<(u64, u32)>,
+    /// Set by any failure after the WAL append: only a reopen (replay) restores a known state.
+    pub poisoned: Option<String>,
+    pub hook: Option<Arc<dyn FaultHook>>,
+    /// Pruned pairs whose files are still used by a live snapshot.
+    pub doomed: Vec<Arc<ClosedPair>>,
+    pub ending: SharedEnding,
+}
+
+impl<E: Env> State<E> {
+    pub(crate) fn failpoint(&self, point: &'static str) -> Result<()> {
+        if self.hook.as_ref().is_some_and(|h| h.should_fail(point)) {
+            return Err(Error::Failpoint(point.to_string()));
+        }
+        #[cfg(feature = "failpoints")]
+        {
+            fail::fail_point!(point, |_| Err(Error::Failpoint(point.to_string())));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn poison(&mut self, err: &Error) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(err.to_string());
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            last_seen_block: self.last_seen,
+            latest_version: self.latest,
+            file_start_block: self.file_start_block,
+            closed_pairs: self.catalogue.keys().copied().collect(),
+            open_pair: self.open.as_ref().map(|o| o.writer.start),
+            wal_segments: self.wal.as_ref().map(|w| w.segment_count()).unwrap_or(0),
+            poisoned: self.poisoned.clone(),
+            max_blocks_per_file: self.config.max_blocks_per_file,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut open = Vec::new();
+        if let Some(o) = &self.open {
+            open.extend(o.flushed.iter().cloned());
+            if !o.buf_receipts.is_empty() {
+                open.push(Arc::new(Chunk {
+                    receipts: o.buf_receipts.clone(),
+                    logs: o.buf_logs.clone(),
+                }));
+            }
+        }
+        Snapshot {
+            closed: self.catalogue.values().cloned().collect(),
+            open,
+        }
+    }
+
+    /// Serves requests until close, crash, or every handle is gone.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let prune_on = self.config.keep_recent > 0 && !self.config.prune_interval.is_zero();
+        let clock = self.env.clock().clone();
+        let mut tick = Box::pin(clock.sleep(self.config.prune_interval));
+        loop {
+            let req = if prune_on {
+                tokio::select! {
+                    biased;
+                    req = rx.recv() => req,
+                    _ = &mut tick => {
+                        tick = Box::pin(clock.sleep(self.config.prune_interval));
+                        let _ = self.prune().await;
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            let Some(req) = req else {
+                // Every handle dropped without close: leave the open pair unfinished; its rows
+                // are in the WAL and the next open replays them.
+                return;
+            };
+            match req {
+                Request::Write {
+                    height,
+                    receipts,
+                    reply,
+                } => {
+                    let r = self.write(height, receipts).await;
+                    let _ = reply.send(r);
+                }
+                Request::SetMaxBlocksPerFile { n, reply } => {
+                    let r = if n == 0 {
+                        Err(Error::ZeroMaxBlocksPerFile)
+                    } else {
+                        self.config.max_blocks_per_file = n;
+                        Ok(())
+                    };
+                    let _ = reply.send(r);
+                }
+                Request::SetBlockFlushInterval { n, reply } => {
+                    self.config.block_flush_interval = n;
+                    let _ = reply.send(Ok(()));
+                }
+                Request::Flush { reply } => {
+                    let r = match self.check_usable() {
+                        Ok(()) => self.flush_open().await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(r);
+                }
+                Request::Snapshot { reply } => {
+                    let _ = reply.send(Ok(self.snapshot()));
+                }
+                Request::Status { reply } => {
+                    let _ = reply.send(Ok(self.status()));
+                }
+                Request::Prune { reply } => {
+                    let r = self.prune().await;
+                    let _ = reply.send(r);
+                }
+                Request::Close { reply } => {
+                    let r = self.close().await;
+                    let ending = Ending::Closed(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    *self.ending.lock().unwrap() = Some(ending);
+                    let _ = reply.send(r);
+                    return;
+                }
+                Request::Crash { reply } => {
+                    self.crash();
+                    *self.ending.lock().unwrap() = Some(Ending::Crashed);
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Open: startup scan, seeding, and WAL replay (spec 2.5, 2.6, 4.6), with replay failure
+//! discarding everything replay produced (spec 4.8).
+
+use super::{FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
+use crate::env::{Env, Fs, FsFile, Spawner};
+use crate::error::{Error, Result};
+use crate::files::{group_listing, ClosedPair};
+use crate::parquet::reader::{FileKind, ParquetFile};
+use crate::types::{Config, ReplayedBlock};
+use crate::wal::{Wal, WalRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+pub(crate) async fn read_file<F: Fs>(fs: &F, path: &Path) -> Result<Vec<u8>> {
+    let f = fs.open(path).await.map_err(|e| Error::io(path, e))?;
+    let len = f.len().await.map_err(|e| Error::io(path, e))?;
+    f.read_at(0, len as usize)
+        .await
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Loads and verifies both files of a pair.
+pub(crate) async fn load_pair<F: Fs>(
+    fs: &F,
+    pair: &ClosedPair,
+) -> Result<(ParquetFile, ParquetFile)> {
+    let r = ParquetFile::open(
+        &pair.receipt_path,
+        FileKind::Receipts,
+        read_file(fs, &pair.receipt_path).await?,
+    )?;
+    let l = ParquetFile::open(
+        &pair.log_path,
+        FileKind::Logs,
+        read_file(fs, &pair.log_path).await?,
+    )?;
+    Ok((r, l))
+}
+
+async fn remove_synced<F: Fs>(fs: &F, dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        match fs.remove(p).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+    fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e))
+}
+
+/// Scans the directory: lone pair files are removed (a pair is only ever relied on once both of
+/// its files are durable), an unfinished trailing pair (no parseable footer) is removed (its rows
+/// are still in the WAL), and a finalized file whose checksum fails is an error naming it.
+async fn scan<F: Fs>(fs: &F, dir: &Path) -> Result<BTreeMap<u64, Arc<ClosedPair>>> {
+    let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
+    let listing = group_listing(&names);
+    if !listing.lone.is_empty() {
+        let paths: Vec<PathBuf> = listing.lone.iter().map(|n| dir.join(n)).collect();
+        remove_synced(fs, dir, &paths).await?;
+    }
+    let mut catalogue = BTreeMap::new();
+    let mut starts = listing.pairs;
+    let Some(last) = starts.pop() else {
+        return Ok(catalogue);
+    };
+    for s in starts {
+        catalogue.insert(s, Arc::new(ClosedPair::new(dir, s, None)));
+    }
+    let trailing = ClosedPair::new(dir, last, None);
+    match load_pair(fs, &trailing).await {
+        Ok((r, l)) => {
+            let max_block = r.max_block();
+            drop((r, l));
+            catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, max_block)));
+        }
+        Err(Error::CorruptFile { path, reason }) if reason.contains("checksum") => {
+            return Err(Error::CorruptFile { path, reason });
+        }
+        Err(Error::CorruptFile { .. }) => {
+            remove_synced(
+                fs,
+                dir,
+                &[trailing.receipt_path.clone(), trailing.log_path.clone()],
+            )
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(catalogue)
+}
+
+/// What `open` hands back besides the request channel.
+pub(crate) struct Opened {
+    pub tx: mpsc::Sender<Request>,
+    pub ending: SharedEnding,
+    pub replayed: Vec<ReplayedBlock>,
+}
+
+pub(crate) async fn open<E: Env>(
+    env: E,
+    dir: PathBuf,
+    config: Config,
+    hook: Option<Arc<dyn FaultHook>>,
+) -> Result<Opened> {
+    if config.max_blocks_per_file == 0 {
+        return Err(Error::ZeroMaxBlocksPerFile);
+    }
+    let fs = env.fs().clone();
+    fs.create_dir_all(&dir)
+        .await
+        .map_err(|e| Error::io(&dir, e))?;
+    let catalogue = scan(&fs, &dir).await?;
+    let (file_start_block, last_seen) = match catalogue.values().next_back() {
+        Some(t) => match t.max_block {
+            Some(m) => (m.saturating_add(1).max(t.start + 1), Some(m)),
+            None => (t.start + 1, None),
+        },
+        None => (0, None),
+    };
+    let (wal, records) = Wal::open(
+        fs.clone(),
+        &dir,
+        config.sync_policy,
+        config.wal_segment_bytes,
+    )
+    .await?;
+    let ending: SharedEnding = Arc::new(Mutex::new(None));
+    let mut state = State {
+        env: env.clone(),
+        dir,
+        config,
+        wal: Some(wal),
+        catalogue,
+        open: None,
+        file_start_block,
+        last_seen,
+        latest: last_seen,
+        blocks_since_flush: 0,
+        log_cursor: None,
+        poisoned: None,
+        hook,
+        doomed: Vec::new(),
+        ending: ending.clone(),
+    };
+    let before: Vec<u64> = state.catalogue.keys().copied().collect();
+    let replayed = match state.replay(records).await {
+        Ok(r) => r,
+        Err(e) => {
+            let cleanup = state.discard_replay(&before).await;
+            return Err(match cleanup {
+                Ok(()) => e,
+                Err(c) => Error::join(vec![e, c]).expect("two errors"),
+            });
+        }
+    };
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
+    env.spawner()
+        .spawn("receipt-store-coordinator", Box::pin(state.run(rx)));
+    Ok(Opened {
+        tx,
+        ending,
+        replayed,
+    })
+}
+
+impl<E: Env> State<E> {
+    /// Re-stages every WAL record at or above the file start into the open window, rotating on
+    /// boundaries without dropping WAL segments.
+    async fn replay(&mut self, records: Vec<WalRecord>) -> Result<Vec<ReplayedBlock>> {
+        let mut out: Vec<ReplayedBlock> = Vec::new();
+        for rec in records {
+            if rec.receipts.is_empty() || rec.height < self.file_start_block {
+                continue;
+            }
+            if self.last_seen.is_some_and(|l| rec.height < l) {
+                return Err(Error::Joined(format!(
+                    "wal record {} for block {} is below block {} replayed before it",
+                    rec.seq,
+                    rec.height,
+                    self.last_seen.unwrap_or(0)
+                )));
+            }
+            if self.open.is_some()
+                && self.last_seen != Some(rec.height)
+                && rec.height % self.config.max_blocks_per_file == 0
+            {
+                self.rotate(rec.height, None, false).await?;
+            }
+            for r in &rec.receipts {
+                self.apply(rec.height, r).await?;
+            }
+            self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
+            match out.last_mut() {
+                Some(b) if b.block_number == rec.height => {
+                    b.tx_hashes.extend(rec.receipts.iter().map(|r| r.tx_hash))
+                }
+                _ => out.push(ReplayedBlock {
+                    block_number: rec.height,
+                    tx_hashes: rec.receipts.iter().map(|r| r.tx_hash).collect(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Undoes a failed replay: the open pair and every pair replay closed are deleted (errors
+    /// reported, never swallowed); the WAL is untouched so the next open replays from scratch.
+    async fn discard_replay(&mut self, before: &[u64]) -> Result<()> {
+        let fs = self.env.fs().clone();
+        let mut paths = Vec::new();
+        if let Some(open) = self.open.take() {
+            paths.push(open.writer.receipt_path().to_path_buf());
+            paths.push(open.writer.log_path().to_path_buf());
+            drop(open);
+        }
+        let created: Vec<u64> = self
+            .catalogue
+            .keys()
+            .filter(|s| !before.contains(s))
+            .copied()
+            .collect();
+        for s in created {
+            let p = self.catalogue.remove(&s).expect("listed above");
+            paths.push(p.receipt_path.clone());
+            paths.push(p.log_path.clone());
+        }
+        self.wal = None;
+        remove_synced(&fs, &self.dir, &paths).await
+    }
+}

@@ -1,0 +1,300 @@
+//! Writes, rotation and flushing (spec 3.1-3.5), with the fixes listed in the module docs of
+//! `lib.rs`: no zero sentinel, sealed windows reject late writes, every failure after the WAL
+//! append poisons the store instead of leaving half-applied state behind.
+
+use super::{failpoints as fp, Chunk, OpenPair, State};
+use crate::env::{Env, Fs};
+use crate::error::{Error, Result};
+use crate::files::{log_file_name, receipt_file_name, ClosedPair};
+use crate::parquet::writer::PairWriter;
+use crate::types::{
+    LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
+    MAX_TOPICS_PER_LOG,
+};
+use std::sync::Arc;
+
+/// Rejects malformed input before anything is staged or logged.
+pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
+    for (i, r) in receipts.iter().enumerate() {
+        if r.receipt_bytes.len() > MAX_RECEIPT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "receipt {i} is {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
+                r.receipt_bytes.len()
+            )));
+        }
+        for (j, log) in r.logs.iter().enumerate() {
+            if log.topics.len() > MAX_TOPICS_PER_LOG {
+                return Err(Error::InvalidInput(format!(
+                    "receipt {i} log {j} has {} topics; at most {MAX_TOPICS_PER_LOG} allowed",
+                    log.topics.len()
+                )));
+            }
+            if log.data.len() > MAX_LOG_DATA_BYTES {
+                return Err(Error::InvalidInput(format!(
+                    "receipt {i} log {j} data is over {MAX_LOG_DATA_BYTES} bytes"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<E: Env> State<E> {
+    fn is_boundary(&self, height: u64) -> bool {
+        height % self.config.max_blocks_per_file == 0
+    }
+
+    /// The rotation condition: a writer is open, the height is new, and it is a boundary.
+    fn rotates_at(&self, height: u64) -> bool {
+        self.open.is_some() && self.last_seen != Some(height) && self.is_boundary(height)
+    }
+
+    /// `write_receipts(height, receipts)`.
+    pub(crate) async fn write(&mut self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
+        self.check_usable()?;
+        if let Some(last) = self.last_seen {
+            if height < last {
+                return Err(Error::NonMonotonic {
+                    height,
+                    last_seen: last,
+                });
+            }
+        }
+        if receipts.is_empty() {
+            return self.observe(height).await;
+        }
+        let floor = self
+            .open
+            .as_ref()
+            .map(|o| o.writer.start)
+            .unwrap_or(self.file_start_block);
+        if height < floor {
+            return Err(Error::Sealed {
+                height,
+                sealed: floor - 1,
+                last_seen: self.last_seen.unwrap_or(floor - 1),
+            });
+        }
+        validate(&receipts)?;
+        let rotate = self.rotates_at(height);
+        let r = self.write_logged(height, &receipts, rotate).await;
+        if let Err(e) = &r {
+            self.poison(e);
+        }
+        r
+    }
+
+    async fn write_logged(
+        &mut self,
+        height: u64,
+        receipts: &[ReceiptInput],
+        rotate: bool,
+    ) -> Result<()> {
+        let wal = self.wal.as_mut().expect("a usable store has a WAL");
+        if rotate {
+            // The boundary record starts a fresh segment, so dropping everything before it
+            // later is a whole-segment removal.
+            wal.roll().await?;
+        }
+        let seq = wal.append(height, receipts).await?;
+        self.failpoint(fp::AFTER_WAL_APPEND)?;
+        if rotate {
+            self.rotate(height, Some(seq), true).await?;
+        }
+        for r in receipts {
+            self.apply(height, r).await?;
+        }
+        self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
+        Ok(())
+    }
+
+    /// An empty block: moves the cursor forward and rotates on an empty boundary (spec 3.4).
+    async fn observe(&mut self, height: u64) -> Result<()> {
+        if self.last_seen.is_some_and(|l| height <= l) {
+            return Ok(());
+        }
+        if self.rotates_at(height) {
+            if let Err(e) = self.rotate(height, None, true).await {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        self.last_seen = Some(height);
+        Ok(())
+    }
+
+    /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
+    pub(crate) async fn apply(&mut self, block: u64, input: &ReceiptInput) -> Result<()> {
+        if self.open.is_none() {
+            let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
+            if aligned >= self.file_start_block {
+                self.file_start_block = aligned;
+            }
+            assert!(
+                self.file_start_block <= block,
+                "a pair never starts above its first block"
+            );
+            assert!(
+                !self.catalogue.contains_key(&self.file_start_block),
+                "never re-create a tracked closed pair"
+            );
+            self.open_pair(self.file_start_block).await?;
+        }
+        if self.last_seen != Some(block) {
+            if self.last_seen.is_some() {
+                self.blocks_since_flush += 1;
+            }
+            self.last_seen = Some(block);
+        }
+        let mut log_index = match self.log_cursor {
+            Some((b, n)) if b == block => n,
+            _ => 0,
+        };
+        let open = self.open.as_mut().expect("opened above");
+        open.buf_receipts.push(ReceiptRecord {
+            tx_hash: input.tx_hash,
+            block_number: block,
+            receipt_bytes: input.receipt_bytes.clone(),
+        });
+        for log in &input.logs {
+            open.buf_logs.push(LogRecord {
+                block_number: block,
+                tx_hash: input.tx_hash,
+                tx_index: input.tx_index,
+                log_index,
+                address: log.address,
+                topics: log.topics.clone(),
+                data: log.data.clone(),
+            });
+            log_index = log_index.saturating_add(1);
+        }
+        open.rows += 1;
+        self.log_cursor = Some((block, log_index));
+        let bfi = self.config.block_flush_interval;
+        if bfi > 0 && self.blocks_since_flush >= bfi {
+            self.flush_open().await?;
+            self.blocks_since_flush = 0;
+        }
+        Ok(())
+    }
+
+    async fn open_pair(&mut self, start: u64) -> Result<()> {
+        let writer = PairWriter::create(
+            self.env.fs(),
+            self.dir.join(receipt_file_name(start)),
+            self.dir.join(log_file_name(start)),
+            start,
+        )
+        .await?;
+        self.open = Some(OpenPair {
+            writer,
+            buf_receipts: Vec::new(),
+            buf_logs: Vec::new(),
+            flushed: Vec::new(),
+            rows: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes the buffered rows as one row group per file (spec 3.5). No fsync: the WAL covers
+    /// the open window. On failure the store is poisoned by the caller, so rows are never
+    /// written twice by a later flush.
+    pub(crate) async fn flush_open(&mut self) -> Result<()> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(());
+        };
+        if open.buf_receipts.is_empty() {
+            return Ok(());
+        }
+        self.failpoint(fp::BEFORE_FLUSH)?;
+        let open = self.open.as_mut().expect("checked above");
+        open.writer
+            .write_receipt_row_group(&open.buf_receipts)
+            .await?;
+        self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
+        let open = self.open.as_mut().expect("checked above");
+        open.writer.write_log_row_group(&open.buf_logs).await?;
+        self.failpoint(fp::AFTER_FLUSH)?;
+        let open = self.open.as_mut().expect("checked above");
+        let chunk = Chunk {
+            receipts: std::mem::take(&mut open.buf_receipts),
+            logs: std::mem::take(&mut open.buf_logs),
+        };
+        open.flushed.push(Arc::new(chunk));
+        Ok(())
+    }
+
+    /// Finalizes the open pair and makes it durable (data and directory entry), then tracks it.
+    /// On failure the half-finished files are removed so nothing untracked survives.
+    pub(crate) async fn finalize_open(&mut self) -> Result<Option<Arc<ClosedPair>>> {
+        self.flush_open().await?;
+        let Some(open) = self.open.take() else {
+            return Ok(None);
+        };
+        let start = open.writer.start;
+        let max_block = open
+            .flushed
+            .iter()
+            .flat_map(|c| c.receipts.last())
+            .map(|r| r.block_number)
+            .max();
+        let (rp, lp) = (
+            open.writer.receipt_path().to_path_buf(),
+            open.writer.log_path().to_path_buf(),
+        );
+        let finished = async {
+            open.writer.finish().await?;
+            self.env
+                .fs()
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| Error::io(&self.dir, e))
+        }
+        .await;
+        if let Err(e) = finished {
+            let mut errors = vec![e];
+            for p in [&rp, &lp] {
+                if let Err(e) = self.env.fs().remove(p).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        errors.push(Error::io(p, e));
+                    }
+                }
+            }
+            return Err(Error::join(errors).expect("at least one error"));
+        }
+        let pair = Arc::new(ClosedPair::new(&self.dir, start, max_block));
+        self.catalogue.insert(start, pair.clone());
+        Ok(Some(pair))
+    }
+
+    /// Rotation (spec 3.3): flush, finalize and track the old pair, open the new one, and (live
+    /// only) drop the WAL segments the closed pair now covers.
+    pub(crate) async fn rotate(
+        &mut self,
+        new_start: u64,
+        boundary_seq: Option<u64>,
+        live: bool,
+    ) -> Result<()> {
+        if self.open.is_none() {
+            return Ok(());
+        }
+        self.finalize_open().await?;
+        self.failpoint(fp::AFTER_CLOSE_WRITERS)?;
+        self.file_start_block = new_start;
+        self.blocks_since_flush = 0;
+        self.open_pair(new_start).await?;
+        if live {
+            let wal = self.wal.as_mut().expect("a usable store has a WAL");
+            let keep_from = match boundary_seq {
+                Some(seq) => seq,
+                None => {
+                    wal.roll().await?;
+                    wal.next_seq()
+                }
+            };
+            wal.drop_before(keep_from).await?;
+            self.failpoint(fp::AFTER_WAL_CLEAR)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Parquet layout: the upstream column names, types and order, row <-> Arrow conversion, the
+//! pair writer and file verification.
+
+pub mod reader;
+pub mod writer;
+
+use crate::types::{LogRecord, ReceiptRecord, Topic};
+use arrow_array::builder::{BinaryBuilder, BooleanBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{ArrayRef, BinaryArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use std::sync::{Arc, OnceLock};
+
+/// Key of the footer metadata entry holding the crc32c of every byte before the footer section.
+pub const BODY_CRC_KEY: &str = "receipt_store.body_crc32c";
+/// Key of the footer metadata entry holding the length of the checksummed body.
+pub const BODY_LEN_KEY: &str = "receipt_store.body_len";
+
+pub fn receipt_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("tx_hash", DataType::Binary, false),
+            Field::new("block_number", DataType::UInt64, false),
+            Field::new("receipt_bytes", DataType::Binary, false),
+        ]))
+    })
+    .clone()
+}
+
+pub fn log_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("block_number", DataType::UInt64, false),
+            Field::new("tx_hash", DataType::Binary, false),
+            Field::new("tx_index", DataType::UInt32, false),
+            Field::new("log_index", DataType::UInt32, false),
+            Field::new("address", DataType::Binary, false),
+            Field::new("block_hash", DataType::Binary, false),
+            Field::new("removed", DataType::Boolean, false),
+            Field::new("topic0", DataType::Binary, false),
+            Field::new("topic1", DataType::Binary, false),
+            Field::new("topic2", DataType::Binary, false),
+            Field::new("topic3", DataType::Binary, false),
+            Field::new("data", DataType::Binary, false),
+        ]))
+    })
+    .clone()
+}
+
+pub fn receipts_to_batch(rows: &[ReceiptRecord]) -> RecordBatch {
+    let mut hash = BinaryBuilder::new();
+    let mut block = UInt64Builder::with_capacity(rows.len());
+    let mut bytes = BinaryBuilder::new();
+    for r in rows {
+        hash.append_value(r.tx_hash);
+        block.append_value(r.block_number);
+        bytes.append_value(&r.receipt_bytes);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(hash.finish()),
+        Arc::new(block.finish()),
+        Arc::new(bytes.finish()),
+    ];
+    RecordBatch::try_new(receipt_schema(), cols).expect("receipt columns match the schema")
+}
+
+pub fn logs_to_batch(rows: &[LogRecord]) -> RecordBatch {
+    let zero_hash = [0u8; 32];
+    let mut block = UInt64Builder::with_capacity(rows.len());
+    let mut hash = BinaryBuilder::new();
+    let mut tx_index = UInt32Builder::with_capacity(rows.len());
+    let mut log_index = UInt32Builder::with_capacity(rows.len());
+    let mut address = BinaryBuilder::new();
+    let mut block_hash = BinaryBuilder::new();
+    let mut removed = BooleanBuilder::with_capacity(rows.len());
+    let mut topics: [BinaryBuilder; 4] = std::array::from_fn(|_| BinaryBuilder::new());
+    let mut data = BinaryBuilder::new();
+    for r in rows {
+        block.append_value(r.block_number);
+        hash.append_value(r.tx_hash);
+        tx_index.append_value(r.tx_index);
+        log_index.append_value(r.log_index);
+        address.append_value(r.address);
+        block_hash.append_value(zero_hash);
+        removed.append_value(false);
+        for (i, t) in topics.iter_mut().enumerate() {
+            match r.topics.get(i) {
+                Some(topic) => t.append_value(topic),
+                None => t.append_value(b""),
+            }
+        }
+        data.append_value(&r.data);
+    }
+    let [t0, t1, t2, t3] = topics.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(block.finish()),
+        Arc::new(hash.finish()),
+        Arc::new(tx_index.finish()),
+        Arc::new(log_index.finish()),
+        Arc::new(address.finish()),
+        Arc::new(block_hash.finish()),
+        Arc::new(removed.finish()),
+        t0,
+        t1,
+        t2,
+        t3,
+        Arc::new(data.finish()),
+    ];
+    RecordBatch::try_new(log_schema(), cols).expect("log columns match the schema")
+}
+
+fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("missing column {name}"))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("column {name} has an unexpected type"))
+}
+
+fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], String> {
+    v.try_into()
+        .map_err(|_| format!("{what} has {} bytes, expected {N}", v.len()))
+}
+
+pub fn batch_to_receipts(batch: &RecordBatch) -> Result<Vec<ReceiptRecord>, String> {
+    let hash = col::<BinaryArray>(batch, "tx_hash")?;
+    let block = col::<UInt64Array>(batch, "block_number")?;
+    let bytes = col::<BinaryArray>(batch, "receipt_bytes")?;
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(ReceiptRecord {
+                tx_hash: fixed(hash.value(i), "tx_hash")?,
+                block_number: block.value(i),
+                receipt_bytes: bytes.value(i).to_vec(),
+            })
+        })
+        .collect()
+}
+
+pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {
+    let block = col::<UInt64Array>(batch, "block_number")?;
+    let hash = col::<BinaryArray>(batch, "tx_hash")?;
+    let tx_index = col::<UInt32Array>(batch, "tx_index")?;
+    let log_index = col::<UInt32Array>(batch, "log_index")?;
+    let address = col::<BinaryArray>(batch, "address")?;
+    let topics = [
+        col::<BinaryArray>(batch, "topic0")?,
+        col::<BinaryArray>(batch, "topic1")?,
+        col::<BinaryArray>(batch, "topic2")?,
+        col::<BinaryArray>(batch, "topic3")?,
+    ];
+    let data = col::<BinaryArray>(batch, "data")?;
+    (0..batch.num_rows())
+        .map(|i| {
+            let mut ts: Vec<Topic> = Vec::new();
+            for t in topics {
+                let v = t.value(i);
+                if v.is_empty() {
+                    break;
+                }
+                ts.push(fixed(v, "topic")?);
+            }
+            Ok(LogRecord {
+                block_number: block.value(i),
+                tx_hash: fixed(hash.value(i), "tx_hash")?,
+                tx_index: tx_index.value(i),
+                log_index: log_index.value(i),
+                address: fixed(address.value(i), "address")?,
+                topics: ts,
+                data: data.value(i).to_vec(),
+            })
+        })
+        .collect()
+}

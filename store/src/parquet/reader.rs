@@ -1,0 +1,267 @@
+//! Reading closed parquet files: verification of the body checksum, and row extraction with
+//! row-group skipping by statistics and bloom filters.
+
+use super::{
+    batch_to_logs, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
+};
+use crate::error::Error;
+use crate::types::{LogRecord, ReceiptRecord, TxHash};
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::bloom_filter::Sbbf;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Receipts,
+    Logs,
+}
+
+impl FileKind {
+    fn schema(self) -> SchemaRef {
+        match self {
+            FileKind::Receipts => receipt_schema(),
+            FileKind::Logs => log_schema(),
+        }
+    }
+}
+
+/// Per row group facts kept in memory: the block range and the bloom filters we index on.
+#[derive(Clone, Debug)]
+pub struct RowGroupIndex {
+    pub rows: u64,
+    pub min_block: Option<u64>,
+    pub max_block: Option<u64>,
+    /// Bloom filters by column name (tx_hash; for logs also address and topic0).
+    pub blooms: Vec<(String, Sbbf)>,
+}
+
+impl RowGroupIndex {
+    /// False only when the bloom filter on `column` proves `value` absent.
+    pub fn may_contain(&self, column: &str, value: &[u8]) -> bool {
+        self.blooms
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, f)| f.check(value))
+            .unwrap_or(true)
+    }
+    pub fn overlaps(&self, from: u64, to: u64) -> bool {
+        match (self.min_block, self.max_block) {
+            (Some(lo), Some(hi)) => lo <= to && hi >= from,
+            _ => self.rows > 0,
+        }
+    }
+}
+
+/// A closed, verified parquet file held in memory.
+#[derive(Clone)]
+pub struct ParquetFile {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    bytes: Bytes,
+    pub metadata: Arc<ParquetMetaData>,
+    pub row_groups: Vec<RowGroupIndex>,
+    /// Whether the body checksum was present and matched (false for foreign files without one).
+    pub checksummed: bool,
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn u64_stat(s: Option<&Statistics>) -> (Option<u64>, Option<u64>) {
+    match s {
+        Some(Statistics::Int64(v)) => (
+            v.min_opt().map(|x| *x as u64),
+            v.max_opt().map(|x| *x as u64),
+        ),
+        _ => (None, None),
+    }
+}
+
+impl ParquetFile {
+    /// Parses and verifies a whole file. A file that does not parse, whose schema is not ours, or
+    /// whose body checksum does not match is `CorruptFile` naming the path.
+    pub fn open(path: &Path, kind: FileKind, bytes: Vec<u8>) -> Result<ParquetFile, Error> {
+        let bytes = Bytes::from(bytes);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .map_err(|e| corrupt(path, e.to_string()))?;
+        let metadata = builder.metadata().clone();
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let want: Vec<String> = kind
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        if names != want {
+            return Err(corrupt(path, format!("unexpected columns {names:?}")));
+        }
+        let kv = metadata.file_metadata().key_value_metadata();
+        let find = |k: &str| {
+            kv.and_then(|kv| kv.iter().find(|e| e.key == k))
+                .and_then(|e| e.value.clone())
+        };
+        let checksummed = match (find(BODY_CRC_KEY), find(BODY_LEN_KEY)) {
+            (Some(crc), Some(len)) => {
+                let crc = u32::from_str_radix(&crc, 16)
+                    .map_err(|_| corrupt(path, "unreadable body checksum"))?;
+                let len: usize = len
+                    .parse()
+                    .map_err(|_| corrupt(path, "unreadable body length"))?;
+                if len > bytes.len() {
+                    return Err(corrupt(
+                        path,
+                        format!("body length {len} exceeds file size {}", bytes.len()),
+                    ));
+                }
+                let got = crc32c::crc32c(&bytes[..len]);
+                if got != crc {
+                    return Err(corrupt(
+                        path,
+                        format!("body checksum mismatch: stored {crc:08x}, computed {got:08x}"),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
+        let schema = builder.parquet_schema();
+        let col_index =
+            |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).name() == name);
+        let block_col = col_index("block_number").expect("schema checked above");
+        let bloom_cols: &[&str] = match kind {
+            FileKind::Receipts => &["tx_hash"],
+            FileKind::Logs => &["tx_hash", "address", "topic0"],
+        };
+        let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
+        for rg in 0..metadata.num_row_groups() {
+            let meta = metadata.row_group(rg);
+            let (min_block, max_block) = u64_stat(meta.column(block_col).statistics());
+            let mut blooms = Vec::new();
+            for c in bloom_cols {
+                let idx = col_index(c).expect("schema checked above");
+                if let Some(f) = builder
+                    .get_row_group_column_bloom_filter(rg, idx)
+                    .map_err(|e| corrupt(path, e.to_string()))?
+                {
+                    blooms.push((c.to_string(), f));
+                }
+            }
+            row_groups.push(RowGroupIndex {
+                rows: meta.num_rows() as u64,
+                min_block,
+                max_block,
+                blooms,
+            });
+        }
+        Ok(ParquetFile {
+            path: path.to_path_buf(),
+            kind,
+            bytes,
+            metadata,
+            row_groups,
+            checksummed,
+        })
+    }
+
+    pub fn num_rows(&self) -> u64 {
+        self.row_groups.iter().map(|r| r.rows).sum()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Highest block number in the file, from row-group statistics.
+    pub fn max_block(&self) -> Option<u64> {
+        self.row_groups.iter().filter_map(|r| r.max_block).max()
+    }
+
+    pub fn min_block(&self) -> Option<u64> {
+        self.row_groups.iter().filter_map(|r| r.min_block).min()
+    }
+
+    fn read_groups(&self, groups: Vec<usize>) -> Result<Vec<arrow_array::RecordBatch>, Error> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |e: String| corrupt(&self.path, e);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())
+            .map_err(|e| err(e.to_string()))?;
+        let reader = builder
+            .with_row_groups(groups)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        reader.map(|b| b.map_err(|e| err(e.to_string()))).collect()
+    }
+
+    /// Row groups that may hold rows matching the block range and (optional) column values.
+    pub fn candidate_groups(
+        &self,
+        from: u64,
+        to: u64,
+        must_match: &[(&str, &[&[u8]])],
+    ) -> Vec<usize> {
+        (0..self.row_groups.len())
+            .filter(|&i| {
+                let rg = &self.row_groups[i];
+                rg.overlaps(from, to)
+                    && must_match.iter().all(|(col, values)| {
+                        values.is_empty() || values.iter().any(|v| rg.may_contain(col, v))
+                    })
+            })
+            .collect()
+    }
+
+    /// Receipts in the file, optionally only those with `hash`, in file order.
+    pub fn receipts(
+        &self,
+        hash: Option<&TxHash>,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ReceiptRecord>, Error> {
+        assert_eq!(self.kind, FileKind::Receipts);
+        let hashes: Vec<&[u8]> = hash.map(|h| vec![&h[..]]).unwrap_or_default();
+        let groups = self.candidate_groups(from, to, &[("tx_hash", &hashes)]);
+        let mut out = Vec::new();
+        for batch in self.read_groups(groups)? {
+            let rows = batch_to_receipts(&batch).map_err(|e| corrupt(&self.path, e))?;
+            out.extend(rows.into_iter().filter(|r| {
+                hash.is_none_or(|h| &r.tx_hash == h)
+                    && r.block_number >= from
+                    && r.block_number <= to
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Logs in row groups that may match; the caller applies the exact filter.
+    pub fn logs(
+        &self,
+        from: u64,
+        to: u64,
+        must_match: &[(&str, &[&[u8]])],
+    ) -> Result<Vec<LogRecord>, Error> {
+        assert_eq!(self.kind, FileKind::Logs);
+        let groups = self.candidate_groups(from, to, must_match);
+        let mut out = Vec::new();
+        for batch in self.read_groups(groups)? {
+            out.extend(batch_to_logs(&batch).map_err(|e| corrupt(&self.path, e))?);
+        }
+        Ok(out)
+    }
+}

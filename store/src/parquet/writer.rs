@@ -1,0 +1,198 @@
+//! The pair writer: one receipts file and one logs file for the open window.
+//!
+//! parquet-rs encodes synchronously into memory; after each row group the encoded bytes are
+//! drained and appended to the real file through the `Fs` seam, so the simulator sees (and can
+//! tear) every write. A running crc32c of the bytes becomes footer metadata at finish, because
+//! parquet-rs writes no page checksums.
+
+use super::{
+    log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BODY_CRC_KEY, BODY_LEN_KEY,
+};
+use crate::env::{Fs, FsFile};
+use crate::error::Error;
+use crate::types::{LogRecord, ReceiptRecord};
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use std::path::{Path, PathBuf};
+
+/// Bloom filters are sized for this many distinct values per row group and folded down to fit
+/// the real count when the row group closes.
+pub const BLOOM_MAX_NDV: u64 = 16_384;
+pub const BLOOM_FPP: f64 = 0.01;
+
+fn properties(bloom_columns: &[&str]) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(None)
+        .set_dictionary_enabled(false)
+        .set_created_by("receipt-store".to_string());
+    for c in bloom_columns {
+        let path = ColumnPath::from(*c);
+        b = b
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(path, BLOOM_MAX_NDV);
+    }
+    b.build()
+}
+
+/// One parquet file being written through the `Fs`.
+struct FileWriter<F: Fs> {
+    path: PathBuf,
+    encoder: ArrowWriter<Vec<u8>>,
+    file: F::File,
+    crc: u32,
+    written: u64,
+}
+
+impl<F: Fs> FileWriter<F> {
+    fn new(path: PathBuf, file: F::File, schema: SchemaRef, bloom: &[&str]) -> Result<Self, Error> {
+        let encoder =
+            ArrowWriter::try_new(Vec::new(), schema, Some(properties(bloom))).map_err(|e| {
+                Error::Parquet {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(FileWriter {
+            path,
+            encoder,
+            file,
+            crc: 0,
+            written: 0,
+        })
+    }
+
+    async fn drain(&mut self) -> Result<(), Error> {
+        let bytes = std::mem::take(self.encoder.inner_mut());
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &bytes);
+        self.written += bytes.len() as u64;
+        self.file
+            .append(&bytes)
+            .await
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    async fn write_row_group(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), Error> {
+        let perr = |e: parquet::errors::ParquetError| Error::Parquet {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        self.encoder.write(batch).map_err(perr)?;
+        self.encoder.flush().map_err(perr)?;
+        self.drain().await
+    }
+
+    /// Writes the footer (with the body checksum) and fsyncs the file.
+    async fn finish(mut self) -> Result<(), Error> {
+        // The body is everything written so far: magic, row groups and their bloom filters.
+        self.drain().await?;
+        let (crc, len) = (self.crc, self.written);
+        self.encoder.append_key_value_metadata(KeyValue::new(
+            BODY_CRC_KEY.to_string(),
+            format!("{crc:08x}"),
+        ));
+        self.encoder
+            .append_key_value_metadata(KeyValue::new(BODY_LEN_KEY.to_string(), len.to_string()));
+        self.encoder.finish().map_err(|e| Error::Parquet {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.drain().await?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The writer of the open pair `receipts_<start>.parquet` / `logs_<start>.parquet`.
+pub struct PairWriter<F: Fs> {
+    pub start: u64,
+    receipts: FileWriter<F>,
+    logs: FileWriter<F>,
+    row_groups: usize,
+}
+
+impl<F: Fs> PairWriter<F> {
+    /// Creates (truncating) both files. If the logs file cannot be created the receipts handle is
+    /// dropped (closed) before returning the error.
+    pub async fn create(
+        fs: &F,
+        receipt_path: PathBuf,
+        log_path: PathBuf,
+        start: u64,
+    ) -> Result<Self, Error> {
+        let rf = fs
+            .create(&receipt_path)
+            .await
+            .map_err(|e| Error::io(&receipt_path, e))?;
+        let lf = fs
+            .create(&log_path)
+            .await
+            .map_err(|e| Error::io(&log_path, e))?;
+        let receipts = FileWriter::new(receipt_path, rf, receipt_schema(), &["tx_hash"])?;
+        let logs = FileWriter::new(
+            log_path,
+            lf,
+            log_schema(),
+            &["tx_hash", "address", "topic0"],
+        )?;
+        Ok(PairWriter {
+            start,
+            receipts,
+            logs,
+            row_groups: 0,
+        })
+    }
+
+    pub fn receipt_path(&self) -> &Path {
+        &self.receipts.path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.logs.path
+    }
+
+    pub fn row_groups(&self) -> usize {
+        self.row_groups
+    }
+
+    /// Writes one row group to the receipts file (and one to the logs file when there are logs).
+    /// `between` runs after the receipt row group: the store's failpoint hook.
+    pub async fn write_receipt_row_group(
+        &mut self,
+        receipts: &[ReceiptRecord],
+    ) -> Result<(), Error> {
+        assert!(
+            !receipts.is_empty(),
+            "a flush with no receipts writes nothing"
+        );
+        self.receipts
+            .write_row_group(&receipts_to_batch(receipts))
+            .await?;
+        self.row_groups += 1;
+        Ok(())
+    }
+
+    pub async fn write_log_row_group(&mut self, logs: &[LogRecord]) -> Result<(), Error> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        self.logs.write_row_group(&logs_to_batch(logs)).await
+    }
+
+    /// Finalizes both files: footers, then fsync, receipts first. Does not sync the directory.
+    pub async fn finish(self) -> Result<(), Error> {
+        self.receipts.finish().await?;
+        self.logs.finish().await
+    }
+}

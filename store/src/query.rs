@@ -1,0 +1,258 @@
+//! Read queries over a snapshot: receipts by hash and eth_getLogs filters. Reads run on the
+//! caller's task, never on the coordinator, so a slow query does not hold up block commits.
+
+use crate::coordinator::{replay::load_pair, Snapshot};
+use crate::env::Fs;
+use crate::error::{Error, Result};
+use crate::files::{ClosedPair, PairIndex};
+use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// eth_getLogs positions: at most four topic positions.
+pub const MAX_TOPIC_POSITIONS: usize = 4;
+/// Default number of closed pairs whose index (row-group ranges and bloom filters) is cached.
+pub const DEFAULT_INDEX_CACHE_PAIRS: usize = 16;
+
+/// An eth_getLogs filter. Empty address set or empty topic position means "any".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFilter {
+    pub from_block: Option<u64>,
+    pub to_block: Option<u64>,
+    pub addresses: Vec<Address>,
+    pub topics: Vec<Vec<Topic>>,
+    pub limit: Option<usize>,
+}
+
+impl LogFilter {
+    pub fn validate(&self) -> Result<()> {
+        if let (Some(f), Some(t)) = (self.from_block, self.to_block) {
+            if f > t {
+                return Err(Error::InvalidInput(format!(
+                    "from block {f} is after to block {t}"
+                )));
+            }
+        }
+        if self.topics.len() > MAX_TOPIC_POSITIONS {
+            return Err(Error::InvalidInput(format!(
+                "filter has {} topic positions; at most {MAX_TOPIC_POSITIONS} allowed",
+                self.topics.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn range(&self) -> (u64, u64) {
+        (
+            self.from_block.unwrap_or(0),
+            self.to_block.unwrap_or(u64::MAX),
+        )
+    }
+
+    /// The exact eth_getLogs predicate.
+    pub fn matches(&self, log: &LogRecord) -> bool {
+        let (from, to) = self.range();
+        if log.block_number < from || log.block_number > to {
+            return false;
+        }
+        if !self.addresses.is_empty() && !self.addresses.contains(&log.address) {
+            return false;
+        }
+        self.topics
+            .iter()
+            .enumerate()
+            .all(|(i, set)| set.is_empty() || log.topics.get(i).is_some_and(|t| set.contains(t)))
+    }
+}
+
+/// A bounded LRU of pair indexes. Building an index reads and verifies both files once.
+pub struct IndexCache {
+    capacity: usize,
+    tick: u64,
+    entries: BTreeMap<u64, (u64, Arc<PairIndex>)>,
+}
+
+impl IndexCache {
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity > 0);
+        IndexCache {
+            capacity,
+            tick: 0,
+            entries: BTreeMap::new(),
+        }
+    }
+    fn get(&mut self, start: u64) -> Option<Arc<PairIndex>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(&start).map(|e| {
+            e.0 = tick;
+            e.1.clone()
+        })
+    }
+    fn put(&mut self, start: u64, index: Arc<PairIndex>) {
+        self.tick += 1;
+        self.entries.insert(start, (self.tick, index));
+        while self.entries.len() > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(s, _)| *s)
+                .expect("non-empty");
+            self.entries.remove(&oldest);
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+pub(crate) struct Reader<'a, F: Fs> {
+    pub fs: &'a F,
+    pub cache: &'a Mutex<IndexCache>,
+}
+
+impl<F: Fs> Reader<'_, F> {
+    async fn index(&self, pair: &ClosedPair) -> Result<Arc<PairIndex>> {
+        if let Some(i) = self.cache.lock().unwrap().get(pair.start) {
+            return Ok(i);
+        }
+        let (r, l) = load_pair(self.fs, pair).await?;
+        let index = Arc::new(PairIndex::of(&r, &l));
+        self.cache.lock().unwrap().put(pair.start, index.clone());
+        Ok(index)
+    }
+
+    /// Receipts with `hash` (all, or only in `block`), earliest block first.
+    pub async fn receipts_by_hash(
+        &self,
+        snap: &Snapshot,
+        hash: &TxHash,
+        block: Option<u64>,
+        first_only: bool,
+    ) -> Result<Vec<ReceiptRecord>> {
+        let (from, to) = block.map_or((0, u64::MAX), |b| (b, b));
+        let mut out = Vec::new();
+        for pair in &snap.closed {
+            if pair.start > to {
+                break;
+            }
+            let idx = self.index(pair).await?;
+            let hit = idx
+                .receipts
+                .iter()
+                .any(|rg| rg.overlaps(from, to) && rg.may_contain("tx_hash", hash));
+            if !hit {
+                continue;
+            }
+            let (r, _) = load_pair(self.fs, pair).await?;
+            out.extend(r.receipts(Some(hash), from, to)?);
+            if first_only && !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        for chunk in &snap.open {
+            out.extend(
+                chunk
+                    .receipts
+                    .iter()
+                    .filter(|r| {
+                        &r.tx_hash == hash && r.block_number >= from && r.block_number <= to
+                    })
+                    .cloned(),
+            );
+            if first_only && !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All receipts with blocks in `[from, to]`, in block order.
+    pub async fn receipts_in_range(
+        &self,
+        snap: &Snapshot,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ReceiptRecord>> {
+        let mut out = Vec::new();
+        for pair in &snap.closed {
+            if pair.start > to {
+                break;
+            }
+            let (r, _) = load_pair(self.fs, pair).await?;
+            self.cache.lock().unwrap().put(
+                pair.start,
+                Arc::new(PairIndex {
+                    receipts: r.row_groups.clone(),
+                    logs: Vec::new(),
+                }),
+            );
+            out.extend(r.receipts(None, from, to)?);
+        }
+        for chunk in &snap.open {
+            out.extend(
+                chunk
+                    .receipts
+                    .iter()
+                    .filter(|r| r.block_number >= from && r.block_number <= to)
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    pub async fn logs(&self, snap: &Snapshot, filter: &LogFilter) -> Result<Vec<LogRecord>> {
+        filter.validate()?;
+        let (from, to) = filter.range();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let addrs: Vec<&[u8]> = filter.addresses.iter().map(|a| &a[..]).collect();
+        let topic0: Vec<&[u8]> = filter
+            .topics
+            .first()
+            .map(|s| s.iter().map(|t| &t[..]).collect())
+            .unwrap_or_default();
+        let mut out: Vec<LogRecord> = Vec::new();
+        let sort =
+            |v: &mut Vec<LogRecord>| v.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
+        for pair in &snap.closed {
+            if out.len() >= limit || pair.start > to {
+                break;
+            }
+            let idx = self.index(pair).await?;
+            let may = idx.logs.iter().any(|rg| {
+                rg.overlaps(from, to)
+                    && (addrs.is_empty() || addrs.iter().any(|a| rg.may_contain("address", a)))
+                    && (topic0.is_empty() || topic0.iter().any(|t| rg.may_contain("topic0", t)))
+            });
+            if !may {
+                continue;
+            }
+            let (_, l) = load_pair(self.fs, pair).await?;
+            let mut found: Vec<LogRecord> = l
+                .logs(from, to, &[("address", &addrs), ("topic0", &topic0)])?
+                .into_iter()
+                .filter(|x| filter.matches(x))
+                .collect();
+            sort(&mut found);
+            out.extend(found);
+        }
+        if out.len() < limit {
+            let mut found: Vec<LogRecord> = snap
+                .open
+                .iter()
+                .flat_map(|c| c.logs.iter())
+                .filter(|x| filter.matches(x))
+                .cloned()
+                .collect();
+            sort(&mut found);
+            out.extend(found);
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+}
