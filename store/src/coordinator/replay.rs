@@ -5,7 +5,7 @@ use super::{FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{group_listing, ClosedPair};
-use crate::parquet::reader::{FileKind, ParquetFile};
+use crate::parquet::reader::{FileKind, ParquetFile, UNFINISHED};
 use crate::types::{Config, ReplayedBlock};
 use crate::wal::{Wal, WalRecord};
 use std::collections::BTreeMap;
@@ -62,31 +62,31 @@ async fn scan<F: Fs>(fs: &F, dir: &Path) -> Result<BTreeMap<u64, Arc<ClosedPair>
     }
     let mut catalogue = BTreeMap::new();
     let mut starts = listing.pairs;
-    let Some(last) = starts.pop() else {
-        return Ok(catalogue);
-    };
+    // Only the newest pair can be unfinished (it was the open pair); it is removed and the pair
+    // before it becomes the trailing one, which must then be finalized.
+    let mut may_remove_unfinished = true;
+    while let Some(last) = starts.pop() {
+        let trailing = ClosedPair::new(dir, last, None);
+        match load_pair(fs, &trailing).await {
+            Ok((r, _)) => {
+                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, r.max_block())));
+                break;
+            }
+            Err(Error::CorruptFile { path, reason })
+                if !may_remove_unfinished || !reason.starts_with(UNFINISHED) =>
+            {
+                return Err(Error::CorruptFile { path, reason });
+            }
+            Err(Error::CorruptFile { .. }) => {
+                let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
+                remove_synced(fs, dir, &paths).await?;
+                may_remove_unfinished = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     for s in starts {
         catalogue.insert(s, Arc::new(ClosedPair::new(dir, s, None)));
-    }
-    let trailing = ClosedPair::new(dir, last, None);
-    match load_pair(fs, &trailing).await {
-        Ok((r, l)) => {
-            let max_block = r.max_block();
-            drop((r, l));
-            catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, max_block)));
-        }
-        Err(Error::CorruptFile { path, reason }) if reason.contains("checksum") => {
-            return Err(Error::CorruptFile { path, reason });
-        }
-        Err(Error::CorruptFile { .. }) => {
-            remove_synced(
-                fs,
-                dir,
-                &[trailing.receipt_path.clone(), trailing.log_path.clone()],
-            )
-            .await?;
-        }
-        Err(e) => return Err(e),
     }
     Ok(catalogue)
 }

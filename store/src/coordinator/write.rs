@@ -52,16 +52,13 @@ impl<E: Env> State<E> {
     /// `write_receipts(height, receipts)`.
     pub(crate) async fn write(&mut self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
         self.check_usable()?;
-        if let Some(last) = self.last_seen {
-            if height < last {
-                return Err(Error::NonMonotonic {
-                    height,
-                    last_seen: last,
-                });
-            }
-        }
         if receipts.is_empty() {
             return self.observe(height).await;
+        }
+        if let Some(last) = self.last_seen {
+            if height < last {
+                return Err(Error::NonMonotonic { height, last_seen: last });
+            }
         }
         let floor = self
             .open

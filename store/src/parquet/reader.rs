@@ -10,7 +10,7 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::bloom_filter::Sbbf;
-use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +69,10 @@ pub struct ParquetFile {
     pub checksummed: bool,
 }
 
+const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
+/// Reason prefix of a file that was never finalized (the only kind the startup scan deletes).
+pub const UNFINISHED: &str = "unfinished";
+
 fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::CorruptFile {
         path: path.to_path_buf(),
@@ -91,29 +95,20 @@ impl ParquetFile {
     /// whose body checksum does not match is `CorruptFile` naming the path.
     pub fn open(path: &Path, kind: FileKind, bytes: Vec<u8>) -> Result<ParquetFile, Error> {
         let bytes = Bytes::from(bytes);
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-            .map_err(|e| corrupt(path, e.to_string()))?;
-        let metadata = builder.metadata().clone();
-        let names: Vec<String> = builder
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let want: Vec<String> = kind
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        if names != want {
-            return Err(corrupt(path, format!("unexpected columns {names:?}")));
+        if bytes.len() < 8 || &bytes[bytes.len() - 4..] != PARQUET_MAGIC {
+            // Our writer appends the footer last, in one piece: a file without the trailing
+            // magic was never finalized.
+            return Err(corrupt(path, format!("{UNFINISHED}: no parquet footer")));
         }
-        let kv = metadata.file_metadata().key_value_metadata();
+        let footer = ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes)
+            .map_err(|e| corrupt(path, format!("footer: {e}")))?;
+        let kv = footer.file_metadata().key_value_metadata();
         let find = |k: &str| {
             kv.and_then(|kv| kv.iter().find(|e| e.key == k))
                 .and_then(|e| e.value.clone())
         };
+        // Verify the body before decoding a single page: rot is an error, not wrong data.
         let checksummed = match (find(BODY_CRC_KEY), find(BODY_LEN_KEY)) {
             (Some(crc), Some(len)) => {
                 let crc = u32::from_str_radix(&crc, 16)
@@ -138,6 +133,24 @@ impl ParquetFile {
             }
             _ => false,
         };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .map_err(|e| corrupt(path, e.to_string()))?;
+        let metadata = builder.metadata().clone();
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let want: Vec<String> = kind
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        if names != want {
+            return Err(corrupt(path, format!("unexpected columns {names:?}")));
+        }
         let schema = builder.parquet_schema();
         let col_index =
             |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).name() == name);

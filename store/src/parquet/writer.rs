@@ -69,6 +69,8 @@ impl<F: Fs> FileWriter<F> {
     }
 
     async fn drain(&mut self) -> Result<(), Error> {
+        // The encoder buffers internally; push everything down to our Vec first.
+        self.encoder.sync().map_err(|e| Error::io(&self.path, e))?;
         let bytes = std::mem::take(self.encoder.inner_mut());
         if bytes.is_empty() {
             return Ok(());

@@ -60,7 +60,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
     let mut pos = 0usize;
     let mut next_seq = expected_first_seq;
     while pos < bytes.len() {
-        match parse_frame_at(bytes, pos, next_seq) {
+        match parse_frame_at(bytes, pos, Some(next_seq)) {
             Ok((rec, end)) => {
                 next_seq = rec.seq + 1;
                 scan.records.push(rec);
@@ -72,7 +72,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
                 // A torn tail has no valid record after it; look for one (bounded by the rest
                 // of this segment, only on this error path).
                 scan.valid_after_bad = (pos + 1..bytes.len())
-                    .any(|p| matches!(parse_frame_at(bytes, p, next_seq), Ok(_)));
+                    .any(|p| matches!(parse_frame_at(bytes, p, None), Ok((rec, _)) if rec.seq >= next_seq));
                 break;
             }
         }
@@ -81,7 +81,8 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
     scan
 }
 
-fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: u64) -> Result<(WalRecord, usize), String> {
+/// Parses the frame at `pos`; with `want_seq`, a frame with another sequence number is invalid.
+fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>) -> Result<(WalRecord, usize), String> {
     let rest = &bytes[pos..];
     if rest.len() < FRAME_HEADER_BYTES {
         return Err(format!("short frame header ({} bytes)", rest.len()));
@@ -100,11 +101,8 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: u64) -> Result<(WalRecord,
     if record::checksum(h.seq, payload) != h.crc {
         return Err("checksum mismatch".to_string());
     }
-    if h.seq != want_seq {
-        return Err(format!(
-            "sequence {} where {} was expected",
-            h.seq, want_seq
-        ));
+    if let Some(want) = want_seq.filter(|&w| w != h.seq) {
+        return Err(format!("sequence {} where {want} was expected", h.seq));
     }
     let rec = decode_payload(h.seq, payload)
         .map_err(|e| format!("checksummed payload does not decode: {e}"))?;
