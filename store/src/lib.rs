@@ -21,6 +21,8 @@
 //! * deletion failures are reported, never swallowed (11.3);
 //! * files carry a crc32c of their body in the footer metadata, verified on first open.
 
+#[cfg(feature = "canary")]
+pub mod canary;
 pub mod coordinator;
 pub mod env;
 pub mod error;
@@ -29,6 +31,18 @@ pub mod parquet;
 pub mod query;
 pub mod types;
 pub mod wal;
+
+/// True when the planted bug `$c` is active (always false without the `canary` feature).
+macro_rules! planted {
+    ($c:ident) => {{
+        #[cfg(feature = "canary")]
+        let on = crate::canary::active(crate::canary::Canary::$c);
+        #[cfg(not(feature = "canary"))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use planted;
 
 pub use coordinator::{failpoints, FaultHook, Snapshot, Status};
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! Integration tests of the store core on real temporary directories.
 
 use receipt_store::env::real::RealEnv;
-use receipt_store::{failpoints, Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, SyncPolicy};
+use receipt_store::{
+    failpoints, Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, SyncPolicy,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +18,11 @@ fn receipt(block: u64, i: u32, logs: usize) -> ReceiptInput {
         tx_index: i,
         receipt_bytes: format!("receipt {block}/{i}").into_bytes(),
         logs: (0..logs)
-            .map(|k| LogInput { address: [k as u8 + 1; 20], topics: vec![[7; 32], [k as u8; 32]], data: vec![k as u8; 3] })
+            .map(|k| LogInput {
+                address: [k as u8 + 1; 20],
+                topics: vec![[7; 32], [k as u8; 32]],
+                data: vec![k as u8; 3],
+            })
             .collect(),
     }
 }
@@ -41,7 +47,9 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 fn wal_segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("wal")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir.join("wal"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Open descriptors of this process that point into `dir` (exact even with parallel tests).
@@ -54,7 +62,12 @@ fn fds_under(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 async fn all_blocks(s: &S) -> Vec<u64> {
-    s.receipts_in_range(0, u64::MAX).await.unwrap().iter().map(|r| r.block_number).collect()
+    s.receipts_in_range(0, u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.block_number)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,26 +77,47 @@ async fn worked_example_rotates_at_boundaries_and_rejects_going_back() {
     for b in 1..=3 {
         s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
     }
-    assert_eq!(names(tmp.path()), vec!["logs_0.parquet", "receipts_0.parquet"]);
+    assert_eq!(
+        names(tmp.path()),
+        vec!["logs_0.parquet", "receipts_0.parquet"]
+    );
     s.write_receipts(4, vec![receipt(4, 0, 1)]).await.unwrap();
     let st = s.status().await.unwrap();
     assert_eq!(st.closed_pairs, vec![0]);
     assert_eq!(st.open_pair, Some(4));
-    assert_eq!(wal_segments(tmp.path()), 1, "the WAL keeps only the boundary record's segment");
+    assert_eq!(
+        wal_segments(tmp.path()),
+        1,
+        "the WAL keeps only the boundary record's segment"
+    );
     s.write_receipts(6, vec![]).await.unwrap();
     assert_eq!(s.status().await.unwrap().last_seen_block, Some(6));
     s.write_receipts(8, vec![]).await.unwrap();
     let st = s.status().await.unwrap();
     assert_eq!(st.closed_pairs, vec![0, 4], "empty boundary block rotates");
     assert_eq!(st.open_pair, Some(8));
-    let err = s.write_receipts(5, vec![receipt(5, 0, 0)]).await.unwrap_err().to_string();
+    let err = s
+        .write_receipts(5, vec![receipt(5, 0, 0)])
+        .await
+        .unwrap_err()
+        .to_string();
     for part in ["non-monotonic", "height 5", "last seen block 8"] {
         assert!(err.contains(part), "{err:?} lacks {part:?}");
     }
-    assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4], "nothing of the rejected write was staged");
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1, 2, 3, 4],
+        "nothing of the rejected write was staged"
+    );
     // The closed pair 0 holds blocks 1-3, pair 4 holds block 4 only.
     let snap = s.snapshot().await.unwrap();
-    assert_eq!(snap.closed.iter().map(|p| (p.start, p.max_block)).collect::<Vec<_>>(), vec![(0, Some(3)), (4, Some(4))]);
+    assert_eq!(
+        snap.closed
+            .iter()
+            .map(|p| (p.start, p.max_block))
+            .collect::<Vec<_>>(),
+        vec![(0, Some(3)), (4, Some(4))]
+    );
     s.close().await.unwrap();
 }
 
@@ -92,7 +126,9 @@ async fn row_groups_follow_the_flush_interval() {
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(100, 2)).await;
     for b in 1..=7 {
-        s.write_receipts(b, vec![receipt(b, 0, 0), receipt(b, 1, 0)]).await.unwrap();
+        s.write_receipts(b, vec![receipt(b, 0, 0), receipt(b, 1, 0)])
+            .await
+            .unwrap();
     }
     s.close().await.unwrap();
     let bytes = std::fs::read(tmp.path().join("receipts_0.parquet")).unwrap();
@@ -117,16 +153,35 @@ async fn reopen_after_clean_close_restores_data_and_cursor() {
     }
     s.close().await.unwrap();
     let s = open(tmp.path(), config(4, 1)).await;
-    assert!(s.take_replayed_blocks().is_empty(), "a clean close leaves nothing to replay");
+    assert!(
+        s.take_replayed_blocks().is_empty(),
+        "a clean close leaves nothing to replay"
+    );
     let st = s.status().await.unwrap();
     assert_eq!(st.last_seen_block, Some(6));
     assert_eq!(st.latest_version, Some(6));
     assert_eq!(st.file_start_block, 7);
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4, 5, 6]);
-    let err = s.write_receipts(3, vec![receipt(3, 9, 0)]).await.unwrap_err().to_string();
-    assert!(err.contains("non-monotonic") && err.contains("height 3") && err.contains("last seen block 6"), "{err}");
-    let err = s.write_receipts(6, vec![receipt(6, 9, 0)]).await.unwrap_err().to_string();
-    assert!(err.contains("non-monotonic") && err.contains("height 6"), "a sealed block takes no more receipts: {err}");
+    let err = s
+        .write_receipts(3, vec![receipt(3, 9, 0)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-monotonic")
+            && err.contains("height 3")
+            && err.contains("last seen block 6"),
+        "{err}"
+    );
+    let err = s
+        .write_receipts(6, vec![receipt(6, 9, 0)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-monotonic") && err.contains("height 6"),
+        "a sealed block takes no more receipts: {err}"
+    );
     s.write_receipts(7, vec![receipt(7, 0, 0)]).await.unwrap();
     s.write_receipts(8, vec![receipt(8, 0, 0)]).await.unwrap();
     assert_eq!(s.status().await.unwrap().closed_pairs, vec![0, 4, 7]);
@@ -139,18 +194,43 @@ async fn crash_then_reopen_replays_the_open_window_from_the_wal() {
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(4, 1)).await;
     for b in 1..=6 {
-        s.write_receipts(b, vec![receipt(b, 0, 1), receipt(b, 1, 1)]).await.unwrap();
+        s.write_receipts(b, vec![receipt(b, 0, 1), receipt(b, 1, 1)])
+            .await
+            .unwrap();
     }
     s.crash().await;
-    assert!(s.close().await.unwrap_err().to_string().contains("crash"), "close after crash says so");
+    assert!(
+        s.close().await.unwrap_err().to_string().contains("crash"),
+        "close after crash says so"
+    );
     let s = open(tmp.path(), config(4, 1)).await;
     let replayed = s.take_replayed_blocks();
-    assert_eq!(replayed.iter().map(|b| b.block_number).collect::<Vec<_>>(), vec![4, 5, 6]);
-    assert_eq!(replayed[0].tx_hashes, vec![receipt(4, 0, 0).tx_hash, receipt(4, 1, 0).tx_hash]);
+    assert_eq!(
+        replayed.iter().map(|b| b.block_number).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    assert_eq!(
+        replayed[0].tx_hashes,
+        vec![receipt(4, 0, 0).tx_hash, receipt(4, 1, 0).tx_hash]
+    );
     assert!(s.take_replayed_blocks().is_empty(), "take-and-clear");
-    assert_eq!(all_blocks(&s).await, vec![1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]);
-    let logs = s.get_logs(&LogFilter { from_block: Some(5), to_block: Some(5), ..Default::default() }).await.unwrap();
-    assert_eq!(logs.iter().map(|l| l.log_index).collect::<Vec<_>>(), vec![0, 1], "log indices are block-wide");
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    );
+    let logs = s
+        .get_logs(&LogFilter {
+            from_block: Some(5),
+            to_block: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logs.iter().map(|l| l.log_index).collect::<Vec<_>>(),
+        vec![0, 1],
+        "log indices are block-wide"
+    );
     s.close().await.unwrap();
 }
 
@@ -172,7 +252,10 @@ async fn corrupt_trailing_pair_is_deleted_and_its_rows_replayed() {
     std::fs::write(tmp.path().join("logs_40.parquet"), b"lone").unwrap();
     let s = open(tmp.path(), config(4, 1)).await;
     let n = names(tmp.path());
-    assert!(!n.iter().any(|x| x.contains("_12.") || x.contains("_40.")), "{n:?}");
+    assert!(
+        !n.iter().any(|x| x.contains("_12.") || x.contains("_40.")),
+        "{n:?}"
+    );
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4, 5]);
     s.close().await.unwrap();
 }
@@ -190,8 +273,15 @@ async fn bit_rot_in_a_closed_file_is_an_error_naming_the_file() {
     bytes[10] ^= 0x40;
     std::fs::write(&p, bytes).unwrap();
     let s = open(tmp.path(), config(4, 1)).await;
-    let err = s.receipts_in_range(0, u64::MAX).await.unwrap_err().to_string();
-    assert!(err.contains("receipts_0.parquet") && err.contains("corrupt"), "{err}");
+    let err = s
+        .receipts_in_range(0, u64::MAX)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("receipts_0.parquet") && err.contains("corrupt"),
+        "{err}"
+    );
     // Rot in the trailing pair is found at open and refuses it, without deleting anything.
     s.close().await.unwrap();
     let p = tmp.path().join("receipts_8.parquet");
@@ -199,9 +289,17 @@ async fn bit_rot_in_a_closed_file_is_an_error_naming_the_file() {
     bytes[8] ^= 1;
     std::fs::write(&p, bytes).unwrap();
     let before = names(tmp.path());
-    let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1)).await.err().expect("must fail").to_string();
+    let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1))
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("receipts_8.parquet"), "{err}");
-    assert_eq!(names(tmp.path()), before, "a corrupt finalized file is never deleted");
+    assert_eq!(
+        names(tmp.path()),
+        before,
+        "a corrupt finalized file is never deleted"
+    );
     assert!(fds_under(tmp.path()).is_empty());
 }
 
@@ -226,11 +324,21 @@ async fn a_crash_at_every_failpoint_loses_nothing_acked() {
     for point in failpoints::ALL {
         for policy in [SyncPolicy::Always, SyncPolicy::Never] {
             let tmp = tempfile::tempdir().unwrap();
-            let hook = Arc::new(ArmOnce { point, armed: Mutex::new(false) });
+            let hook = Arc::new(ArmOnce {
+                point,
+                armed: Mutex::new(false),
+            });
             let mut c = config(4, 1);
             c.sync_policy = policy;
             c.keep_recent = 2;
-            let s = Store::open_with_hook(RealEnv::default(), tmp.path(), c.clone(), Some(hook.clone())).await.unwrap();
+            let s = Store::open_with_hook(
+                RealEnv::default(),
+                tmp.path(),
+                c.clone(),
+                Some(hook.clone()),
+            )
+            .await
+            .unwrap();
             let mut acked = Vec::new();
             let mut failed = None;
             for b in 1..=14u64 {
@@ -244,20 +352,31 @@ async fn a_crash_at_every_failpoint_loses_nothing_acked() {
                 match r {
                     Ok(()) => acked.push(b),
                     Err(e) => {
-                        assert!(matches!(e, Error::Failpoint(_) | Error::Poisoned(_)), "{point}: {e}");
+                        assert!(
+                            matches!(e, Error::Failpoint(_) | Error::Poisoned(_)),
+                            "{point}: {e}"
+                        );
                         failed.get_or_insert(b);
                     }
                 }
             }
             if let Some(f) = failed {
-                assert!(acked.iter().all(|&b| b < f), "{point}: a poisoned store acks nothing after the failure");
+                assert!(
+                    acked.iter().all(|&b| b < f),
+                    "{point}: a poisoned store acks nothing after the failure"
+                );
             }
             s.crash().await;
-            let s = Store::open(RealEnv::default(), tmp.path(), c).await.unwrap();
+            let s = Store::open(RealEnv::default(), tmp.path(), c)
+                .await
+                .unwrap();
             let got = all_blocks(&s).await;
             let floor = got.first().copied().unwrap_or(0);
             for b in acked.iter().filter(|&&b| b >= floor) {
-                assert!(got.contains(b), "{point} {policy:?}: acked block {b} lost; recovered {got:?}");
+                assert!(
+                    got.contains(b),
+                    "{point} {policy:?}: acked block {b} lost; recovered {got:?}"
+                );
             }
             let mut dedup = got.clone();
             dedup.dedup();
@@ -270,15 +389,31 @@ async fn a_crash_at_every_failpoint_loses_nothing_acked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_poisons_until_reopen_and_replay_restores_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let hook = Arc::new(ArmOnce { point: failpoints::AFTER_RECEIPT_ROW_GROUP, armed: Mutex::new(true) });
-    let s = Store::open_with_hook(RealEnv::default(), tmp.path(), config(4, 1), Some(hook)).await.unwrap();
+    let hook = Arc::new(ArmOnce {
+        point: failpoints::AFTER_RECEIPT_ROW_GROUP,
+        armed: Mutex::new(true),
+    });
+    let s = Store::open_with_hook(RealEnv::default(), tmp.path(), config(4, 1), Some(hook))
+        .await
+        .unwrap();
     s.write_receipts(1, vec![receipt(1, 0, 1)]).await.unwrap();
     assert!(s.write_receipts(2, vec![receipt(2, 0, 1)]).await.is_err());
-    let err = s.write_receipts(3, vec![receipt(3, 0, 1)]).await.unwrap_err().to_string();
+    let err = s
+        .write_receipts(3, vec![receipt(3, 0, 1)])
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("reopened"), "{err}");
-    assert!(s.close().await.is_err(), "close reports that the open pair was discarded");
+    assert!(
+        s.close().await.is_err(),
+        "close reports that the open pair was discarded"
+    );
     let s = open(tmp.path(), config(4, 1)).await;
-    assert_eq!(all_blocks(&s).await, vec![1, 2], "the failed write was in the WAL and comes back once, not twice");
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1, 2],
+        "the failed write was in the WAL and comes back once, not twice"
+    );
     s.close().await.unwrap();
 }
 
@@ -300,10 +435,21 @@ async fn replay_failure_leaves_no_files_and_no_open_handles() {
     }
     std::fs::create_dir(tmp.path().join("receipts_8.parquet")).unwrap();
     std::fs::write(tmp.path().join("receipts_8.parquet").join("x"), b"x").unwrap();
-    let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1)).await.err().expect("replay must fail");
+    let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1))
+        .await
+        .err()
+        .expect("replay must fail");
     assert!(err.to_string().contains("receipts_8.parquet"), "{err}");
-    assert_eq!(names(tmp.path()), Vec::<String>::new(), "replay output discarded");
-    assert_eq!(fds_under(tmp.path()), Vec::<std::path::PathBuf>::new(), "no handle left open after a failed open");
+    assert_eq!(
+        names(tmp.path()),
+        Vec::<String>::new(),
+        "replay output discarded"
+    );
+    assert_eq!(
+        fds_under(tmp.path()),
+        Vec::<std::path::PathBuf>::new(),
+        "no handle left open after a failed open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,25 +468,50 @@ async fn wal_torn_tail_is_cut_and_mid_file_corruption_names_file_and_offset() {
     let s = open(tmp.path(), config(100, 1)).await;
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3]);
     s.crash().await;
-    assert_eq!(std::fs::metadata(&seg).unwrap().len() as usize, full, "torn tail cut at the last valid record");
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len() as usize,
+        full,
+        "torn tail cut at the last valid record"
+    );
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[20] ^= 0xFF; // inside the first record, with valid records after it
     std::fs::write(&seg, &bytes).unwrap();
-    let err = Store::open(RealEnv::default(), tmp.path(), config(100, 1)).await.err().expect("corrupt").to_string();
-    assert!(err.contains("00000000000000000001.wal") && err.contains("offset 0"), "{err}");
+    let err = Store::open(RealEnv::default(), tmp.path(), config(100, 1))
+        .await
+        .err()
+        .expect("corrupt")
+        .to_string();
+    assert!(
+        err.contains("00000000000000000001.wal") && err.contains("offset 0"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_texts_are_stable() {
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(0, 0)).await;
-    assert_eq!(s.status().await.unwrap().max_blocks_per_file, 500, "constructor maps 0 to 500");
-    assert_eq!(s.set_max_blocks_per_file(0).await.unwrap_err().to_string(), "max blocks per file must be greater than 0");
+    assert_eq!(
+        s.status().await.unwrap().max_blocks_per_file,
+        500,
+        "constructor maps 0 to 500"
+    );
+    assert_eq!(
+        s.set_max_blocks_per_file(0).await.unwrap_err().to_string(),
+        "max blocks per file must be greater than 0"
+    );
     let mut bad = receipt(1, 0, 1);
     bad.logs[0].topics = vec![[1; 32]; 5];
-    let err = s.write_receipts(1, vec![bad]).await.unwrap_err().to_string();
+    let err = s
+        .write_receipts(1, vec![bad])
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("5 topics"), "{err}");
-    assert!(s.receipts_in_range(0, u64::MAX).await.unwrap().is_empty(), "rejected input stages nothing");
+    assert!(
+        s.receipts_in_range(0, u64::MAX).await.unwrap().is_empty(),
+        "rejected input stages nothing"
+    );
     s.close().await.unwrap();
     s.close().await.unwrap();
     for e in [
@@ -355,8 +526,18 @@ async fn error_texts_are_stable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_returns_the_same_error_to_every_caller() {
     let tmp = tempfile::tempdir().unwrap();
-    let hook = Arc::new(ArmOnce { point: failpoints::BEFORE_FLUSH, armed: Mutex::new(false) });
-    let s = Store::open_with_hook(RealEnv::default(), tmp.path(), config(4, 0), Some(hook.clone())).await.unwrap();
+    let hook = Arc::new(ArmOnce {
+        point: failpoints::BEFORE_FLUSH,
+        armed: Mutex::new(false),
+    });
+    let s = Store::open_with_hook(
+        RealEnv::default(),
+        tmp.path(),
+        config(4, 0),
+        Some(hook.clone()),
+    )
+    .await
+    .unwrap();
     s.write_receipts(1, vec![receipt(1, 0, 0)]).await.unwrap();
     *hook.armed.lock().unwrap() = true;
     let (a, b) = tokio::join!(s.close(), s.close());
@@ -364,7 +545,10 @@ async fn close_returns_the_same_error_to_every_caller() {
     assert!(a.contains("flush"), "{a}");
     assert_eq!(a, b);
     assert_eq!(s.close().await.unwrap_err().to_string(), a);
-    assert!(names(tmp.path()).is_empty(), "unflushable open pair discarded");
+    assert!(
+        names(tmp.path()).is_empty(),
+        "unflushable open pair discarded"
+    );
     let s = open(tmp.path(), config(4, 0)).await;
     assert_eq!(all_blocks(&s).await, vec![1], "its rows stayed in the WAL");
     s.close().await.unwrap();
@@ -397,11 +581,22 @@ async fn empty_blocks_never_move_the_cursor_back_and_empty_pairs_are_not_kept_at
     s.write_receipts(3, vec![]).await.unwrap();
     assert_eq!(s.status().await.unwrap().last_seen_block, Some(4));
     s.close().await.unwrap();
-    assert_eq!(names(tmp.path()), vec!["logs_0.parquet", "receipts_0.parquet"]);
+    assert_eq!(
+        names(tmp.path()),
+        vec!["logs_0.parquet", "receipts_0.parquet"]
+    );
     let s = open(tmp.path(), config(4, 1)).await;
     s.write_receipts(4, vec![receipt(4, 0, 0)]).await.unwrap();
     s.close().await.unwrap();
-    assert_eq!(names(tmp.path()), vec!["logs_0.parquet", "logs_4.parquet", "receipts_0.parquet", "receipts_4.parquet"]);
+    assert_eq!(
+        names(tmp.path()),
+        vec![
+            "logs_0.parquet",
+            "logs_4.parquet",
+            "receipts_0.parquet",
+            "receipts_4.parquet"
+        ]
+    );
 }
 
 #[cfg(feature = "failpoints")]
@@ -411,7 +606,10 @@ async fn fail_crate_failpoints_are_honoured() {
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(4, 1)).await;
     fail::cfg(failpoints::AFTER_WAL_APPEND, "return").unwrap();
-    assert!(matches!(s.write_receipts(1, vec![receipt(1, 0, 0)]).await, Err(Error::Failpoint(_))));
+    assert!(matches!(
+        s.write_receipts(1, vec![receipt(1, 0, 0)]).await,
+        Err(Error::Failpoint(_))
+    ));
     fail::remove(failpoints::AFTER_WAL_APPEND);
     s.crash().await;
     scenario.teardown();

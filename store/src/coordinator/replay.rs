@@ -171,7 +171,12 @@ impl<E: Env> State<E> {
     async fn replay(&mut self, records: Vec<WalRecord>) -> Result<Vec<ReplayedBlock>> {
         let mut out: Vec<ReplayedBlock> = Vec::new();
         for rec in records {
-            if rec.receipts.is_empty() || rec.height < self.file_start_block {
+            let below = if crate::planted!(ReplayBoundaryOffByOne) {
+                rec.height <= self.file_start_block && self.file_start_block > 0
+            } else {
+                rec.height < self.file_start_block
+            };
+            if rec.receipts.is_empty() || below {
                 continue;
             }
             if self.last_seen.is_some_and(|l| rec.height < l) {
@@ -213,7 +218,11 @@ impl<E: Env> State<E> {
         if let Some(open) = self.open.take() {
             paths.push(open.writer.receipt_path().to_path_buf());
             paths.push(open.writer.log_path().to_path_buf());
-            drop(open);
+            if crate::planted!(LeakHandleOnFailedOpen) {
+                std::mem::forget(open);
+            } else {
+                drop(open);
+            }
         }
         let created: Vec<u64> = self
             .catalogue

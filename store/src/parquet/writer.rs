@@ -109,6 +109,9 @@ impl<F: Fs> FileWriter<F> {
             reason: e.to_string(),
         })?;
         self.drain().await?;
+        if crate::planted!(DropWalBeforePairDurable) {
+            return Ok(());
+        }
         self.file
             .sync_all()
             .await

@@ -82,7 +82,11 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
 }
 
 /// Parses the frame at `pos`; with `want_seq`, a frame with another sequence number is invalid.
-fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>) -> Result<(WalRecord, usize), String> {
+fn parse_frame_at(
+    bytes: &[u8],
+    pos: usize,
+    want_seq: Option<u64>,
+) -> Result<(WalRecord, usize), String> {
     let rest = &bytes[pos..];
     if rest.len() < FRAME_HEADER_BYTES {
         return Err(format!("short frame header ({} bytes)", rest.len()));
@@ -259,8 +263,13 @@ impl<F: Fs> Wal<F> {
         self.active_file.append(&frame).await.map_err(io)?;
         self.active_len += frame.len() as u64;
         self.next_seq += 1;
-        if self.policy == SyncPolicy::Always {
-            self.active_file.sync_data().await.map_err(io)?;
+        if self.policy == SyncPolicy::Always && !crate::planted!(AckBeforeWalFsync) {
+            let synced = self.active_file.sync_data().await;
+            if synced.is_err() && crate::planted!(TrustRetriedFsync) {
+                self.active_file.sync_data().await.map_err(io)?;
+            } else {
+                synced.map_err(io)?;
+            }
         }
         if self.active_len >= self.segment_limit_bytes {
             self.roll().await?;

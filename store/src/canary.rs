@@ -1,0 +1,47 @@
+//! Planted bugs for proving the simulator's strength, compiled only with the `canary` feature.
+//!
+//! The active canary is chosen per thread: the simulator runs each seed on one thread, so
+//! parallel jobs testing different canaries never interfere.
+
+use std::cell::Cell;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Canary {
+    /// Policy `always` acks a write without fsyncing its WAL record.
+    AckBeforeWalFsync,
+    /// Rotation does not sync the directory after finalizing the closed pair.
+    SkipRotationDirSync,
+    /// Rotation drops WAL segments although the closed pair's data was never fsynced.
+    DropWalBeforePairDurable,
+    /// A failed WAL fsync is retried and, when the retry succeeds, the write is acked.
+    TrustRetriedFsync,
+    /// Replay skips the record at the file start block (off by one).
+    ReplayBoundaryOffByOne,
+    /// A failed open leaves the open pair's file handles open.
+    LeakHandleOnFailedOpen,
+}
+
+impl Canary {
+    pub const ALL: [Canary; 6] = [
+        Canary::AckBeforeWalFsync,
+        Canary::SkipRotationDirSync,
+        Canary::DropWalBeforePairDurable,
+        Canary::TrustRetriedFsync,
+        Canary::ReplayBoundaryOffByOne,
+        Canary::LeakHandleOnFailedOpen,
+    ];
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<Canary>> = const { Cell::new(None) };
+}
+
+/// Activates `canary` for the current thread (None disables).
+pub fn set(canary: Option<Canary>) {
+    ACTIVE.with(|a| a.set(canary));
+}
+
+pub fn active(canary: Canary) -> bool {
+    ACTIVE.with(|a| a.get() == Some(canary))
+}
