@@ -1,6 +1,6 @@
 //! File naming, the catalogue of closed pairs, and the startup scan.
 
-use crate::parquet::reader::{FileKind, ParquetFile, RowGroupIndex};
+use crate::parquet::reader::FileKind;
 use std::path::{Path, PathBuf};
 
 pub fn receipt_file_name(start: u64) -> String {
@@ -53,21 +53,6 @@ impl ClosedPair {
         (self.start / max_blocks_per_file)
             .saturating_add(1)
             .saturating_mul(max_blocks_per_file)
-    }
-}
-
-/// The in-memory index of a verified closed pair: per row group block ranges and bloom filters.
-pub struct PairIndex {
-    pub receipts: Vec<RowGroupIndex>,
-    pub logs: Vec<RowGroupIndex>,
-}
-
-impl PairIndex {
-    pub fn of(receipts: &ParquetFile, logs: &ParquetFile) -> Self {
-        PairIndex {
-            receipts: receipts.row_groups.clone(),
-            logs: logs.row_groups.clone(),
-        }
     }
 }
 

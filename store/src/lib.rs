@@ -94,21 +94,27 @@ impl<E: Env> Store<E> {
         hook: Option<Arc<dyn FaultHook>>,
     ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let opened = coordinator::open(env.clone(), dir.clone(), config.clone(), hook).await?;
+        let cache_files = config.index_cache_files.max(1);
+        let opened = coordinator::open(env.clone(), dir.clone(), config, hook).await?;
         Ok(Store {
             env,
             dir,
             tx: opened.tx,
             ending: opened.ending,
             replayed: Arc::new(Mutex::new(opened.replayed)),
-            cache: Arc::new(Mutex::new(IndexCache::new(
-                query::DEFAULT_INDEX_CACHE_PAIRS,
-            ))),
+            cache: Arc::new(Mutex::new(IndexCache::new(cache_files))),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Read-path counters: (bytes read to build file indexes, bytes of whole files read for
+    /// rows, indexes cached now).
+    pub fn read_stats(&self) -> (u64, u64, usize) {
+        let c = self.cache.lock().unwrap();
+        (c.index_bytes_read, c.data_bytes_read, c.len())
     }
 
     /// The blocks replayed from the WAL at open, with their tx hashes; take-and-clear.

@@ -1,10 +1,12 @@
 //! Read queries over a snapshot: receipts by hash and eth_getLogs filters. Reads run on the
 //! caller's task, never on the coordinator, so a slow query does not hold up block commits.
 
-use crate::coordinator::{replay::load_pair, Snapshot};
+use crate::coordinator::{replay::read_file, Snapshot};
 use crate::env::Fs;
 use crate::error::{Error, Result};
-use crate::files::{ClosedPair, PairIndex};
+use crate::files::ClosedPair;
+use crate::parquet::index::FileIndex;
+use crate::parquet::reader::{FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,8 +14,6 @@ use std::sync::{Arc, Mutex};
 
 /// eth_getLogs positions: at most four topic positions.
 pub const MAX_TOPIC_POSITIONS: usize = 4;
-/// Default number of closed pairs whose index (row-group ranges and bloom filters) is cached.
-pub const DEFAULT_INDEX_CACHE_PAIRS: usize = 16;
 
 /// An eth_getLogs filter. Empty address set or empty topic position means "any".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +66,16 @@ impl LogFilter {
     }
 }
 
-/// A bounded LRU of pair indexes. Building an index reads and verifies both files once.
+/// A bounded LRU of file indexes (row-group block ranges and verified bloom filters). Building
+/// one reads only the file's footer and bloom filters.
 pub struct IndexCache {
     capacity: usize,
     tick: u64,
-    entries: BTreeMap<u64, (u64, Arc<PairIndex>)>,
+    entries: BTreeMap<(u64, bool), (u64, Arc<FileIndex>)>,
+    /// Bytes read from disk to build indexes, for tests and the benchmarks.
+    pub index_bytes_read: u64,
+    /// Bytes of whole files read to answer queries.
+    pub data_bytes_read: u64,
 }
 
 impl IndexCache {
@@ -80,25 +85,28 @@ impl IndexCache {
             capacity,
             tick: 0,
             entries: BTreeMap::new(),
+            index_bytes_read: 0,
+            data_bytes_read: 0,
         }
     }
-    fn get(&mut self, start: u64) -> Option<Arc<PairIndex>> {
+    fn get(&mut self, key: (u64, bool)) -> Option<Arc<FileIndex>> {
         self.tick += 1;
         let tick = self.tick;
-        self.entries.get_mut(&start).map(|e| {
+        self.entries.get_mut(&key).map(|e| {
             e.0 = tick;
             e.1.clone()
         })
     }
-    fn put(&mut self, start: u64, index: Arc<PairIndex>) {
+    fn put(&mut self, key: (u64, bool), index: Arc<FileIndex>) {
         self.tick += 1;
-        self.entries.insert(start, (self.tick, index));
+        self.index_bytes_read += index.bytes_read;
+        self.entries.insert(key, (self.tick, index));
         while self.entries.len() > self.capacity {
             let oldest = self
                 .entries
                 .iter()
                 .min_by_key(|(_, (t, _))| *t)
-                .map(|(s, _)| *s)
+                .map(|(k, _)| *k)
                 .expect("non-empty");
             self.entries.remove(&oldest);
         }
@@ -117,14 +125,29 @@ pub(crate) struct Reader<'a, F: Fs> {
 }
 
 impl<F: Fs> Reader<'_, F> {
-    async fn index(&self, pair: &ClosedPair) -> Result<Arc<PairIndex>> {
-        if let Some(i) = self.cache.lock().unwrap().get(pair.start) {
+    async fn index(&self, pair: &ClosedPair, kind: FileKind) -> Result<Arc<FileIndex>> {
+        let key = (pair.start, kind == FileKind::Logs);
+        if let Some(i) = self.cache.lock().unwrap().get(key) {
             return Ok(i);
         }
-        let (r, l) = load_pair(self.fs, pair).await?;
-        let index = Arc::new(PairIndex::of(&r, &l));
-        self.cache.lock().unwrap().put(pair.start, index.clone());
+        let path = match kind {
+            FileKind::Receipts => &pair.receipt_path,
+            FileKind::Logs => &pair.log_path,
+        };
+        let index = Arc::new(FileIndex::load(self.fs, path, kind).await?);
+        self.cache.lock().unwrap().put(key, index.clone());
         Ok(index)
+    }
+
+    /// Reads and verifies a whole file (body checksum) to decode rows from it.
+    async fn data(&self, pair: &ClosedPair, kind: FileKind) -> Result<ParquetFile> {
+        let path = match kind {
+            FileKind::Receipts => &pair.receipt_path,
+            FileKind::Logs => &pair.log_path,
+        };
+        let bytes = read_file(self.fs, path).await?;
+        self.cache.lock().unwrap().data_bytes_read += bytes.len() as u64;
+        ParquetFile::open(path, kind, bytes)
     }
 
     /// Receipts with `hash` (all, or only in `block`), earliest block first.
@@ -141,16 +164,19 @@ impl<F: Fs> Reader<'_, F> {
             if pair.start > to {
                 break;
             }
-            let idx = self.index(pair).await?;
+            let idx = self.index(pair, FileKind::Receipts).await?;
             let hit = idx
-                .receipts
+                .row_groups
                 .iter()
                 .any(|rg| rg.overlaps(from, to) && rg.may_contain("tx_hash", hash));
             if !hit {
                 continue;
             }
-            let (r, _) = load_pair(self.fs, pair).await?;
-            out.extend(r.receipts(Some(hash), from, to)?);
+            out.extend(self.data(pair, FileKind::Receipts).await?.receipts(
+                Some(hash),
+                from,
+                to,
+            )?);
             if first_only && !out.is_empty() {
                 return Ok(out);
             }
@@ -184,15 +210,11 @@ impl<F: Fs> Reader<'_, F> {
             if pair.start > to {
                 break;
             }
-            let (r, _) = load_pair(self.fs, pair).await?;
-            self.cache.lock().unwrap().put(
-                pair.start,
-                Arc::new(PairIndex {
-                    receipts: r.row_groups.clone(),
-                    logs: Vec::new(),
-                }),
+            out.extend(
+                self.data(pair, FileKind::Receipts)
+                    .await?
+                    .receipts(None, from, to)?,
             );
-            out.extend(r.receipts(None, from, to)?);
         }
         for chunk in &snap.open {
             out.extend(
@@ -223,8 +245,8 @@ impl<F: Fs> Reader<'_, F> {
             if out.len() >= limit || pair.start > to {
                 break;
             }
-            let idx = self.index(pair).await?;
-            let may = idx.logs.iter().any(|rg| {
+            let idx = self.index(pair, FileKind::Logs).await?;
+            let may = idx.row_groups.iter().any(|rg| {
                 rg.overlaps(from, to)
                     && (addrs.is_empty() || addrs.iter().any(|a| rg.may_contain("address", a)))
                     && (topic0.is_empty() || topic0.iter().any(|t| rg.may_contain("topic0", t)))
@@ -232,8 +254,8 @@ impl<F: Fs> Reader<'_, F> {
             if !may {
                 continue;
             }
-            let (_, l) = load_pair(self.fs, pair).await?;
-            let mut found: Vec<LogRecord> = l
+            let file = self.data(pair, FileKind::Logs).await?;
+            let mut found: Vec<LogRecord> = file
                 .logs(from, to, &[("address", &addrs), ("topic0", &topic0)])?
                 .into_iter()
                 .filter(|x| filter.matches(x))

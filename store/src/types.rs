@@ -107,7 +107,17 @@ pub struct Config {
     pub sync_policy: SyncPolicy,
     /// Roll to a new WAL segment once the current one passes this size.
     pub wal_segment_bytes: u64,
+    /// Closed files whose index (row-group block ranges and bloom filters) stays in memory.
+    #[serde(default = "default_index_cache_files")]
+    pub index_cache_files: usize,
 }
+
+fn default_index_cache_files() -> usize {
+    DEFAULT_INDEX_CACHE_FILES
+}
+
+/// Default bound of the file index cache.
+pub const DEFAULT_INDEX_CACHE_FILES: usize = 64;
 
 impl Default for Config {
     fn default() -> Self {
@@ -118,6 +128,7 @@ impl Default for Config {
             prune_interval: DEFAULT_PRUNE_INTERVAL,
             sync_policy: SyncPolicy::Always,
             wal_segment_bytes: 64 * 1024 * 1024,
+            index_cache_files: DEFAULT_INDEX_CACHE_FILES,
         }
     }
 }

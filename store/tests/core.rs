@@ -617,3 +617,83 @@ async fn fail_crate_failpoints_are_honoured() {
     assert_eq!(all_blocks(&s).await, vec![1]);
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_hash_lookup_over_hundreds_of_files_reads_no_data_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(2, 1);
+    c.index_cache_files = 16; // far fewer than the files, so indexes are rebuilt
+    let s = open(tmp.path(), c.clone()).await;
+    for b in 1..=400u64 {
+        s.write_receipts(b, vec![receipt(b, 0, 1), receipt(b, 1, 0)])
+            .await
+            .unwrap();
+    }
+    s.close().await.unwrap();
+    let total: u64 = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    let s = open(tmp.path(), c).await;
+    assert!(s.status().await.unwrap().closed_pairs.len() >= 200);
+    for _ in 0..2 {
+        assert_eq!(s.get_receipt(&[0xEE; 32]).await.unwrap(), None);
+    }
+    let (index_bytes, data_bytes, cached) = s.read_stats();
+    assert_eq!(data_bytes, 0, "bloom filters rule every file out");
+    assert!(cached <= 16, "index cache is bounded: {cached}");
+    assert!(
+        index_bytes < total,
+        "only footers and bloom filters were read ({index_bytes} of {total})"
+    );
+    let hit = s
+        .get_receipt(&receipt(257, 1, 0).tx_hash)
+        .await
+        .unwrap()
+        .expect("present");
+    assert_eq!(hit.block_number, 257);
+    assert!(s.read_stats().1 > 0);
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotted_bloom_filter_is_an_error_not_a_false_negative() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4, 1)).await;
+    for b in 1..=9 {
+        s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let p = tmp.path().join("receipts_0.parquet");
+    let bytes = std::fs::read(&p).unwrap();
+    let f = receipt_store::parquet::reader::ParquetFile::open(
+        &p,
+        receipt_store::parquet::reader::FileKind::Receipts,
+        bytes.clone(),
+    )
+    .unwrap();
+    let bloom_at = f
+        .metadata
+        .row_group(0)
+        .column(0)
+        .bloom_filter_offset()
+        .expect("tx_hash has a bloom filter") as usize;
+    let mut rotten = bytes;
+    for b in &mut rotten[bloom_at + 20..bloom_at + 60] {
+        *b = 0;
+    }
+    std::fs::write(&p, rotten).unwrap();
+    let s = open(tmp.path(), config(4, 1)).await;
+    let err = s
+        .get_receipt(&receipt(1, 0, 0).tx_hash)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("receipts_0.parquet") && err.contains("bloom filter checksum"),
+        "{err}"
+    );
+    s.close().await.unwrap();
+}

@@ -41,7 +41,7 @@ pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
 
 impl<E: Env> State<E> {
     fn is_boundary(&self, height: u64) -> bool {
-        height % self.config.max_blocks_per_file == 0
+        height.is_multiple_of(self.config.max_blocks_per_file)
     }
 
     /// The rotation condition: a writer is open, the height is new, and it is a boundary.

@@ -19,6 +19,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// Writes only ever append: the store never rewrites bytes in place, which keeps the crash model
 /// (a prefix of unsynced appends survives, possibly torn) simple and honest.
+#[allow(clippy::len_without_is_empty)]
 pub trait FsFile: Send + Sync + 'static {
     /// Appends `buf` at the end of the file.
     fn append(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;

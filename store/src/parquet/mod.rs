@@ -1,6 +1,7 @@
 //! Parquet layout: the upstream column names, types and order, row <-> Arrow conversion, the
 //! pair writer and file verification.
 
+pub mod index;
 pub mod reader;
 pub mod writer;
 
@@ -14,6 +15,9 @@ use std::sync::{Arc, OnceLock};
 pub const BODY_CRC_KEY: &str = "receipt_store.body_crc32c";
 /// Key of the footer metadata entry holding the length of the checksummed body.
 pub const BODY_LEN_KEY: &str = "receipt_store.body_len";
+/// Key of the footer metadata entry listing `offset:length:crc32c` for every bloom filter, so
+/// the index of a file can be loaded and verified without reading its data pages.
+pub const BLOOM_CRC_KEY: &str = "receipt_store.bloom_crc32c";
 
 pub fn receipt_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();

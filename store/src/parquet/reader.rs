@@ -11,6 +11,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::ChunkReader;
 use parquet::file::statistics::Statistics;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,35 +152,7 @@ impl ParquetFile {
         if names != want {
             return Err(corrupt(path, format!("unexpected columns {names:?}")));
         }
-        let schema = builder.parquet_schema();
-        let col_index =
-            |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).name() == name);
-        let block_col = col_index("block_number").expect("schema checked above");
-        let bloom_cols: &[&str] = match kind {
-            FileKind::Receipts => &["tx_hash"],
-            FileKind::Logs => &["tx_hash", "address", "topic0"],
-        };
-        let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
-        for rg in 0..metadata.num_row_groups() {
-            let meta = metadata.row_group(rg);
-            let (min_block, max_block) = u64_stat(meta.column(block_col).statistics());
-            let mut blooms = Vec::new();
-            for c in bloom_cols {
-                let idx = col_index(c).expect("schema checked above");
-                if let Some(f) = builder
-                    .get_row_group_column_bloom_filter(rg, idx)
-                    .map_err(|e| corrupt(path, e.to_string()))?
-                {
-                    blooms.push((c.to_string(), f));
-                }
-            }
-            row_groups.push(RowGroupIndex {
-                rows: meta.num_rows() as u64,
-                min_block,
-                max_block,
-                blooms,
-            });
-        }
+        let row_groups = row_group_index(path, kind, &builder)?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
             kind,
@@ -277,4 +250,58 @@ impl ParquetFile {
         }
         Ok(out)
     }
+}
+
+/// Per row group block ranges (from statistics) and bloom filters, after checking the columns.
+pub(crate) fn row_group_index<T: ChunkReader + 'static>(
+    path: &Path,
+    kind: FileKind,
+    builder: &ParquetRecordBatchReaderBuilder<T>,
+) -> Result<Vec<RowGroupIndex>, Error> {
+    let names: Vec<String> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let want: Vec<String> = kind
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    if names != want {
+        return Err(corrupt(path, format!("unexpected columns {names:?}")));
+    }
+    let metadata = builder.metadata().clone();
+    let schema = builder.parquet_schema();
+    let col_index =
+        |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).name() == name);
+    let block_col = col_index("block_number").expect("schema checked above");
+    let bloom_cols: &[&str] = match kind {
+        FileKind::Receipts => &["tx_hash"],
+        FileKind::Logs => &["tx_hash", "address", "topic0"],
+    };
+    let mut row_groups = Vec::with_capacity(metadata.num_row_groups());
+    for rg in 0..metadata.num_row_groups() {
+        let meta = metadata.row_group(rg);
+        let (min_block, max_block) = u64_stat(meta.column(block_col).statistics());
+        let mut blooms = Vec::new();
+        for c in bloom_cols {
+            let idx = col_index(c).expect("schema checked above");
+            if let Some(f) = builder
+                .get_row_group_column_bloom_filter(rg, idx)
+                .map_err(|e| corrupt(path, e.to_string()))?
+            {
+                blooms.push((c.to_string(), f));
+            }
+        }
+        row_groups.push(RowGroupIndex {
+            rows: meta.num_rows() as u64,
+            min_block,
+            max_block,
+            blooms,
+        });
+    }
+    Ok(row_groups)
 }

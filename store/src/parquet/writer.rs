@@ -6,7 +6,8 @@
 //! parquet-rs writes no page checksums.
 
 use super::{
-    log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BODY_CRC_KEY, BODY_LEN_KEY,
+    log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
+    BODY_LEN_KEY,
 };
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
@@ -48,6 +49,8 @@ struct FileWriter<F: Fs> {
     file: F::File,
     crc: u32,
     written: u64,
+    /// `offset:length:crc32c` of every bloom filter written so far.
+    bloom_crcs: Vec<String>,
 }
 
 impl<F: Fs> FileWriter<F> {
@@ -65,22 +68,27 @@ impl<F: Fs> FileWriter<F> {
             file,
             crc: 0,
             written: 0,
+            bloom_crcs: Vec::new(),
         })
     }
 
-    async fn drain(&mut self) -> Result<(), Error> {
+    /// Appends everything the encoder produced since the last drain; returns the file offset at
+    /// which those bytes start and the bytes themselves.
+    async fn drain(&mut self) -> Result<(u64, Vec<u8>), Error> {
         // The encoder buffers internally; push everything down to our Vec first.
         self.encoder.sync().map_err(|e| Error::io(&self.path, e))?;
         let bytes = std::mem::take(self.encoder.inner_mut());
+        let base = self.written;
         if bytes.is_empty() {
-            return Ok(());
+            return Ok((base, bytes));
         }
         self.crc = crc32c::crc32c_append(self.crc, &bytes);
         self.written += bytes.len() as u64;
         self.file
             .append(&bytes)
             .await
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok((base, bytes))
     }
 
     async fn write_row_group(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), Error> {
@@ -90,7 +98,24 @@ impl<F: Fs> FileWriter<F> {
         };
         self.encoder.write(batch).map_err(perr)?;
         self.encoder.flush().map_err(perr)?;
-        self.drain().await
+        let (base, bytes) = self.drain().await?;
+        // Bloom filters are written right after their row group, so they are in `bytes`:
+        // checksum each one so the index can be verified without reading data pages.
+        let rg = self
+            .encoder
+            .flushed_row_groups()
+            .last()
+            .expect("just flushed");
+        for col in rg.columns() {
+            if let (Some(off), Some(len)) = (col.bloom_filter_offset(), col.bloom_filter_length()) {
+                let (off, len) = (off as u64, len as usize);
+                assert!(off >= base, "bloom filter written with its row group");
+                let start = (off - base) as usize;
+                let crc = crc32c::crc32c(&bytes[start..start + len]);
+                self.bloom_crcs.push(format!("{off}:{len}:{crc:08x}"));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the footer (with the body checksum) and fsyncs the file.
@@ -104,6 +129,10 @@ impl<F: Fs> FileWriter<F> {
         ));
         self.encoder
             .append_key_value_metadata(KeyValue::new(BODY_LEN_KEY.to_string(), len.to_string()));
+        self.encoder.append_key_value_metadata(KeyValue::new(
+            BLOOM_CRC_KEY.to_string(),
+            self.bloom_crcs.join(","),
+        ));
         self.encoder.finish().map_err(|e| Error::Parquet {
             path: self.path.clone(),
             reason: e.to_string(),

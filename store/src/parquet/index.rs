@@ -1,0 +1,192 @@
+//! A closed file's index, loaded with ranged reads of the footer and the bloom filters only:
+//! never a data page. Every bloom filter is verified against the crc32c our writer recorded in
+//! the footer, so a rotted filter is an error instead of a silent false negative.
+
+use super::reader::{row_group_index, FileKind, RowGroupIndex, UNFINISHED};
+use super::{BLOOM_CRC_KEY, BODY_CRC_KEY};
+use crate::env::{Fs, FsFile};
+use crate::error::Error;
+use bytes::{Buf, Bytes};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::reader::{ChunkReader, Length};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Footers larger than this are refused as corrupt (ours are a few hundred KiB at most).
+const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Only the byte ranges that were fetched; reading anything else is an error, which is how the
+/// index proves it touches no data page.
+pub(crate) struct Sparse {
+    len: u64,
+    ranges: BTreeMap<u64, Bytes>,
+}
+
+impl Sparse {
+    fn slice(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        let (&off, bytes) = self
+            .ranges
+            .range(..=start)
+            .next_back()
+            .ok_or_else(|| ParquetError::General(format!("range at {start} not fetched")))?;
+        let from = (start - off) as usize;
+        if from + length > bytes.len() {
+            return Err(ParquetError::General(format!(
+                "range {start}+{length} not fetched"
+            )));
+        }
+        Ok(bytes.slice(from..from + length))
+    }
+}
+
+impl Length for Sparse {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for Sparse {
+    type T = bytes::buf::Reader<Bytes>;
+    fn get_read(&self, start: u64) -> Result<Self::T, ParquetError> {
+        let (&off, bytes) = self
+            .ranges
+            .range(..=start)
+            .next_back()
+            .ok_or_else(|| ParquetError::General(format!("range at {start} not fetched")))?;
+        let from = ((start - off) as usize).min(bytes.len());
+        Ok(bytes.slice(from..).reader())
+    }
+    fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        self.slice(start, length)
+    }
+}
+
+/// Row-group ranges and bloom filters of one file.
+#[derive(Clone, Debug)]
+pub struct FileIndex {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    pub len: u64,
+    pub row_groups: Vec<RowGroupIndex>,
+    /// Bytes read to build this index (footer and bloom filters).
+    pub bytes_read: u64,
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl FileIndex {
+    pub async fn load<F: Fs>(fs: &F, path: &Path, kind: FileKind) -> Result<FileIndex, Error> {
+        let io = |e| Error::io(path, e);
+        let file = fs.open(path).await.map_err(io)?;
+        let len = file.len().await.map_err(io)?;
+        if len < 12 {
+            return Err(corrupt(path, format!("{UNFINISHED}: no parquet footer")));
+        }
+        let tail = file.read_at(len - 8, 8).await.map_err(io)?;
+        if &tail[4..] != b"PAR1" {
+            return Err(corrupt(path, format!("{UNFINISHED}: no parquet footer")));
+        }
+        let footer_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+        if footer_len > MAX_FOOTER_BYTES || footer_len + 8 > len {
+            return Err(corrupt(
+                path,
+                format!("footer length {footer_len} is impossible"),
+            ));
+        }
+        let footer_start = len - 8 - footer_len;
+        let footer = file
+            .read_at(footer_start, footer_len as usize)
+            .await
+            .map_err(io)?;
+        let mut bytes_read = 8 + footer_len;
+        let metadata = ParquetMetaDataReader::decode_metadata(&footer)
+            .map_err(|e| corrupt(path, format!("footer: {e}")))?;
+        let kv = metadata.file_metadata().key_value_metadata();
+        let find = |k: &str| {
+            kv.and_then(|kv| kv.iter().find(|e| e.key == k))
+                .and_then(|e| e.value.clone())
+        };
+        let ours = find(BODY_CRC_KEY).is_some();
+        let mut bloom_crcs: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
+        for entry in find(BLOOM_CRC_KEY)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|e| !e.is_empty())
+        {
+            let parts: Vec<&str> = entry.split(':').collect();
+            let parsed = match parts.as_slice() {
+                [o, l, c] => (|| {
+                    Some((
+                        o.parse().ok()?,
+                        l.parse().ok()?,
+                        u32::from_str_radix(c, 16).ok()?,
+                    ))
+                })(),
+                _ => None,
+            };
+            let (o, l, c) = parsed
+                .ok_or_else(|| corrupt(path, format!("bad bloom checksum entry {entry:?}")))?;
+            bloom_crcs.insert(o, (l, c));
+        }
+        let mut sparse = Sparse {
+            len,
+            ranges: BTreeMap::new(),
+        };
+        for rg in metadata.row_groups() {
+            for col in rg.columns() {
+                let (Some(off), Some(blen)) =
+                    (col.bloom_filter_offset(), col.bloom_filter_length())
+                else {
+                    continue;
+                };
+                let (off, blen) = (off as u64, blen as usize);
+                if off + blen as u64 > footer_start {
+                    return Err(corrupt(
+                        path,
+                        format!("bloom filter at {off} overlaps the footer"),
+                    ));
+                }
+                let bytes = file.read_at(off, blen).await.map_err(io)?;
+                bytes_read += blen as u64;
+                match bloom_crcs.get(&off) {
+                    Some(&(l, c)) if l == blen && crc32c::crc32c(&bytes) == c => {}
+                    Some(_) => {
+                        return Err(corrupt(
+                            path,
+                            format!("bloom filter checksum mismatch at offset {off}"),
+                        ))
+                    }
+                    None if ours => {
+                        return Err(corrupt(
+                            path,
+                            format!("no checksum for bloom filter at offset {off}"),
+                        ))
+                    }
+                    None => {}
+                }
+                sparse.ranges.insert(off, Bytes::from(bytes));
+            }
+        }
+        drop(file);
+        let metadata = Arc::new(metadata);
+        let arrow_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())
+            .map_err(|e| corrupt(path, e.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta);
+        let row_groups = row_group_index(path, kind, &builder)?;
+        Ok(FileIndex {
+            path: path.to_path_buf(),
+            kind,
+            len,
+            row_groups,
+            bytes_read,
+        })
+    }
+}
