@@ -599,25 +599,6 @@ async fn empty_blocks_never_move_the_cursor_back_and_empty_pairs_are_not_kept_at
     );
 }
 
-#[cfg(feature = "failpoints")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_crate_failpoints_are_honoured() {
-    let scenario = fail::FailScenario::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let s = open(tmp.path(), config(4, 1)).await;
-    fail::cfg(failpoints::AFTER_WAL_APPEND, "return").unwrap();
-    assert!(matches!(
-        s.write_receipts(1, vec![receipt(1, 0, 0)]).await,
-        Err(Error::Failpoint(_))
-    ));
-    fail::remove(failpoints::AFTER_WAL_APPEND);
-    s.crash().await;
-    scenario.teardown();
-    let s = open(tmp.path(), config(4, 1)).await;
-    assert_eq!(all_blocks(&s).await, vec![1]);
-    s.close().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_hash_lookup_over_hundreds_of_files_reads_no_data_pages() {
     let tmp = tempfile::tempdir().unwrap();
