@@ -678,3 +678,42 @@ async fn a_rotted_bloom_filter_is_an_error_not_a_false_negative() {
     );
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_pruned_before_a_crash_never_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(2, 1);
+    c.keep_recent = 4;
+    let s = open(tmp.path(), c.clone()).await;
+    for b in 1..=12u64 {
+        s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
+    }
+    let snap = s.snapshot().await.unwrap(); // a live read holds every closed pair
+    s.prune_now().await.unwrap();
+    let st = s.status().await.unwrap();
+    assert_eq!(
+        st.closed_pairs,
+        vec![8, 10],
+        "windows ending at or below 12-4 are untracked"
+    );
+    assert_eq!(st.pending_deletes, 4, "their files wait for the snapshot");
+    assert!(tmp.path().join("receipts_0.parquet").exists());
+    assert_eq!(
+        s.get_receipt(&receipt(3, 0, 0).tx_hash).await.unwrap(),
+        None,
+        "pruned reads as not found"
+    );
+    s.crash().await;
+    drop(snap);
+    let s = open(tmp.path(), c).await;
+    assert!(
+        !tmp.path().join("receipts_0.parquet").exists(),
+        "prune at open deletes it again"
+    );
+    assert_eq!(all_blocks(&s).await, vec![8, 9, 10, 11, 12]);
+    assert_eq!(
+        s.get_receipt(&receipt(3, 0, 0).tx_hash).await.unwrap(),
+        None
+    );
+    s.close().await.unwrap();
+}

@@ -78,6 +78,10 @@ pub struct Status {
     pub wal_segments: usize,
     pub poisoned: Option<String>,
     pub max_blocks_per_file: u64,
+    /// The last prune pass's error, if it failed (the pass is retried on the next tick).
+    pub last_prune_error: Option<String>,
+    /// Pruned pairs whose files are not deleted yet (in use by a snapshot, or a delete failed).
+    pub pending_deletes: usize,
 }
 
 pub(crate) enum Request {
@@ -152,6 +156,7 @@ pub(crate) struct State<E: Env> {
     pub hook: Option<Arc<dyn FaultHook>>,
     /// Pruned pairs whose files are still used by a live snapshot.
     pub doomed: Vec<Arc<ClosedPair>>,
+    pub last_prune_error: Option<String>,
     pub ending: SharedEnding,
 }
 
@@ -190,6 +195,8 @@ impl<E: Env> State<E> {
             wal_segments: self.wal.as_ref().map(|w| w.segment_count()).unwrap_or(0),
             poisoned: self.poisoned.clone(),
             max_blocks_per_file: self.config.max_blocks_per_file,
+            last_prune_error: self.last_prune_error.clone(),
+            pending_deletes: self.doomed.len(),
         }
     }
 

@@ -66,6 +66,13 @@ impl<E: Env> State<E> {
             }
         }
         self.doomed = keep;
+        self.last_prune_error = (!errors.is_empty()).then(|| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         if deleted > 0 || !errors.is_empty() {
             if let Err(e) = fs.sync_dir(&self.dir).await {
                 errors.push(Error::io(&self.dir, e));

@@ -142,6 +142,7 @@ pub(crate) async fn open<E: Env>(
         poisoned: None,
         hook,
         doomed: Vec::new(),
+        last_prune_error: None,
         ending: ending.clone(),
     };
     let before: Vec<u64> = state.catalogue.keys().copied().collect();
@@ -155,6 +156,10 @@ pub(crate) async fn open<E: Env>(
             });
         }
     };
+    // A pair untracked by a prune before a crash may still be on disk: prune again before
+    // serving anything, so a pruned window never comes back. A failed delete is kept, reported
+    // in `Status`, and retried on the next tick.
+    let _ = state.prune().await;
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
     env.spawner()
         .spawn("receipt-store-coordinator", Box::pin(state.run(rx)));
