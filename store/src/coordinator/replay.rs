@@ -198,17 +198,16 @@ impl<E: Env> State<E> {
             {
                 self.rotate(rec.height, None, false).await?;
             }
-            for r in &rec.receipts {
+            let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
+            for r in rec.receipts {
                 self.apply(rec.height, r).await?;
             }
             self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
             match out.last_mut() {
-                Some(b) if b.block_number == rec.height => {
-                    b.tx_hashes.extend(rec.receipts.iter().map(|r| r.tx_hash))
-                }
+                Some(b) if b.block_number == rec.height => b.tx_hashes.extend(hashes),
                 _ => out.push(ReplayedBlock {
                     block_number: rec.height,
-                    tx_hashes: rec.receipts.iter().map(|r| r.tx_hash).collect(),
+                    tx_hashes: hashes,
                 }),
             }
         }

@@ -77,7 +77,7 @@ impl<E: Env> State<E> {
         }
         validate(&receipts)?;
         let rotate = self.rotates_at(height);
-        let r = self.write_logged(height, &receipts, rotate).await;
+        let r = self.write_logged(height, receipts, rotate).await;
         if let Err(e) = &r {
             self.poison(e);
         }
@@ -87,7 +87,7 @@ impl<E: Env> State<E> {
     async fn write_logged(
         &mut self,
         height: u64,
-        receipts: &[ReceiptInput],
+        receipts: Vec<ReceiptInput>,
         rotate: bool,
     ) -> Result<()> {
         let wal = self.wal.as_mut().expect("a usable store has a WAL");
@@ -96,7 +96,7 @@ impl<E: Env> State<E> {
             // later is a whole-segment removal.
             wal.roll().await?;
         }
-        let seq = wal.append(height, receipts).await?;
+        let seq = wal.append(height, &receipts).await?;
         self.failpoint(fp::AFTER_WAL_APPEND)?;
         if rotate {
             self.rotate(height, Some(seq), true).await?;
@@ -124,7 +124,7 @@ impl<E: Env> State<E> {
     }
 
     /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
-    pub(crate) async fn apply(&mut self, block: u64, input: &ReceiptInput) -> Result<()> {
+    pub(crate) async fn apply(&mut self, block: u64, input: ReceiptInput) -> Result<()> {
         if self.open.is_none() {
             let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
             if aligned >= self.file_start_block {
@@ -154,17 +154,17 @@ impl<E: Env> State<E> {
         open.buf_receipts.push(ReceiptRecord {
             tx_hash: input.tx_hash,
             block_number: block,
-            receipt_bytes: input.receipt_bytes.clone(),
+            receipt_bytes: input.receipt_bytes,
         });
-        for log in &input.logs {
+        for log in input.logs {
             open.buf_logs.push(LogRecord {
                 block_number: block,
                 tx_hash: input.tx_hash,
                 tx_index: input.tx_index,
                 log_index,
                 address: log.address,
-                topics: log.topics.clone(),
-                data: log.data.clone(),
+                topics: log.topics,
+                data: log.data,
             });
             log_index = log_index.saturating_add(1);
         }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub const BLOOM_MAX_NDV: u64 = 16_384;
 pub const BLOOM_FPP: f64 = 0.01;
 
-fn properties(bloom_columns: &[&str]) -> WriterProperties {
+pub fn properties(bloom_columns: &[&str]) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Page)
