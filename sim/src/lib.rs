@@ -1,4 +1,10 @@
-//! Deterministic simulation harness for `receipt-store`.
+//! Deterministic simulation harness for `receipt-store`: sim filesystem, seeded executor,
+//! plans, a reference model and the invariants, driven by the `receipt-sim` CLI.
 
+pub mod exec;
 pub mod fs;
+pub mod model;
+pub mod plan;
+pub mod report;
 pub mod runtime;
+pub mod shrink;
