@@ -47,13 +47,6 @@ impl ClosedPair {
             max_block,
         }
     }
-
-    /// The first block of the window after this one.
-    pub fn window_end(&self, max_blocks_per_file: u64) -> u64 {
-        (self.start / max_blocks_per_file)
-            .saturating_add(1)
-            .saturating_mul(max_blocks_per_file)
-    }
 }
 
 /// What the directory listing holds, grouped by pair.
@@ -124,12 +117,5 @@ mod tests {
         let l = group_listing(&names);
         assert_eq!(l.pairs, vec![0]);
         assert_eq!(l.lone, vec!["receipts_4.parquet".to_string()]);
-    }
-
-    #[test]
-    fn window_end_is_the_next_aligned_boundary() {
-        let p = ClosedPair::new(Path::new("/d"), 5, None);
-        assert_eq!(p.window_end(4), 8);
-        assert_eq!(ClosedPair::new(Path::new("/d"), 8, None).window_end(4), 12);
     }
 }

@@ -717,3 +717,31 @@ async fn a_window_pruned_before_a_crash_never_comes_back() {
     );
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_a_pair_whose_blocks_run_past_its_nominal_window() {
+    // Found by the simulator (prune-heavy seed 5): writes skipped the boundary at 18, so pair
+    // 16 also holds blocks 19 and 21; upstream's `start + MBF <= prune_before` rule pruned it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(2, 1);
+    c.keep_recent = 6;
+    let s = open(tmp.path(), c).await;
+    for b in [16u64, 19, 21, 22, 23, 24] {
+        s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
+    }
+    s.prune_now().await.unwrap();
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![16, 19, 21, 22, 23, 24],
+        "nothing at or above 24-6 may go"
+    );
+    s.write_receipts(30, vec![receipt(30, 0, 0)]).await.unwrap();
+    s.write_receipts(32, vec![receipt(32, 0, 0)]).await.unwrap();
+    s.prune_now().await.unwrap();
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![24, 30, 32],
+        "pairs 16 and 22 are wholly below 32-6"
+    );
+    s.close().await.unwrap();
+}

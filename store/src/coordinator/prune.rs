@@ -15,13 +15,16 @@ impl<E: Env> State<E> {
         }
         if let Some(latest) = self.latest {
             let prune_before = latest.saturating_sub(self.config.keep_recent);
-            let mbf = self.config.max_blocks_per_file;
-            let newest = self.catalogue.keys().next_back().copied();
-            let eligible: Vec<u64> = self
-                .catalogue
-                .values()
-                .filter(|p| Some(p.start) != newest && p.window_end(mbf) <= prune_before)
-                .map(|p| p.start)
+            // Rotation fires only at exact boundary heights, so when writes skip a boundary a
+            // pair holds blocks past its nominal window (`start + MBF`, upstream's rule, which
+            // would prune recent blocks). Every block of a pair is below the next pair's start:
+            // that bound must be at or below `prune_before`. The newest pair has no such bound
+            // and is never pruned (it also anchors the file start block after a reopen).
+            let starts: Vec<u64> = self.catalogue.keys().copied().collect();
+            let eligible: Vec<u64> = starts
+                .windows(2)
+                .filter(|w| w[1] <= prune_before)
+                .map(|w| w[0])
                 .collect();
             for s in eligible {
                 let pair = self.catalogue.remove(&s).expect("listed above");
