@@ -287,7 +287,7 @@ impl Run<'_> {
                             }
                         }
                         Err(e)
-                            if matches!(e, Error::Closed) || e.to_string().contains("injected") => {
+                            if matches!(e, Error::Closed | Error::Poisoned(_)) || e.to_string().contains("injected") => {
                         }
                         Err(e) => fails.lock().unwrap().push(format!("read failed: {e}")),
                     }

@@ -271,7 +271,10 @@ impl<E: Env> State<E> {
                     let _ = reply.send(r);
                 }
                 Request::Snapshot { reply } => {
-                    let _ = reply.send(Ok(self.snapshot()));
+                    // A poisoned store's open window may hold half a write: no reads from it
+                    // until a reopen replays the WAL into a consistent state.
+                    let r = self.check_usable().map(|()| self.snapshot());
+                    let _ = reply.send(r);
                 }
                 Request::Status { reply } => {
                     let _ = reply.send(Ok(self.status()));
