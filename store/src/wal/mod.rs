@@ -20,6 +20,8 @@ use record::{
 use std::path::{Path, PathBuf};
 
 pub const WAL_DIR_NAME: &str = "wal";
+/// Scratch file of the rewrite at open; never parsed as a segment.
+const REWRITE_TMP: &str = "rewrite.tmp";
 const SEGMENT_SUFFIX: &str = ".wal";
 
 fn segment_name(first_seq: u64) -> String {
@@ -198,6 +200,34 @@ impl<F: Fs> Wal<F> {
             .last()
             .map(|r| r.seq + 1)
             .unwrap_or_else(|| segments.last().map(|s| s.first_seq).unwrap_or(1));
+        if !records.is_empty() {
+            // Rewrite every valid record into a fresh, fsynced segment before anything is
+            // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
+            // still be readable from the page cache although they will never reach the disk, and
+            // a later fsync of the same file does not bring them back: only new writes do.
+            let first = records[0].seq;
+            let tmp = dir.join(REWRITE_TMP);
+            let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
+            for r in &records {
+                f.append(&encode_frame(r.seq, r.height, &r.receipts))
+                    .await
+                    .map_err(io(&tmp))?;
+            }
+            f.sync_data().await.map_err(io(&tmp))?;
+            drop(f);
+            let target = dir.join(segment_name(first));
+            fs.rename(&tmp, &target).await.map_err(io(&target))?;
+            for seg in segments.drain(..) {
+                if seg.path != target {
+                    fs.remove(&seg.path).await.map_err(io(&seg.path))?;
+                }
+            }
+            fs.sync_dir(&dir).await.map_err(io(&dir))?;
+            segments.push(Segment {
+                first_seq: first,
+                path: target,
+            });
+        }
         let (active, active_file, active_len) = match segments.pop() {
             Some(seg) => {
                 let file = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
