@@ -240,11 +240,11 @@ impl SimFs {
         let ino = match existing {
             Some(_) if exclusive => return Err(err(io::ErrorKind::AlreadyExists, "file exists")),
             Some(ino) => {
-                s.inodes
-                    .get_mut(&ino)
-                    .expect("entry points at inode")
-                    .data
-                    .clear();
+                let inode = s.inodes.get_mut(&ino).expect("entry points at inode");
+                inode.data.clear();
+                // Pages written after a truncate are new dirty pages: a later sync writes them,
+                // whatever happened to the old ones.
+                inode.lost.clear();
                 ino
             }
             None => {
@@ -351,6 +351,11 @@ impl FsFile for SimFile {
         self.fs.check(FsOp::Truncate, &self.path)?;
         self.with(|ino, _| {
             ino.data.truncate(len as usize);
+            let len = len as usize;
+            ino.lost.retain(|&(a, _)| a < len);
+            for r in &mut ino.lost {
+                r.1 = r.1.min(len);
+            }
             Ok(())
         })
     }

@@ -1,0 +1,87 @@
+//! Harness strength: every planted bug must be caught within 1,000 seeds of the scenario that
+//! exercises it. Runs only with `--features canary` (the README test command enables it).
+#![cfg(feature = "canary")]
+
+use receipt_sim::exec::run_plan;
+use receipt_sim::plan::{generate, load_scenario};
+use receipt_store::canary::{self, Canary};
+
+/// Seeds tried per canary before declaring the harness too weak.
+const MAX_SEEDS: u64 = 1_000;
+
+fn first_catch(c: Canary, scenario: &str) -> Option<(u64, String)> {
+    let sc = load_scenario(scenario).unwrap();
+    // Each canary runs on its own thread: the selection is per thread.
+    std::thread::spawn(move || {
+        canary::set(Some(c));
+        (0..MAX_SEEDS).find_map(|seed| {
+            run_plan(&generate(seed, &sc), false)
+                .failures
+                .first()
+                .map(|f| (seed, f.clone()))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+fn assert_caught(c: Canary, scenario: &str) {
+    match first_catch(c, scenario) {
+        Some((seed, why)) => {
+            eprintln!("{c:?} caught by {scenario} seed {seed}: {why}");
+            let sc = load_scenario(scenario).unwrap();
+            let clean = run_plan(&generate(seed, &sc), false);
+            assert!(
+                clean.failures.is_empty(),
+                "seed {seed} fails without the canary too: {:?}",
+                clean.failures
+            );
+        }
+        None => panic!("{c:?} survived {MAX_SEEDS} seeds of {scenario}"),
+    }
+}
+
+#[test]
+fn the_leaked_handle_is_reported_as_a_leak() {
+    let (_, why) = first_catch(Canary::LeakHandleOnFailedOpen, "disk-full").expect("caught");
+    assert!(why.contains("handles left open"), "{why}");
+}
+
+#[test]
+fn acking_before_the_wal_fsync_is_caught() {
+    assert_caught(Canary::AckBeforeWalFsync, "power-loss");
+}
+
+#[test]
+fn skipping_the_directory_sync_at_rotation_is_caught() {
+    assert_caught(Canary::SkipRotationDirSync, "power-loss");
+}
+
+#[test]
+fn dropping_wal_records_before_the_closed_pair_is_durable_is_caught() {
+    assert_caught(Canary::DropWalBeforePairDurable, "power-loss");
+}
+
+#[test]
+fn trusting_a_retried_fsync_is_caught() {
+    assert_caught(Canary::TrustRetriedFsync, "fsync-failure");
+}
+
+#[test]
+fn an_off_by_one_at_the_replay_boundary_is_caught() {
+    assert_caught(Canary::ReplayBoundaryOffByOne, "crash-storm");
+}
+
+#[test]
+fn a_handle_leaked_by_a_failed_open_is_caught() {
+    assert_caught(Canary::LeakHandleOnFailedOpen, "disk-full");
+}
+
+#[test]
+fn without_a_canary_the_same_seeds_pass() {
+    let sc = load_scenario("power-loss").unwrap();
+    for seed in 0..50 {
+        let o = run_plan(&generate(seed, &sc), false);
+        assert!(o.failures.is_empty(), "seed {seed}: {:?}", o.failures);
+    }
+}
