@@ -183,17 +183,27 @@ impl<F: Fs> Wal<F> {
                 f.sync_all().await.map_err(io(&seg.path))?;
             }
             // Segments left behind by an undone removal can precede a gap; they are older than
-            // everything after them and replay skips what is already in closed files.
-            if let (Some(prev), Some(first)) = (records.last(), scan.records.first()) {
-                if first.seq <= prev.seq {
-                    return Err(WalError::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: format!("sequence {} does not follow {}", first.seq, prev.seq),
-                    });
+            // everything after them and replay skips what is already in closed files. A rewrite
+            // interrupted between its rename and its removals leaves the same records in two
+            // segments: identical records under one sequence number are one record.
+            for rec in scan.records {
+                match records.last() {
+                    Some(prev) if rec.seq <= prev.seq => {
+                        let i = records.partition_point(|r| r.seq < rec.seq);
+                        if records.get(i) != Some(&rec) {
+                            return Err(WalError::Corrupt {
+                                path: seg.path.clone(),
+                                offset: 0,
+                                reason: format!(
+                                    "record {} differs from the one already read",
+                                    rec.seq
+                                ),
+                            });
+                        }
+                    }
+                    _ => records.push(rec),
                 }
             }
-            records.extend(scan.records);
         }
 
         let next_seq = records
