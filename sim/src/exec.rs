@@ -34,6 +34,9 @@ pub struct Outcome {
     pub recovered: Option<State>,
     #[serde(skip)]
     pub expected: Option<State>,
+    /// The state read back at the last successful recovery (what the corpus snapshots).
+    #[serde(skip)]
+    pub final_state: Option<State>,
 }
 
 /// Failpoints armed by the plan; consulted by the store through its per-instance hook.
@@ -235,6 +238,7 @@ impl Run<'_> {
             Err(e) => self.fail(format!("second recovery read failed: {e}")),
         }
         self.out.state_hash = got.hash();
+        self.out.final_state = Some(got);
         self.spawn_readers(&again);
         Some(again)
     }

@@ -28,7 +28,7 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         scenario: String,
         /// Number of seeds.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 5000)]
         seeds: u64,
         /// Base seed (seeds base..base+N); defaults to 0.
         #[arg(long, default_value_t = 0)]
@@ -74,6 +74,19 @@ enum Cmd {
         out: Option<PathBuf>,
         #[arg(long)]
         canary: Option<String>,
+    },
+    /// Write the plan a seed expands to (JSON), e.g. to add it to the corpus in seeds/.
+    Plan {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value = "default")]
+        scenario: String,
+        /// One line on why the plan is kept.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Show recovered vs expected state of a failing seed as a line diff of canonical JSON.
     Diff {
@@ -281,6 +294,22 @@ fn main() {
                 "replay: cargo run --release -p receipt-sim -- replay --plan {}",
                 path.display()
             );
+        }
+        Cmd::Plan {
+            seed,
+            scenario,
+            reason,
+            out,
+        } => {
+            let mut p = plan_for(seed, &scenario);
+            p.reason = reason;
+            let text = serde_json::to_string_pretty(&p).expect("serialisable");
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text + "\n").unwrap_or_else(|e| die(&e.to_string()))
+                }
+                None => println!("{text}"),
+            }
         }
         Cmd::Diff {
             seed,

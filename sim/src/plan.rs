@@ -168,6 +168,10 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
     let mut ops = Vec::with_capacity(sc.ops);
     let mut height = 0u64;
     let mut writes: Vec<usize> = Vec::new();
+    // Only scenarios with crashes get extra crash points after boundary writes.
+    let crashy = [OpKind::Crash, OpKind::PowerLoss]
+        .iter()
+        .any(|k| sc.weights.get(k).is_some_and(|w| *w > 0));
     while ops.len() < sc.ops {
         let mut x = rng.random_range(0..total);
         let kind = kinds
@@ -253,7 +257,7 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
         // Bias crash points to just after boundary writes, where rotation happened.
         if let Op::Write { height: h, .. } = op {
             ops.push(op);
-            if h % swarm.max_blocks_per_file == 0 && rng.random_bool(0.15) {
+            if crashy && h % swarm.max_blocks_per_file == 0 && rng.random_bool(0.15) {
                 ops.push(if rng.random_bool(0.5) {
                     Op::Crash
                 } else {
