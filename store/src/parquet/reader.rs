@@ -137,21 +137,6 @@ impl ParquetFile {
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
             .map_err(|e| corrupt(path, e.to_string()))?;
         let metadata = builder.metadata().clone();
-        let names: Vec<String> = builder
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let want: Vec<String> = kind
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        if names != want {
-            return Err(corrupt(path, format!("unexpected columns {names:?}")));
-        }
         let row_groups = row_group_index(path, kind, &builder)?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
