@@ -1,49 +1,82 @@
 //! Runs one plan against the real store on the simulated environment and checks the invariants
-//! of DESIGN.md after every op and every recovery.
+//! of DESIGN.md (see [`crate::check`]) after every op and every recovery.
+//!
+//! One run = one seeded [`Runtime`] + one [`SimFs`]. The plan's ops run on the main task (the one
+//! writer); `swarm.readers` reader tasks issue reads concurrently and check each answer against
+//! the model at some instant between call and reply. A crash is modelled outside the store:
+//! every store task is dropped by the runtime (as a killed process loses its threads), then the
+//! filesystem crashes (process: nothing lost; power: unsynced data lost or torn), then the store
+//! is opened again and its recovered state checked.
 
+use crate::check::{self, Check, Failure};
 use crate::fs::{Fault, FsOp, SimFs};
-use crate::model::{receipts_for, Model, State};
-use crate::plan::{Op, Plan};
-use crate::runtime::{Runtime, SimEnv};
+use crate::model::{self, receipts_for, tx_hash, Model, State};
+use crate::plan::{Op, Plan, FAULT_STREAM, READER_STREAM, STALE_TX_BASE};
+use crate::runtime::{yield_now, Handle, Runtime, SimEnv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use receipt_store::{Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store};
 use serde::Serialize;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const DATA_DIR: &str = "/data";
-/// Reads each background reader issues per store incarnation.
-const READS_PER_READER: usize = 12;
+pub const DATA_DIR: &str = "/data";
+/// Reads one reader task issues per store incarnation, at most.
+pub const MAX_READS_PER_READER: usize = 48;
+/// Scheduler yields a reader waits between two reads, at most (drawn per read).
+pub const MAX_YIELDS_BETWEEN_READS: u32 = 48;
+/// Scheduling rounds close waits for reader tasks to notice and finish.
+const MAX_DRAIN_ROUNDS: usize = 10_000;
+/// Opens attempted per recovery: an armed fault may fail the first one legitimately.
+const MAX_OPEN_ATTEMPTS: usize = 2;
+/// Ops a poisoned store keeps serving (failing) before the executor restarts it, at most.
+const MAX_OPS_BEFORE_RESTART: u32 = 3;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Outcome {
     pub seed: u64,
     pub scenario: String,
+    /// One line per failure, `[check] detail`; empty when the plan passed.
     pub failures: Vec<String>,
     pub ops: usize,
     pub crashes: usize,
+    pub power_losses: usize,
+    /// Faults injected (filesystem faults and failpoints that fired).
     pub faults: u64,
     pub reopens: usize,
+    pub writes_acked: usize,
+    pub reads: usize,
     pub trace_hash: u64,
     pub state_hash: u64,
     #[serde(skip)]
     pub trace: Vec<String>,
+    /// On a recovery mismatch: the state recovered and the nearest expected state.
     #[serde(skip)]
     pub recovered: Option<State>,
     #[serde(skip)]
     pub expected: Option<State>,
-    /// The state read back at the last successful recovery (what the corpus snapshots).
+    /// The state read back at the last successful recovery (after the final clean close when
+    /// the run got that far): what the corpus snapshots.
     #[serde(skip)]
     pub final_state: Option<State>,
 }
 
-/// Failpoints armed by the plan; consulted by the store through its per-instance hook.
+/// Faults armed by the plan; consulted by the store (failpoints) and by the sim fs (fs faults).
 #[derive(Default)]
 struct Armed {
     failpoint: Mutex<Option<String>>,
     fs: Mutex<Option<(FsOp, Fault, u32)>>,
+    /// Failpoints that fired.
+    fired: AtomicU64,
+}
+
+impl Armed {
+    fn clear(&self) {
+        *self.failpoint.lock().unwrap() = None;
+        *self.fs.lock().unwrap() = None;
+    }
 }
 
 struct Hook(Arc<Armed>);
@@ -53,6 +86,7 @@ impl FaultHook for Hook {
         let mut a = self.0.failpoint.lock().unwrap();
         if a.as_deref() == Some(point) {
             *a = None;
+            self.0.fired.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         false
@@ -61,181 +95,235 @@ impl FaultHook for Hook {
 
 type S = Store<SimEnv>;
 
+/// State shared with reader tasks.
+#[derive(Default)]
+struct ReaderShared {
+    failures: Vec<Failure>,
+    reads: usize,
+}
+
 struct Run<'p> {
     plan: &'p Plan,
     env: SimEnv,
     fs: SimFs,
-    handle: crate::runtime::Handle,
+    handle: Handle,
     armed: Arc<Armed>,
     model: Arc<Mutex<Model>>,
     out: Outcome,
     fault_rng: ChaCha8Rng,
     trace_on: bool,
-    read_failures: Arc<Mutex<Vec<String>>>,
+    trace_fnv: u64,
+    readers: Arc<Mutex<ReaderShared>>,
+    stop_readers: Arc<AtomicBool>,
+    /// Faults injected when the current store was opened.
+    faults_at_open: u64,
+    /// A write failed after validation, so the store is poisoned: it is restarted after this
+    /// many more ops (a few, so reads and writes against a poisoned store are exercised too).
+    restart_in: Option<u32>,
 }
 
-fn config(plan: &Plan) -> Config {
+pub fn config(plan: &Plan) -> Config {
     let s = &plan.swarm;
     let mut c = Config::new(s.max_blocks_per_file, s.block_flush_interval.max(1));
     c.block_flush_interval = s.block_flush_interval;
     c.keep_recent = s.keep_recent;
-    c.prune_interval = Duration::from_millis(s.prune_interval_ms);
+    c.prune_interval = Duration::from_millis(s.prune_interval_ms.max(1));
     c.sync_policy = s.sync_policy;
     c.wal_segment_bytes = 4096;
     c
 }
 
-/// Errors that mean "nothing was staged": the write's outcome is known to be "not written".
+/// Errors that say "nothing was staged".
 fn rejected(e: &Error) -> bool {
     matches!(
         e,
-        Error::NonMonotonic { .. }
-            | Error::Sealed { .. }
-            | Error::InvalidInput(_)
-            | Error::Poisoned(_)
-            | Error::Closed
+        Error::NonMonotonic { .. } | Error::Sealed { .. } | Error::InvalidInput(_)
     )
+}
+
+/// Errors a read may legitimately return: the store is poisoned (reads fail until reopen), or
+/// an injected I/O fault hit the read.
+fn tolerated_read_error(e: &Error) -> bool {
+    matches!(e, Error::Poisoned(_)) || e.to_string().contains("injected")
 }
 
 impl Run<'_> {
     fn log(&mut self, line: String) {
+        self.trace_fnv =
+            (self.trace_fnv ^ model::fnv(line.as_bytes())).wrapping_mul(0x1000_0000_01b3);
         if self.trace_on {
             self.out
                 .trace
-                .push(format!("[{:>10?}] {line}", self.handle.now()));
+                .push(format!("[{:>12?}] {line}", self.handle.now()));
         }
     }
 
-    fn fail(&mut self, what: String) {
-        self.log(format!("FAILURE: {what}"));
-        self.out.failures.push(what);
+    fn fail(&mut self, f: Failure) {
+        let line = f.to_string();
+        self.log(format!("FAILURE: {line}"));
+        self.out.failures.push(line);
     }
 
-    fn prunable(&self) -> impl Fn(u64) -> bool {
-        let keep = self.plan.swarm.keep_recent;
-        let prune_before = self.model.lock().unwrap().max_height.saturating_sub(keep);
-        move |b| keep > 0 && b < prune_before
+    fn faults(&self) -> u64 {
+        self.fs.stats().faults + self.armed.fired.load(Ordering::Relaxed)
+    }
+
+    fn faulted_since_open(&self) -> bool {
+        self.faults() > self.faults_at_open
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.model.lock().unwrap()
     }
 
     async fn read_state(&mut self, store: &S) -> Result<State, Error> {
         let receipts = store.receipts_in_range(0, u64::MAX).await?;
-        let mut logs = store.get_logs(&LogFilter::default()).await?;
-        logs.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
+        let logs = store.get_logs(&LogFilter::default()).await?;
         Ok(State { receipts, logs })
     }
 
-    /// Opens the store; a failed open (from an armed fault) must leave no handle, then faults are
-    /// cleared and the open retried.
+    /// Reads the whole state; an armed read fault may fire once and is then disarmed.
+    async fn read_state_retrying(&mut self, store: &S) -> Result<State, Error> {
+        match self.read_state(store).await {
+            Err(e) if e.to_string().contains("injected") => {
+                self.log(format!("state read hit an injected fault, retrying: {e}"));
+                *self.armed.fs.lock().unwrap() = None;
+                self.read_state(store).await
+            }
+            r => r,
+        }
+    }
+
+    fn check_no_leftovers(&mut self, when: &str) {
+        let tasks = self.handle.live_tasks();
+        if tasks != 0 {
+            self.fail(Failure::new(
+                Check::Tasks,
+                format!("{tasks} store task(s) alive after {when}"),
+            ));
+        }
+        if self.fs.open_handle_count() != 0 {
+            let leaked = self.fs.open_handles();
+            self.fail(Failure::new(
+                Check::Handles,
+                format!("file handles left open after {when}: {leaked:?}"),
+            ));
+        }
+    }
+
+    /// Opens the store. A failed open must leave no handle and no task; a failure an armed fault
+    /// explains is retried once with every fault disarmed.
     async fn open(&mut self) -> Option<S> {
-        for attempt in 0..2 {
+        for attempt in 1..=MAX_OPEN_ATTEMPTS {
+            let faults_before = self.faults();
             let hook: Arc<dyn FaultHook> = Arc::new(Hook(self.armed.clone()));
-            match Store::open_with_hook(self.env.clone(), DATA_DIR, config(self.plan), Some(hook))
-                .await
-            {
-                Ok(s) => return Some(s),
+            let r =
+                Store::open_with_hook(self.env.clone(), DATA_DIR, config(self.plan), Some(hook))
+                    .await;
+            match r {
+                Ok(s) => {
+                    self.faults_at_open = self.faults();
+                    return Some(s);
+                }
                 Err(e) => {
                     self.log(format!("open failed: {e}"));
-                    if self.fs.open_handle_count() != 0 {
-                        let leaked = self.fs.open_handles();
-                        self.fail(format!(
-                            "file handles left open after a failed open: {leaked:?}"
+                    yield_now().await;
+                    self.check_no_leftovers("a failed open");
+                    let injected = self.faults() > faults_before;
+                    if attempt == MAX_OPEN_ATTEMPTS || !injected {
+                        self.fail(Failure::new(
+                            Check::Open,
+                            format!("store cannot be opened: {e}"),
                         ));
-                    }
-                    // A fault armed by the plan may fire inside open (replay flushes and rotates):
-                    // that failure is legitimate once; a second failure is not.
-                    let injected =
-                        matches!(e, Error::Failpoint(_)) || e.to_string().contains("injected");
-                    if attempt == 1 || !injected {
-                        self.fail(format!("store cannot be opened: {e}"));
                         return None;
                     }
-                    *self.armed.fs.lock().unwrap() = None;
-                    *self.armed.failpoint.lock().unwrap() = None;
+                    self.armed.clear();
                 }
             }
         }
         None
     }
 
-    /// Recovery check: the recovered state equals the model on a prefix between the lower bound
-    /// and everything issued; recovering the same image again gives the same state.
+    /// Opens and checks recovery: files on disk, the recovered state against the model between
+    /// the lower bound for this kind of crash and everything issued, and that recovering the same
+    /// image again gives the same state. Spawns the readers on the store it returns.
     async fn recover(&mut self, power_loss: bool) -> Option<S> {
         self.out.reopens += 1;
+        self.restart_in = None;
         let store = self.open().await?;
-        let mut first = self.read_state(&store).await;
-        if first
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("injected"))
-        {
-            // An armed read fault fired; the state itself is what is checked.
-            *self.armed.fs.lock().unwrap() = None;
-            first = self.read_state(&store).await;
-        }
-        let got = match first {
+        let status = match store.status().await {
             Ok(s) => s,
             Err(e) => {
-                self.fail(format!("reading recovered state failed: {e}"));
-                return Some(store);
+                self.fail(Failure::new(Check::Open, format!("status after open: {e}")));
+                return None;
             }
         };
-        let prunable = self.prunable();
-        let got_cmp = got.without_blocks(&prunable);
-        let (lo, hi) = {
-            let m = self.model.lock().unwrap();
-            (m.lower_bound(power_loss), m.issued.len())
+        let files = self.fs.snapshot_files();
+        let pruned = self.model().pruned.clone();
+        for f in check::check_files(&files, Path::new(DATA_DIR), &status, &pruned) {
+            self.fail(f);
+        }
+        let got = match self.read_state_retrying(&store).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(Failure::new(
+                    Check::Recovery,
+                    format!("reading the recovered state failed: {e}"),
+                ));
+                return None;
+            }
         };
-        let matched = (lo..=hi).rev().find(|&k| {
-            self.model
-                .lock()
-                .unwrap()
-                .state(k)
-                .without_blocks(&prunable)
-                == got_cmp
-        });
-        match matched {
-            Some(k) => {
+        let (tagged, lo, hi, prunable) = {
+            let m = self.model();
+            (
+                m.tagged(),
+                m.lower_bound(power_loss),
+                m.issued.len(),
+                m.prunable(),
+            )
+        };
+        match check::match_recovery(&tagged, &got, lo, hi, &prunable) {
+            Ok(k) => {
                 self.log(format!(
-                    "recovered prefix {k} of {hi} issued (lower bound {lo}); status {:?}",
-                    store.status().await.ok()
-                ));
-                self.model.lock().unwrap().adopt(k);
-            }
-            None => {
-                let expected = self.model.lock().unwrap().state(hi);
-                self.fail(format!(
-                    "recovered state matches no prefix in {lo}..={hi}: {} receipts / {} logs recovered, {} receipts / {} logs issued",
+                    "recovered prefix {k} of {hi} issued (lower bound {lo}): {} receipts, {} logs; {status:?}",
                     got.receipts.len(),
-                    got.logs.len(),
-                    expected.receipts.len(),
-                    expected.logs.len()
+                    got.logs.len()
                 ));
-                self.out.expected = Some(expected.without_blocks(&prunable));
-                self.out.recovered = Some(got_cmp);
-                return Some(store);
+                self.model().adopt(k);
+            }
+            Err(f) => {
+                self.out.expected = Some(tagged.prefix(hi).without_blocks(&prunable));
+                self.out.recovered = Some(got.without_blocks(&prunable));
+                self.fail(f);
+                return None;
             }
         }
-        // Every block must be whole or absent where pruning may have acted.
-        for r in &got.receipts {
-            if self
-                .model
-                .lock()
-                .unwrap()
-                .find(&r.tx_hash)
-                .is_none_or(|(h, w, _)| h != r.block_number || w.receipt_bytes != r.receipt_bytes)
-            {
-                self.fail(format!("phantom receipt in block {}", r.block_number));
-            }
+        for f in check::phantoms(&tagged, &got) {
+            self.fail(f);
         }
-        // Same durable image, recovered twice: same state.
+        // Invariant 4: the same durable image, recovered again, gives the same state.
         self.handle.abort_all();
-        crate::runtime::yield_now().await;
+        yield_now().await;
         drop(store);
+        self.check_no_leftovers("dropping every store task");
         self.fs.crash_process();
         let again = self.open().await?;
-        match self.read_state(&again).await {
-            Ok(s2) if s2.hash() == got.hash() => {}
-            Ok(_) => self.fail("recovering the same image twice gave different states".into()),
-            Err(e) => self.fail(format!("second recovery read failed: {e}")),
+        match self.read_state_retrying(&again).await {
+            Ok(s2) if s2 == got => {}
+            Ok(s2) => self.fail(Failure::new(
+                Check::Idempotence,
+                format!(
+                    "recovering the same image twice gave different states: {} then {} receipts, {} then {} logs",
+                    got.receipts.len(),
+                    s2.receipts.len(),
+                    got.logs.len(),
+                    s2.logs.len()
+                ),
+            )),
+            Err(e) => self.fail(Failure::new(
+                Check::Idempotence,
+                format!("the second recovery could not read its state: {e}"),
+            )),
         }
         self.out.state_hash = got.hash();
         self.out.final_state = Some(got);
@@ -244,88 +332,45 @@ impl Run<'_> {
     }
 
     fn spawn_readers(&mut self, store: &S) {
+        self.stop_readers = Arc::new(AtomicBool::new(false));
         for r in 0..self.plan.swarm.readers {
-            let (store, model, fails, handle) = (
+            let rng = ChaCha8Rng::seed_from_u64(
+                self.plan.seed ^ READER_STREAM ^ ((r as u64) << 40) ^ self.out.reopens as u64,
+            );
+            let task = reader(
                 store.clone(),
                 self.model.clone(),
-                self.read_failures.clone(),
-                self.handle.clone(),
+                self.readers.clone(),
+                self.stop_readers.clone(),
+                rng,
+                self.plan.seed,
             );
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                self.plan.seed ^ (r as u64) << 32 ^ self.out.reopens as u64,
-            );
-            let prunable = self.prunable();
-            self.handle.spawn(Box::pin(async move {
-                for _ in 0..READS_PER_READER {
-                    handle
-                        .sleep(Duration::from_micros(rng.random_range(1..500)))
-                        .await;
-                    let target = {
-                        let m = model.lock().unwrap();
-                        let all: Vec<_> = m
-                            .issued
-                            .iter()
-                            .flat_map(|w| w.receipts.iter().map(|r| r.tx_hash))
-                            .collect();
-                        if all.is_empty() {
-                            continue;
-                        }
-                        all[rng.random_range(0..all.len())]
-                    };
-                    let acked_before = model
-                        .lock()
-                        .unwrap()
-                        .find(&target)
-                        .is_some_and(|(_, _, a)| a);
-                    let got = store.get_receipt(&target).await;
-                    let m = model.lock().unwrap();
-                    match got {
-                        Ok(Some(r)) => {
-                            if m.find(&target).is_none_or(|(h, w, _)| {
-                                h != r.block_number || w.receipt_bytes != r.receipt_bytes
-                            }) {
-                                fails.lock().unwrap().push(format!(
-                                    "reader got a receipt that was never written at block {}",
-                                    r.block_number
-                                ));
-                            }
-                        }
-                        Ok(None) => {
-                            if let Some((h, _, _)) = m.find(&target) {
-                                if acked_before && !prunable(h) {
-                                    fails.lock().unwrap().push(format!(
-                                        "acked receipt in block {h} not visible to a reader"
-                                    ));
-                                }
-                            }
-                        }
-                        Err(e)
-                            if matches!(e, Error::Closed | Error::Poisoned(_))
-                                || e.to_string().contains("injected") => {}
-                        Err(e) => fails.lock().unwrap().push(format!("read failed: {e}")),
-                    }
-                }
-            }));
+            self.handle.spawn(Box::pin(task));
         }
     }
 
+    /// A process crash or power loss: every store task dies with its handles, then the
+    /// filesystem crashes, then recovery is checked.
     async fn crash(&mut self, store: S, power_loss: bool) -> Option<S> {
         self.out.crashes += 1;
         if power_loss {
+            self.out.power_losses += 1;
+            // Blocks below the open pair sit in closed pairs, durable whatever the sync policy.
             if let Ok(st) = store.status().await {
-                self.model.lock().unwrap().durable_below =
-                    st.open_pair.unwrap_or(st.file_start_block);
+                let d = st.open_pair.unwrap_or(st.file_start_block);
+                let mut m = self.model();
+                m.durable_below = m.durable_below.max(d);
             }
         }
+        self.stop_readers.store(true, Ordering::Relaxed);
         self.handle.abort_all();
-        crate::runtime::yield_now().await;
+        yield_now().await;
         drop(store);
-        if self.handle.live_tasks() != 0 {
-            self.fail(format!(
-                "{} tasks alive after a crash",
-                self.handle.live_tasks()
-            ));
-        }
+        self.check_no_leftovers(if power_loss {
+            "a power loss"
+        } else {
+            "a process crash"
+        });
         if power_loss {
             self.fs.power_loss(&mut self.fault_rng);
         } else {
@@ -334,27 +379,127 @@ impl Run<'_> {
         self.recover(power_loss).await
     }
 
+    /// Closes the store, lets the readers finish, and checks nothing is left behind.
     async fn close(&mut self, store: S) {
+        self.stop_readers.store(true, Ordering::Relaxed);
         let r = store.close().await;
         self.log(format!("close: {r:?}"));
-        // Let readers observe the closed store and finish.
-        self.handle.sleep(Duration::from_millis(1)).await;
+        if let Err(e) = &r {
+            if !self.faulted_since_open() {
+                self.fail(Failure::new(
+                    Check::Write,
+                    format!("close failed without an injected fault: {e}"),
+                ));
+            }
+        }
         drop(store);
-        for _ in 0..READS_PER_READER * 2 {
+        for _ in 0..MAX_DRAIN_ROUNDS {
             if self.handle.live_tasks() == 0 {
                 break;
             }
-            self.handle.sleep(Duration::from_millis(1)).await;
+            yield_now().await;
         }
-        if self.handle.live_tasks() != 0 {
-            self.fail(format!(
-                "{} tasks alive after close",
-                self.handle.live_tasks()
-            ));
+        self.check_no_leftovers("close");
+        self.drain_reader_failures();
+    }
+
+    /// The store reported (or must be in) the poisoned state: schedule a restart.
+    fn poisoned(&mut self) {
+        if self.restart_in.is_none() {
+            self.restart_in = Some(self.fault_rng.random_range(0..=MAX_OPS_BEFORE_RESTART));
         }
-        if self.fs.open_handle_count() != 0 {
-            let h = self.fs.open_handles();
-            self.fail(format!("file handles open after close: {h:?}"));
+    }
+
+    /// A poisoned store is restarted the way an operator would: close (or kill) and reopen.
+    async fn restart(&mut self, store: S) -> Option<S> {
+        self.restart_in = None;
+        if self.fault_rng.random_bool(0.5) {
+            self.log("restart after poisoning: close and reopen".into());
+            self.close(store).await;
+            self.recover(false).await
+        } else {
+            self.log("restart after poisoning: kill and reopen".into());
+            self.crash(store, false).await
+        }
+    }
+
+    fn drain_reader_failures(&mut self) {
+        let (fails, reads) = {
+            let mut r = self.readers.lock().unwrap();
+            (
+                std::mem::take(&mut r.failures),
+                std::mem::take(&mut r.reads),
+            )
+        };
+        self.out.reads += reads;
+        for f in fails {
+            self.fail(f);
+        }
+    }
+
+    /// A write of `receipts` at `height`, with its outcome fed to the model and checked.
+    async fn write(&mut self, store: &S, height: u64, receipts: Vec<ReceiptInput>, what: &str) {
+        let (max_seen, last) = {
+            let m = self.model();
+            (m.max_seen, m.last_height())
+        };
+        let idx = self.model().begin(height, receipts.clone());
+        let r = store.write_receipts(height, receipts).await;
+        self.log(format!("  -> {r:?}"));
+        match r {
+            Ok(()) => {
+                if what == "stale" && last.is_some_and(|l| l > height) {
+                    self.fail(Failure::new(
+                        Check::Write,
+                        format!("a stale write at {height} below block {last:?} was accepted"),
+                    ));
+                }
+                self.model().ack(idx);
+                self.out.writes_acked += 1;
+            }
+            Err(e @ (Error::NonMonotonic { .. } | Error::Sealed { .. })) => {
+                self.model().reject(idx);
+                if height > max_seen {
+                    self.fail(Failure::new(
+                        Check::Write,
+                        format!("a {what} at {height}, above every block seen ({max_seen}), was rejected: {e}"),
+                    ));
+                }
+            }
+            Err(e @ Error::InvalidInput(_)) => {
+                self.model().reject(idx);
+                self.fail(Failure::new(
+                    Check::Write,
+                    format!("a valid {what} at {height} was rejected: {e}"),
+                ));
+            }
+            Err(e @ Error::Poisoned(_)) => {
+                self.model().reject(idx);
+                self.poisoned();
+                if !self.faulted_since_open() {
+                    self.fail(Failure::new(
+                        Check::Write,
+                        format!("the store is poisoned without an injected fault: {e}"),
+                    ));
+                }
+            }
+            Err(e @ (Error::Closed | Error::Crashed)) => {
+                self.model().reject(idx);
+                self.fail(Failure::new(
+                    Check::Write,
+                    format!("a {what} on an open store failed with: {e}"),
+                ));
+            }
+            Err(e) => {
+                self.model().unknown(idx);
+                self.poisoned();
+                if !self.faulted_since_open() {
+                    self.fail(Failure::new(
+                        Check::Write,
+                        format!("a {what} at {height} failed without an injected fault: {e}"),
+                    ));
+                }
+            }
         }
     }
 
@@ -364,45 +509,39 @@ impl Run<'_> {
         let Some(mut store) = self.recover(false).await else {
             return;
         };
+        let seed = self.plan.seed;
         for (i, op) in self.plan.ops.iter().enumerate() {
             self.out.ops += 1;
             self.log(format!("op {i}: {op:?}"));
             match op {
                 Op::Write {
                     height,
+                    first_tx,
                     receipts,
                     logs,
                 } => {
-                    let rs = receipts_for(self.plan.seed, i, *height, *receipts, *logs);
-                    let r = store.write_receipts(*height, rs.clone()).await;
-                    self.log(format!("  -> {r:?}"));
-                    match r {
-                        Ok(()) => self.model.lock().unwrap().issue(*height, rs, true),
-                        Err(e) if rejected(&e) => {}
-                        Err(_) => self.model.lock().unwrap().issue(*height, rs, false),
-                    }
+                    let rs = receipts_for(seed, *height, *first_tx, *receipts, *logs);
+                    self.write(&store, *height, rs, "write").await;
                 }
                 Op::Empty { height } => {
-                    let _ = store.write_receipts(*height, vec![]).await;
-                }
-                Op::Stale { height } => {
-                    let last = self.model.lock().unwrap().issued.last().map(|w| w.height);
-                    let rs = receipts_for(self.plan.seed, i, *height, 1, 1);
-                    match store.write_receipts(*height, rs).await {
-                        Ok(()) if last.is_some_and(|l| l > *height) => self.fail(format!(
-                            "stale write at {height} below {last:?} was accepted"
-                        )),
-                        Ok(()) => {
-                            let rs = receipts_for(self.plan.seed, i, *height, 1, 1);
-                            self.model.lock().unwrap().issue(*height, rs, true);
-                        }
-                        Err(e) if rejected(&e) => {}
-                        // Accepted (earlier writes were rejected), then a fault hit it: unknown outcome.
-                        Err(_) => {
-                            let rs = receipts_for(self.plan.seed, i, *height, 1, 1);
-                            self.model.lock().unwrap().issue(*height, rs, false);
+                    self.model().observe_empty(*height);
+                    let r = store.write_receipts(*height, vec![]).await;
+                    self.log(format!("  -> {r:?}"));
+                    if let Err(e) = r {
+                        self.poisoned();
+                        if !self.faulted_since_open() {
+                            self.fail(Failure::new(
+                                Check::Write,
+                                format!(
+                                    "empty block {height} failed without an injected fault: {e}"
+                                ),
+                            ));
                         }
                     }
+                }
+                Op::Stale { height } => {
+                    let rs = receipts_for(seed, *height, STALE_TX_BASE + i as u32, 1, 1);
+                    self.write(&store, *height, rs, "stale").await;
                 }
                 Op::Oversized { height } => {
                     let bad = ReceiptInput {
@@ -415,109 +554,132 @@ impl Run<'_> {
                             data: vec![],
                         }],
                     };
-                    match store.write_receipts(*height, vec![bad]).await {
-                        Ok(()) => self.fail("a log with five topics was accepted".into()),
+                    let r = store.write_receipts(*height, vec![bad]).await;
+                    self.log(format!("  -> {r:?}"));
+                    match r {
+                        Ok(()) => self.fail(Failure::new(
+                            Check::Write,
+                            "a log with five topics was accepted",
+                        )),
                         Err(e) if rejected(&e) => {}
-                        Err(e) => self.fail(format!("bad input gave an unexpected error: {e}")),
+                        Err(Error::Poisoned(_)) if self.faulted_since_open() => {}
+                        Err(e) => self.fail(Failure::new(
+                            Check::Write,
+                            format!("bad input gave an unexpected error: {e}"),
+                        )),
                     }
                 }
-                Op::ReadReceipt { of_op } => {
-                    let target = of_op.and_then(|o| match &self.plan.ops.get(o) {
-                        Some(Op::Write {
-                            height,
-                            receipts,
-                            logs,
-                        }) => receipts_for(self.plan.seed, o, *height, *receipts, *logs)
-                            .first()
-                            .map(|r| r.tx_hash),
-                        _ => None,
-                    });
-                    let hash = target.unwrap_or([0xAB; 32]);
-                    let (acked, block) = {
-                        let m = self.model.lock().unwrap();
-                        m.find(&hash).map_or((false, 0), |(h, _, a)| (a, h))
+                Op::ReadReceipt {
+                    target,
+                    in_block,
+                    wrong_block,
+                } => {
+                    let hash = target.map_or([0xAB; 32], |t| tx_hash(seed, t.height, t.tx));
+                    let asked = target
+                        .filter(|_| *in_block)
+                        .map(|t| t.height + u64::from(*wrong_block));
+                    let (lo, _) = self.bounds();
+                    let r = match asked {
+                        Some(b) => store.get_receipt_in_block(&hash, b).await,
+                        None => store.get_receipt(&hash).await,
                     };
-                    match store.get_receipt(&hash).await {
-                        Ok(Some(r)) if target.is_none() => {
-                            self.fail(format!("unknown hash found in block {}", r.block_number))
+                    let (_, hi) = self.bounds();
+                    self.out.reads += 1;
+                    match r {
+                        Ok(got) => {
+                            let c = check::check_receipt_read(
+                                &self.model(),
+                                &hash,
+                                asked,
+                                got.as_ref(),
+                                lo,
+                                hi,
+                            );
+                            if let Err(f) = c {
+                                self.fail(f);
+                            }
                         }
-                        Ok(None) if acked && !(self.prunable())(block) => {
-                            self.fail(format!("acked receipt in block {block} not found"))
-                        }
-                        Err(e)
-                            if !e.to_string().contains("injected")
-                                && !matches!(e, Error::Poisoned(_)) =>
-                        {
-                            self.fail(format!("read failed: {e}"))
-                        }
-                        _ => {}
+                        Err(e) if tolerated_read_error(&e) => {}
+                        Err(e) => self.fail(Failure::new(
+                            Check::Read,
+                            format!("get_receipt failed: {e}"),
+                        )),
                     }
                 }
                 Op::ReadLogs {
                     from,
                     to,
                     address,
-                    topic0,
+                    topics,
+                    limit,
                 } => {
                     let filter = LogFilter {
                         from_block: Some(*from),
                         to_block: Some(*to),
-                        addresses: address.map(|a| vec![[a; 20]]).unwrap_or_default(),
-                        topics: topic0.map(|t| vec![vec![[t; 32]]]).unwrap_or_default(),
-                        limit: None,
+                        addresses: address.map(|a| vec![model::address(a)]).unwrap_or_default(),
+                        topics: topics
+                            .iter()
+                            .map(|t| t.map(|t| vec![model::topic(t)]).unwrap_or_default())
+                            .collect(),
+                        limit: *limit,
                     };
-                    match store.get_logs(&filter).await {
+                    let (lo, _) = self.bounds();
+                    let r = store.get_logs(&filter).await;
+                    let (_, hi) = self.bounds();
+                    self.out.reads += 1;
+                    match r {
                         Ok(got) => {
-                            let m = self.model.lock().unwrap();
-                            let expect: Vec<_> = m
-                                .state(m.issued.len())
-                                .logs
-                                .into_iter()
-                                .filter(|l| filter.matches(l))
-                                .collect();
-                            let acked: Vec<_> = m
-                                .state(m.acked_count())
-                                .logs
-                                .into_iter()
-                                .filter(|l| filter.matches(l))
-                                .collect();
-                            drop(m);
-                            let prunable = self.prunable();
-                            let keep = |v: &Vec<receipt_store::LogRecord>| {
-                                v.iter()
-                                    .filter(|l| !prunable(l.block_number))
-                                    .cloned()
-                                    .collect::<Vec<_>>()
-                            };
-                            let g = keep(&got);
-                            if g != keep(&expect) && g != keep(&acked) {
-                                self.fail(format!(
-                                    "get_logs {from}..={to} returned {} logs, model has {}",
-                                    got.len(),
-                                    expect.len()
-                                ));
+                            let c = check::check_logs_read(&self.model(), &filter, &got, lo, hi);
+                            if let Err(f) = c {
+                                self.fail(f);
                             }
                         }
-                        Err(e)
-                            if e.to_string().contains("injected")
-                                || matches!(e, Error::Poisoned(_)) => {}
-                        Err(e) => self.fail(format!("get_logs failed: {e}")),
+                        Err(e) if tolerated_read_error(&e) => {}
+                        Err(e) => {
+                            self.fail(Failure::new(Check::Read, format!("get_logs failed: {e}")))
+                        }
                     }
                 }
-                Op::Prune => {
+                Op::Prune { explicit } => {
+                    let before = store.status().await.map(|s| s.closed_pairs).ok();
                     self.handle
                         .sleep(Duration::from_millis(self.plan.swarm.prune_interval_ms + 1))
                         .await;
-                    let _ = store.prune_now().await;
+                    if *explicit {
+                        let r = store.prune_now().await;
+                        self.log(format!("  prune_now -> {r:?}"));
+                        match r {
+                            // Deleting something synced the directory: every removal so far is
+                            // durable, and a window gone from the catalogue must never return.
+                            Ok(n) if n > 0 => {
+                                if let (Some(before), Ok(after)) = (before, store.status().await) {
+                                    if after.pending_deletes == 0 {
+                                        let mut m = self.model();
+                                        for s in before {
+                                            if !after.closed_pairs.contains(&s) {
+                                                m.pruned.insert(s);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) if self.faulted_since_open() => {
+                                self.log(format!("  prune failed under an injected fault: {e}"));
+                            }
+                            Err(e) => self.fail(Failure::new(
+                                Check::Write,
+                                format!("prune failed without an injected fault: {e}"),
+                            )),
+                        }
+                    }
                 }
-                Op::Crash => match self.crash(store, false).await {
-                    Some(s) => store = s,
-                    None => return,
-                },
-                Op::PowerLoss => match self.crash(store, true).await {
-                    Some(s) => store = s,
-                    None => return,
-                },
+                Op::Crash | Op::PowerLoss => {
+                    match self.crash(store, matches!(op, Op::PowerLoss)).await {
+                        Some(s) => store = s,
+                        None => return,
+                    }
+                }
                 Op::CloseReopen => {
                     self.close(store).await;
                     match self.recover(false).await {
@@ -534,20 +696,114 @@ impl Run<'_> {
                     after,
                 } => *self.armed.fs.lock().unwrap() = Some((*fs_op, *fault, *after)),
             }
-            let fails: Vec<String> = std::mem::take(&mut *self.read_failures.lock().unwrap());
-            for f in fails {
-                self.fail(f);
-            }
+            self.drain_reader_failures();
             if !self.out.failures.is_empty() {
                 return;
             }
+            match self.restart_in {
+                Some(0) => match self.restart(store).await {
+                    Some(s) => store = s,
+                    None => return,
+                },
+                Some(n) => self.restart_in = Some(n - 1),
+                None => {}
+            }
         }
-        // Final: clean close, then a last recovery must give back everything issued.
+        // Final: a clean close, then a last recovery must give back everything acked.
         self.close(store).await;
-        *self.armed.fs.lock().unwrap() = None;
-        *self.armed.failpoint.lock().unwrap() = None;
+        self.armed.clear();
+        if !self.out.failures.is_empty() {
+            return;
+        }
         if let Some(s) = self.recover(false).await {
             self.close(s).await;
+        }
+    }
+
+    /// (acked, issued) now: a read's answer must match a prefix between the acked count at its
+    /// call and the issued count at its reply.
+    fn bounds(&self) -> (usize, usize) {
+        let m = self.model();
+        (m.acked_count(), m.issued.len())
+    }
+}
+
+/// A reader task: reads at random moments while the writer proceeds, checking every answer.
+async fn reader(
+    store: S,
+    model: Arc<Mutex<Model>>,
+    shared: Arc<Mutex<ReaderShared>>,
+    stop: Arc<AtomicBool>,
+    mut rng: ChaCha8Rng,
+    seed: u64,
+) {
+    for _ in 0..MAX_READS_PER_READER {
+        for _ in 0..rng.random_range(1..=MAX_YIELDS_BETWEEN_READS) {
+            yield_now().await;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (lo, target, max_height) = {
+            let m = model.lock().unwrap();
+            let hashes: Vec<([u8; 32], u64)> = m
+                .issued
+                .iter()
+                .flat_map(|w| w.receipts.iter().map(move |r| (r.tx_hash, w.height)))
+                .collect();
+            let target = if hashes.is_empty() || rng.random_bool(0.1) {
+                None
+            } else {
+                Some(hashes[rng.random_range(0..hashes.len())])
+            };
+            (m.acked_count(), target, m.max_seen)
+        };
+        let result = if rng.random_bool(0.7) {
+            let hash = target.map_or_else(|| tx_hash(seed ^ 0xDEAD, 0, 0), |t| t.0);
+            let r = store.get_receipt(&hash).await;
+            let m = model.lock().unwrap();
+            let hi = m.issued.len();
+            match r {
+                Ok(got) => check::check_receipt_read(&m, &hash, None, got.as_ref(), lo, hi)
+                    .map_err(|f| f.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            let from = rng.random_range(0..=max_height);
+            let filter = LogFilter {
+                from_block: Some(from),
+                to_block: Some(from + rng.random_range(0..6)),
+                addresses: if rng.random_bool(0.3) {
+                    vec![model::address(rng.random_range(0..3))]
+                } else {
+                    vec![]
+                },
+                topics: vec![],
+                limit: None,
+            };
+            let r = store.get_logs(&filter).await;
+            let m = model.lock().unwrap();
+            let hi = m.issued.len();
+            match r {
+                Ok(got) => {
+                    check::check_logs_read(&m, &filter, &got, lo, hi).map_err(|f| f.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let mut sh = shared.lock().unwrap();
+        sh.reads += 1;
+        if let Err(why) = result {
+            // A read may fail when the store is poisoned, closed under it, or hit by an injected
+            // fault; any other failure (say, a concurrent prune deleting its file) is a bug.
+            let tolerated = why.contains("store closed")
+                || why.contains("must be reopened")
+                || why.contains("injected");
+            if !tolerated {
+                let detail = why.strip_prefix("[read] ").unwrap_or(&why).to_string();
+                sh.failures
+                    .push(Failure::new(Check::Read, format!("reader: {detail}")));
+            }
         }
     }
 }
@@ -582,26 +838,52 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
         env,
         fs: fs.clone(),
         handle,
-        armed,
-        model: Arc::new(Mutex::new(Model::new(plan.swarm.sync_policy))),
+        armed: armed.clone(),
+        model: Arc::new(Mutex::new(Model::new(
+            plan.swarm.sync_policy,
+            plan.swarm.keep_recent,
+        ))),
         out: Outcome {
             seed: plan.seed,
             scenario: plan.scenario.clone(),
             ..Default::default()
         },
-        fault_rng: ChaCha8Rng::seed_from_u64(plan.seed ^ 0xFA_0175),
+        fault_rng: ChaCha8Rng::seed_from_u64(plan.seed ^ FAULT_STREAM),
         trace_on,
-        read_failures: Arc::new(Mutex::new(Vec::new())),
+        trace_fnv: 0xcbf2_9ce4_8422_2325,
+        readers: Arc::new(Mutex::new(ReaderShared::default())),
+        stop_readers: Arc::new(AtomicBool::new(false)),
+        faults_at_open: 0,
+        restart_in: None,
     };
-    let r = rt.block_on(async {
-        run.exec().await;
-    });
+    let r = rt.block_on(run.exec());
     if let Err(e) = r {
-        run.out
-            .failures
-            .push(format!("simulation stopped: {e:?} (deadlock or livelock)"));
+        run.fail(Failure::new(
+            Check::Sim,
+            format!("simulation stopped: {e:?} (deadlock or livelock)"),
+        ));
     }
-    run.out.trace_hash = rt.trace_hash() ^ run.out.state_hash.rotate_left(17);
-    run.out.faults = fs.stats().faults;
+    run.out.faults = fs.stats().faults + armed.fired.load(Ordering::Relaxed);
+    run.out.trace_hash =
+        rt.trace_hash() ^ run.trace_fnv.rotate_left(13) ^ run.out.state_hash.rotate_left(29);
     run.out
+}
+
+/// Runs `plan` twice and reports a [`Check::Determinism`] failure when the traces differ.
+pub fn run_plan_twice(plan: &Plan) -> Outcome {
+    let mut o = run_plan(plan, false);
+    let again = run_plan(plan, false);
+    if again.trace_hash != o.trace_hash || again.failures != o.failures {
+        o.failures.push(
+            Failure::new(
+                Check::Determinism,
+                format!(
+                    "the same plan twice gave traces {:016x} and {:016x}",
+                    o.trace_hash, again.trace_hash
+                ),
+            )
+            .to_string(),
+        );
+    }
+    o
 }

@@ -1,6 +1,7 @@
 //! Deterministic simulation harness for `receipt-store`: sim filesystem, seeded executor,
 //! plans, a reference model and the invariants, driven by the `receipt-sim` CLI.
 
+pub mod check;
 pub mod exec;
 pub mod fs;
 pub mod model;

@@ -1,20 +1,29 @@
 //! `receipt-sim`: seeded simulation campaigns against receipt-store.
+//!
+//! Every seed expands (with a scenario) into a plan; a plan runs on its own deterministic
+//! runtime and in-memory filesystem, so seeds run in parallel on plain threads without
+//! interfering. Wall-clock time is read here only, for the seeds/s figure.
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use receipt_sim::exec::{run_plan, Outcome};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use receipt_sim::exec::{run_plan, run_plan_twice, Outcome};
 use receipt_sim::plan::{generate, load_scenario, Plan};
-use receipt_sim::report::{repro_command, Summary};
+use receipt_sim::report::{line_diff, repro_command, Summary};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// Default campaign size: about a minute in release on two cores.
+const DEFAULT_SEEDS: u64 = 4_000;
 
 #[derive(Parser)]
 #[command(
     name = "receipt-sim",
-    about = "Deterministic simulation of receipt-store: seeded plans, crashes, power loss, fault injection"
+    version,
+    about = "Deterministic simulation of receipt-store: seeded plans of writes, reads, rotations, prunes, crashes, power loss and injected faults, checked against a reference model",
+    after_help = "Scenarios live in scenarios/*.json; failing plans are kept in seeds/. Every failure prints a one-line repro."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,29 +32,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a campaign of seeds; exits non-zero on any failure.
+    /// Run a campaign of seeds; exits 1 on any failure and writes a JSON report.
     Run {
+        /// Scenario name (a file in scenarios/).
         #[arg(long, default_value = "default")]
         scenario: String,
         /// Number of seeds.
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = DEFAULT_SEEDS)]
         seeds: u64,
-        /// Base seed (seeds base..base+N); defaults to 0.
+        /// Base seed: the campaign runs seeds base..base+N.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Parallel workers (one OS thread each, one simulation per seed).
-        #[arg(long, default_value_t = 2)]
+        /// Worker threads (each runs whole seeds, one simulation at a time).
+        #[arg(long, default_value_t = default_jobs())]
         jobs: usize,
-        /// Run only shard K of N (seed index % N == K), written K/N.
-        #[arg(long)]
+        /// Run only shard K of N (the seeds whose index modulo N is K), written K/N.
+        #[arg(long, value_name = "K/N")]
         shard: Option<String>,
-        /// Run every seed twice and fail when the trace hashes differ.
+        /// Run every seed twice and fail when the two traces differ.
         #[arg(long)]
         check_determinism: bool,
-        /// Activate a planted bug (needs `--features canary`).
+        /// Activate a planted bug (builds with --features canary only).
         #[arg(long)]
         canary: Option<String>,
-        /// Where the JSON report goes (default reports/run-<scenario>-<seed>.json).
+        /// Report path (default reports/run-<scenario>-<seed>.json).
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -55,21 +65,31 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "default")]
         scenario: String,
+        /// Print the plan (JSON) before the trace.
+        #[arg(long)]
+        plan: bool,
+        /// Activate a planted bug (builds with --features canary only).
         #[arg(long)]
         canary: Option<String>,
     },
-    /// Run a saved plan (JSON) and print its trace.
+    /// Run a saved plan (JSON, e.g. from seeds/) and print its trace.
     Replay {
+        /// The plan file.
         #[arg(long)]
         plan: PathBuf,
+        #[arg(long)]
+        canary: Option<String>,
     },
-    /// Shrink a failing seed to a minimal plan and save it.
+    /// Shrink a failing seed to a minimal plan failing the same check, and save it.
     Shrink {
         #[arg(long)]
         seed: u64,
         #[arg(long, default_value = "default")]
         scenario: String,
-        /// Output file (default seeds/shrunk-<scenario>-<seed>.json).
+        /// Corpus name: saved as seeds/<name>.json (default shrunk-<scenario>-<seed>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Output file (overrides --name).
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
@@ -94,9 +114,16 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "default")]
         scenario: String,
+        /// Equal lines shown around each difference.
+        #[arg(long, default_value_t = 3)]
+        context: usize,
         #[arg(long)]
         canary: Option<String>,
     },
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn set_canary(name: &Option<String>) {
@@ -124,17 +151,155 @@ fn plan_for(seed: u64, scenario: &str) -> Plan {
     generate(seed, &sc)
 }
 
+fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn print_outcome(o: &Outcome) {
     for line in &o.trace {
         println!("{line}");
     }
     println!(
-        "seed {} scenario {}: {} ops, {} crashes, {} reopens, trace {:016x}",
-        o.seed, o.scenario, o.ops, o.crashes, o.reopens, o.trace_hash
+        "seed {} scenario {}: {} ops, {} crashes ({} power losses), {} faults, {} reopens, {} reads, trace {:016x}, state {:016x}",
+        o.seed,
+        o.scenario,
+        o.ops,
+        o.crashes,
+        o.power_losses,
+        o.faults,
+        o.reopens,
+        o.reads,
+        o.trace_hash,
+        o.state_hash
     );
     for f in &o.failures {
         println!("FAILED: {f}");
     }
+}
+
+fn parse_shard(shard: Option<&str>) -> (u64, u64) {
+    let Some(s) = shard else { return (0, 1) };
+    let Some((k, n)) = s.split_once('/') else {
+        die("--shard takes K/N")
+    };
+    let (k, n): (u64, u64) = (
+        k.parse().unwrap_or_else(|_| die("bad --shard K")),
+        n.parse().unwrap_or_else(|_| die("bad --shard N")),
+    );
+    if n == 0 || k >= n {
+        die("--shard K/N needs K < N");
+    }
+    (k, n)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn campaign(
+    scenario: String,
+    seeds: u64,
+    base: u64,
+    jobs: usize,
+    shard: Option<String>,
+    check_determinism: bool,
+    canary: Option<String>,
+    report: Option<PathBuf>,
+) {
+    let sc = load_scenario(&scenario).unwrap_or_else(|e| die(&e));
+    let (k, n) = parse_shard(shard.as_deref());
+    let list: Vec<u64> = (0..seeds)
+        .filter(|i| i % n == k)
+        .map(|i| base.wrapping_add(i))
+        .collect();
+    let bar = ProgressBar::new(list.len() as u64);
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if !std::io::stderr().is_terminal() || ci {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  failures {msg}",
+        )
+        .expect("template"),
+    );
+    bar.set_message("0");
+    let mut summary = Summary {
+        scenario: scenario.clone(),
+        base_seed: base,
+        commit: commit(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let outcomes = Mutex::new(Vec::with_capacity(list.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                set_canary(&canary);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&s) = list.get(i) else { break };
+                    let plan = generate(s, &sc);
+                    let o = if check_determinism {
+                        run_plan_twice(&plan)
+                    } else {
+                        run_plan(&plan, false)
+                    };
+                    if !o.failures.is_empty() {
+                        let f = failed.fetch_add(1, Ordering::Relaxed) + 1;
+                        bar.set_message(f.to_string());
+                    }
+                    bar.inc(1);
+                    outcomes.lock().unwrap().push(o);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut outcomes = outcomes.into_inner().unwrap();
+    outcomes.sort_by_key(|o| o.seed);
+    for o in &outcomes {
+        summary.add(o);
+    }
+    summary.finish(started.elapsed().as_secs_f64());
+    println!("{}", summary.table());
+    if !summary.failures_by_check.is_empty() {
+        println!("failing seeds by check: {:?}", summary.failures_by_check);
+    }
+    for f in summary.failing.iter().take(20) {
+        println!(
+            "FAILED seed {}: {}\n  reproduce: {}",
+            f.seed, f.first_failure, f.repro
+        );
+    }
+    let path =
+        report.unwrap_or_else(|| PathBuf::from(format!("reports/run-{scenario}-{base}.json")));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&summary).expect("serialisable"),
+    ) {
+        Ok(()) => println!("report: {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+    if summary.failures > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn save_plan(path: &Path, plan: &Plan) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(path, plan.to_json() + "\n").unwrap_or_else(|e| die(&e.to_string()));
 }
 
 fn main() {
@@ -149,113 +314,43 @@ fn main() {
             check_determinism,
             canary,
             report,
-        } => {
-            let sc = load_scenario(&scenario).unwrap_or_else(|e| die(&e));
-            let (k, n) = match shard.as_deref().map(|s| s.split_once('/')) {
-                None => (0, 1),
-                Some(Some((k, n))) => (
-                    k.parse().unwrap_or_else(|_| die("bad --shard")),
-                    n.parse().unwrap_or_else(|_| die("bad --shard")),
-                ),
-                Some(None) => die("--shard takes K/N"),
-            };
-            if n == 0 || k >= n {
-                die("--shard K/N needs K < N");
-            }
-            let list: Vec<u64> = (0..seeds)
-                .filter(|i| i % n == k)
-                .map(|i| seed.wrapping_add(i))
-                .collect();
-            let bar = ProgressBar::new(list.len() as u64);
-            if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta}")
-                    .expect("template"),
-            );
-            let started = Instant::now();
-            let next = Arc::new(AtomicUsize::new(0));
-            let outcomes = Arc::new(Mutex::new(Vec::new()));
-            std::thread::scope(|scope| {
-                for _ in 0..jobs.max(1) {
-                    let (next, outcomes, list, sc, bar, canary) =
-                        (next.clone(), outcomes.clone(), &list, &sc, &bar, &canary);
-                    scope.spawn(move || {
-                        set_canary(canary);
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&s) = list.get(i) else { break };
-                            let plan = generate(s, sc);
-                            let mut o = run_plan(&plan, false);
-                            if check_determinism {
-                                let again = run_plan(&plan, false);
-                                if again.trace_hash != o.trace_hash {
-                                    o.failures.push(format!(
-                                        "non-deterministic: trace {:016x} then {:016x}",
-                                        o.trace_hash, again.trace_hash
-                                    ));
-                                }
-                            }
-                            bar.inc(1);
-                            outcomes.lock().unwrap().push(o);
-                        }
-                    });
-                }
-            });
-            bar.finish_and_clear();
-            let secs = started.elapsed().as_secs_f64();
-            let mut outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-            outcomes.sort_by_key(|o| o.seed);
-            let mut summary = Summary {
-                scenario: scenario.clone(),
-                base_seed: seed,
-                seconds: secs,
-                ..Default::default()
-            };
-            for o in &outcomes {
-                summary.add(o);
-            }
-            summary.seeds_per_s = summary.seeds as f64 / secs;
-            summary.ops_per_s = summary.ops as f64 / secs;
-            println!("{}", summary.table());
-            for f in &summary.failing {
-                println!(
-                    "FAILED seed {}: {}\n  reproduce: {}",
-                    f.seed, f.first_failure, f.repro
-                );
-            }
-            let path = report
-                .unwrap_or_else(|| PathBuf::from(format!("reports/run-{scenario}-{seed}.json")));
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            match std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&summary).expect("serialisable"),
-            ) {
-                Ok(()) => println!("report: {}", path.display()),
-                Err(e) => eprintln!("could not write {}: {e}", path.display()),
-            }
-            if summary.failures > 0 {
-                std::process::exit(1);
-            }
-        }
+        } => campaign(
+            scenario,
+            seeds,
+            seed,
+            jobs,
+            shard,
+            check_determinism,
+            canary,
+            report,
+        ),
         Cmd::Repro {
             seed,
             scenario,
+            plan,
             canary,
         } => {
             set_canary(&canary);
-            let o = run_plan(&plan_for(seed, &scenario), true);
+            let p = plan_for(seed, &scenario);
+            if plan {
+                println!("{}", p.to_json());
+            }
+            let o = run_plan(&p, true);
             print_outcome(&o);
-            std::process::exit(if o.failures.is_empty() { 0 } else { 1 });
+            if !o.failures.is_empty() {
+                println!("reproduce: {}", repro_command(seed, &scenario));
+                std::process::exit(1);
+            }
         }
-        Cmd::Replay { plan } => {
+        Cmd::Replay { plan, canary } => {
+            set_canary(&canary);
             let text = std::fs::read_to_string(&plan)
                 .unwrap_or_else(|e| die(&format!("{}: {e}", plan.display())));
-            let p: Plan = serde_json::from_str(&text)
-                .unwrap_or_else(|e| die(&format!("{}: {e}", plan.display())));
+            let p =
+                Plan::from_json(&text).unwrap_or_else(|e| die(&format!("{}: {e}", plan.display())));
+            if !p.reason.is_empty() {
+                println!("plan kept because: {}", p.reason);
+            }
             let o = run_plan(&p, true);
             print_outcome(&o);
             std::process::exit(if o.failures.is_empty() { 0 } else { 1 });
@@ -263,27 +358,37 @@ fn main() {
         Cmd::Shrink {
             seed,
             scenario,
+            name,
             out,
             canary,
         } => {
             set_canary(&canary);
             let plan = plan_for(seed, &scenario);
-            if !receipt_sim::shrink::fails(&plan) {
-                die(&format!("seed {seed} passes; nothing to shrink"));
-            }
+            let first = run_plan(&plan, false);
+            let Some(why) = first.failures.first() else {
+                die(&format!(
+                    "seed {seed} of {scenario} passes; nothing to shrink"
+                ))
+            };
+            println!(
+                "seed {seed} fails: {why}\nshrinking {} ops...",
+                plan.ops.len()
+            );
             let (mut small, runs) = receipt_sim::shrink::shrink(&plan);
-            small.reason = run_plan(&small, false)
-                .failures
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            let path = out
-                .unwrap_or_else(|| PathBuf::from(format!("seeds/shrunk-{scenario}-{seed}.json")));
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&small).expect("serialisable"),
-            )
-            .unwrap_or_else(|e| die(&e.to_string()));
+            let after = run_plan(&small, false);
+            small.reason = format!(
+                "shrunk from seed {seed} of {scenario}{}: {}",
+                canary
+                    .as_deref()
+                    .map(|c| format!(" with canary {c}"))
+                    .unwrap_or_default(),
+                after.failures.first().cloned().unwrap_or_default()
+            );
+            let path = out.unwrap_or_else(|| {
+                let name = name.unwrap_or_else(|| format!("shrunk-{scenario}-{seed}"));
+                PathBuf::from(format!("seeds/{name}.json"))
+            });
+            save_plan(&path, &small);
             println!(
                 "shrunk {} ops to {} in {runs} runs: {}",
                 plan.ops.len(),
@@ -303,24 +408,22 @@ fn main() {
         } => {
             let mut p = plan_for(seed, &scenario);
             p.reason = reason;
-            let text = serde_json::to_string_pretty(&p).expect("serialisable");
             match out {
-                Some(path) => {
-                    std::fs::write(&path, text + "\n").unwrap_or_else(|e| die(&e.to_string()))
-                }
-                None => println!("{text}"),
+                Some(path) => save_plan(&path, &p),
+                None => println!("{}", p.to_json()),
             }
         }
         Cmd::Diff {
             seed,
             scenario,
+            context,
             canary,
         } => {
             set_canary(&canary);
             let o = run_plan(&plan_for(seed, &scenario), false);
             let (Some(exp), Some(got)) = (&o.expected, &o.recovered) else {
                 println!(
-                    "seed {seed}: no state mismatch to diff ({} failures)",
+                    "seed {seed}: no recovered-state mismatch to diff ({} failure(s))",
                     o.failures.len()
                 );
                 for f in &o.failures {
@@ -328,21 +431,16 @@ fn main() {
                 }
                 return;
             };
-            let lines = |s: &receipt_sim::model::State| -> Vec<String> {
-                s.receipts
-                    .iter()
-                    .map(|r| serde_json::to_string(r).unwrap())
-                    .chain(s.logs.iter().map(|l| serde_json::to_string(l).unwrap()))
-                    .collect()
-            };
-            let (e, g) = (lines(exp), lines(got));
-            for l in e.iter().filter(|l| !g.contains(l)) {
-                println!("- {l}");
+            println!("--- expected (the model on everything issued, pruned blocks left out)");
+            println!("+++ recovered");
+            for l in line_diff(&exp.lines(), &got.lines(), context) {
+                println!("{l}");
             }
-            for l in g.iter().filter(|l| !e.contains(l)) {
-                println!("+ {l}");
+            for f in &o.failures {
+                println!("FAILED: {f}");
             }
-            println!("({} expected lines, {} recovered; '-' expected only, '+' recovered only)\nreproduce: {}", e.len(), g.len(), repro_command(seed, &scenario));
+            println!("reproduce: {}", repro_command(seed, &scenario));
+            std::process::exit(1);
         }
     }
 }

@@ -1,5 +1,9 @@
 //! Seed + scenario -> an explicit, serialisable plan. Plans, not seeds, are what is shrunk,
 //! saved in `seeds/` and attached to reports: a pinned plan means the same thing after a refactor.
+//!
+//! Ops never refer to each other by position: a write names its block and first transaction
+//! index, a read names the (block, tx index) it looks for. Dropping ops while shrinking therefore
+//! never changes what the remaining ops do.
 
 use crate::fs::{Fault, FsOp};
 use rand::{RngExt, SeedableRng};
@@ -8,6 +12,22 @@ use receipt_store::SyncPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// Seed-derivation constants: one independent ChaCha stream per concern, so an extra draw in one
+/// (say, a new fault decision) never remaps the others (say, every crash point).
+pub const PLAN_STREAM: u64 = 0x9_1A4E;
+pub const FAULT_STREAM: u64 = 0xFA_0175;
+pub const READER_STREAM: u64 = 0x4EAD_E45;
+
+/// Probability that a write at a window boundary (where rotation happens) is followed at once by
+/// a crash or power loss.
+const BOUNDARY_CRASH_BIAS: f64 = 0.15;
+/// Probability that a prune op is followed at once by a crash or power loss.
+const PRUNE_CRASH_BIAS: f64 = 0.10;
+/// Largest gap between consecutive written heights (gaps skip rotation boundaries).
+const MAX_HEIGHT_GAP: u64 = 4;
+/// Transaction indices of stale writes start here, so their hashes never collide with real ones.
+pub const STALE_TX_BASE: u32 = 1_000;
 
 /// A workload and fault mix, read from `scenarios/<name>.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +46,28 @@ pub struct Scenario {
     pub prune: bool,
     pub readers: [u32; 2],
     pub fs_faults: Vec<Fault>,
+    /// Prune ticker interval range (virtual milliseconds).
+    #[serde(default = "default_prune_interval_ms")]
+    pub prune_interval_ms: [u64; 2],
+    /// Largest garbage tail a power loss may leave; one of these per seed.
+    #[serde(default = "default_torn_bytes")]
+    pub torn_bytes: Vec<usize>,
+    /// Swarm testing: each seed switches every fault kind off with this probability and scales
+    /// the rest by 1..=3, so some seeds hammer one fault and others see none of it.
+    #[serde(default = "default_swarm_off")]
+    pub swarm_off_probability: f64,
+}
+
+fn default_prune_interval_ms() -> [u64; 2] {
+    [250, 2_000]
+}
+
+fn default_torn_bytes() -> Vec<usize> {
+    vec![0, 8, 512]
+}
+
+fn default_swarm_off() -> f64 {
+    0.25
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,6 +88,24 @@ pub enum OpKind {
     FsFault,
 }
 
+impl OpKind {
+    /// Kinds that swarm testing may switch off or scale per seed (faults and maintenance; the
+    /// workload itself is always on).
+    pub fn is_swarmed(self) -> bool {
+        matches!(
+            self,
+            OpKind::Stale
+                | OpKind::Oversized
+                | OpKind::Prune
+                | OpKind::Crash
+                | OpKind::PowerLoss
+                | OpKind::CloseReopen
+                | OpKind::Failpoint
+                | OpKind::FsFault
+        )
+    }
+}
+
 /// Per-seed configuration (swarm testing: every seed draws its own).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Swarm {
@@ -56,17 +116,34 @@ pub struct Swarm {
     pub sync_policy: SyncPolicy,
     pub torn_bytes: usize,
     pub readers: u32,
+    /// The op mix this seed drew (fault rates); informational once the ops exist.
+    #[serde(default)]
+    pub weights: BTreeMap<OpKind, u32>,
+    /// The filesystem faults this seed may arm.
+    #[serde(default)]
+    pub fs_faults: Vec<Fault>,
+}
+
+/// A transaction a read looks for: its block and index (see [`crate::model::tx_hash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRef {
+    pub height: u64,
+    pub tx: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Write `receipts` receipts (`logs` logs each, generated from the op index) at `height`.
+    /// Write `receipts` receipts with tx indices `first_tx..` at `height`; `logs` seeds how many
+    /// logs each carries (0..=3, see [`crate::model::receipts_for`]).
     Write {
         height: u64,
+        #[serde(default)]
+        first_tx: u32,
         receipts: u32,
         logs: u32,
     },
+    /// An empty block: moves the store's cursor (and may rotate) without a receipt.
     Empty {
         height: u64,
     },
@@ -78,31 +155,66 @@ pub enum Op {
     Oversized {
         height: u64,
     },
-    /// Read a receipt of write op `of_op` (or an unknown hash when None).
+    /// Read one receipt by hash (an unknown hash when `target` is None); with `in_block`, ask
+    /// for it in a given block (its own, or the next one when `wrong_block`).
     ReadReceipt {
-        of_op: Option<usize>,
+        target: Option<TxRef>,
+        #[serde(default)]
+        in_block: bool,
+        #[serde(default)]
+        wrong_block: bool,
     },
+    /// eth_getLogs over `[from, to]` with an optional address and up to two topic positions
+    /// (indices into the model's alphabets; None is a wildcard).
     ReadLogs {
         from: u64,
         to: u64,
         address: Option<u8>,
-        topic0: Option<u8>,
+        #[serde(default)]
+        topics: Vec<Option<u8>>,
+        #[serde(default)]
+        limit: Option<usize>,
     },
-    /// Let virtual time pass beyond the prune interval, then also prune explicitly.
-    Prune,
+    /// Let virtual time pass beyond the prune interval (the ticker prunes); with `explicit`, also
+    /// call `prune_now`.
+    Prune {
+        #[serde(default)]
+        explicit: bool,
+    },
+    /// Process crash: every store task dies, nothing written is lost.
     Crash,
+    /// Power loss: unsynced data and namespace changes are lost, tails may be torn.
     PowerLoss,
     CloseReopen,
     /// Make the store's next visit to this failpoint fail.
     Failpoint {
         name: String,
     },
-    /// Make the `after`-th next matching filesystem operation fail once.
+    /// Make the `after`-th next matching filesystem operation under the data dir fail once.
     FsFault {
         fs_op: FsOp,
         fault: Fault,
         after: u32,
     },
+}
+
+impl Op {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Op::Write { .. } => "write",
+            Op::Empty { .. } => "empty",
+            Op::Stale { .. } => "stale",
+            Op::Oversized { .. } => "oversized",
+            Op::ReadReceipt { .. } => "read_receipt",
+            Op::ReadLogs { .. } => "read_logs",
+            Op::Prune { .. } => "prune",
+            Op::Crash => "crash",
+            Op::PowerLoss => "power_loss",
+            Op::CloseReopen => "close_reopen",
+            Op::Failpoint { .. } => "failpoint",
+            Op::FsFault { .. } => "fs_fault",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,16 +228,72 @@ pub struct Plan {
     pub reason: String,
 }
 
+impl Plan {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan is serialisable")
+    }
+
+    pub fn from_json(text: &str) -> Result<Plan, String> {
+        serde_json::from_str(text).map_err(|e| format!("not a plan: {e}"))
+    }
+}
+
 /// Directory holding the scenario files: `scenarios/` at the workspace root.
 pub fn scenarios_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
 }
 
+/// Scenario names found in `scenarios/`, sorted.
+pub fn scenario_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 pub fn load_scenario(name: &str) -> Result<Scenario, String> {
     let path = scenarios_dir().join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("scenario {name}: {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("scenario {name}: {e}"))
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "scenario {name}: {}: {e} (known: {})",
+            path.display(),
+            scenario_names().join(", ")
+        )
+    })?;
+    let sc: Scenario = serde_json::from_str(&text).map_err(|e| format!("scenario {name}: {e}"))?;
+    sc.validate().map_err(|e| format!("scenario {name}: {e}"))?;
+    Ok(sc)
+}
+
+impl Scenario {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sync_policies.is_empty() {
+            return Err("sync_policies is empty".into());
+        }
+        if self.max_blocks_per_file[0] == 0 {
+            return Err("max_blocks_per_file must start at 1 or more".into());
+        }
+        if self.weights.values().all(|w| *w == 0) {
+            return Err("no op has a weight".into());
+        }
+        if !self.weights.get(&OpKind::Write).is_some_and(|w| *w > 0) {
+            return Err("write must have a weight".into());
+        }
+        if self.torn_bytes.is_empty() {
+            return Err("torn_bytes is empty".into());
+        }
+        Ok(())
+    }
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, range: [T; 2]) -> T
@@ -139,40 +307,101 @@ where
     }
 }
 
+fn choose<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs[rng.random_range(0..xs.len())]
+}
+
+/// Draws this seed's configuration.
+pub fn draw_swarm(rng: &mut ChaCha8Rng, sc: &Scenario) -> Swarm {
+    let sync_policy = choose(rng, &sc.sync_policies);
+    let max_blocks_per_file = pick(rng, sc.max_blocks_per_file);
+    let block_flush_interval = pick(rng, sc.block_flush_interval);
+    let keep_recent = if sc.prune {
+        pick(rng, sc.keep_recent)
+    } else {
+        0
+    };
+    let prune_interval_ms = pick(rng, sc.prune_interval_ms);
+    let torn_bytes = choose(rng, &sc.torn_bytes);
+    let readers = pick(rng, sc.readers);
+    let mut weights = BTreeMap::new();
+    for (&kind, &w) in &sc.weights {
+        let w = if kind.is_swarmed() && w > 0 {
+            if rng.random_bool(sc.swarm_off_probability.clamp(0.0, 1.0)) {
+                0
+            } else {
+                w * rng.random_range(1..=3)
+            }
+        } else {
+            w
+        };
+        if w > 0 {
+            weights.insert(kind, w);
+        }
+    }
+    let fs_faults: Vec<Fault> = sc
+        .fs_faults
+        .iter()
+        .copied()
+        .filter(|_| !rng.random_bool(sc.swarm_off_probability.clamp(0.0, 1.0) / 2.0))
+        .collect();
+    if fs_faults.is_empty() {
+        weights.remove(&OpKind::FsFault);
+    }
+    Swarm {
+        max_blocks_per_file,
+        block_flush_interval,
+        keep_recent,
+        prune_interval_ms,
+        sync_policy,
+        torn_bytes,
+        readers,
+        weights,
+        fs_faults,
+    }
+}
+
+/// Where the plan generator is: the last height written and the next tx index in that block.
+#[derive(Default)]
+struct Cursor {
+    height: u64,
+    next_tx: u32,
+    /// Every (height, first tx, count) written so far, for reads to aim at.
+    written: Vec<(u64, u32, u32)>,
+}
+
+fn crash_op(rng: &mut ChaCha8Rng, weights: &BTreeMap<OpKind, u32>) -> Option<Op> {
+    let crash = weights.contains_key(&OpKind::Crash);
+    let power = weights.contains_key(&OpKind::PowerLoss);
+    match (crash, power) {
+        (true, true) => Some(if rng.random_bool(0.5) {
+            Op::Crash
+        } else {
+            Op::PowerLoss
+        }),
+        (true, false) => Some(Op::Crash),
+        (false, true) => Some(Op::PowerLoss),
+        (false, false) => None,
+    }
+}
+
 /// Expands `seed` under `scenario`. Plan generation has its own RNG stream, so changing fault
 /// decisions or scheduling never remaps the ops.
 pub fn generate(seed: u64, sc: &Scenario) -> Plan {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9_1A4E);
-    let sync_policy = sc.sync_policies[rng.random_range(0..sc.sync_policies.len())];
-    let swarm = Swarm {
-        max_blocks_per_file: pick(&mut rng, sc.max_blocks_per_file),
-        block_flush_interval: pick(&mut rng, sc.block_flush_interval),
-        keep_recent: if sc.prune {
-            pick(&mut rng, sc.keep_recent)
-        } else {
-            0
-        },
-        prune_interval_ms: 1000,
-        sync_policy,
-        torn_bytes: [0usize, 8, 512][rng.random_range(0..3)],
-        readers: pick(&mut rng, sc.readers),
-    };
-    let kinds: Vec<(OpKind, u32)> = sc
-        .weights
-        .iter()
-        .map(|(k, w)| (*k, *w))
-        .filter(|(_, w)| *w > 0)
-        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_STREAM);
+    let swarm = draw_swarm(&mut rng, sc);
+    let kinds: Vec<(OpKind, u32)> = swarm.weights.iter().map(|(k, w)| (*k, *w)).collect();
     let total: u32 = kinds.iter().map(|(_, w)| w).sum();
     assert!(total > 0, "scenario {} has no op weights", sc.name);
-    let mut ops = Vec::with_capacity(sc.ops);
-    let mut height = 0u64;
-    let mut writes: Vec<usize> = Vec::new();
-    // Only scenarios with crashes get extra crash points after boundary writes.
-    let crashy = [OpKind::Crash, OpKind::PowerLoss]
-        .iter()
-        .any(|k| sc.weights.get(k).is_some_and(|w| *w > 0));
-    while ops.len() < sc.ops {
+    let target = sc.ops.max(1);
+    let mut ops = Vec::with_capacity(target + 1);
+    let mut cur = Cursor::default();
+    // Bounded: every iteration either pushes an op or skips a kind that cannot apply yet, and
+    // `write` (always weighted) can always apply.
+    let max_draws = target * 64;
+    let mut draws = 0;
+    while ops.len() < target && draws < max_draws {
+        draws += 1;
         let mut x = rng.random_range(0..total);
         let kind = kinds
             .iter()
@@ -184,67 +413,86 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                     false
                 }
             })
-            .expect("weights")
+            .expect("x < total")
             .0;
         let op = match kind {
             OpKind::Write | OpKind::SameBlockWrite => {
-                if kind == OpKind::Write || height == 0 {
-                    height += if rng.random_bool(0.8) {
+                if kind == OpKind::Write || cur.height == 0 {
+                    cur.height += if rng.random_bool(0.8) {
                         1
                     } else {
-                        rng.random_range(2..5)
+                        rng.random_range(2..=MAX_HEIGHT_GAP)
                     };
+                    cur.next_tx = 0;
                 }
-                writes.push(ops.len());
-                Op::Write {
-                    height,
-                    receipts: rng.random_range(1..=4),
+                let receipts = rng.random_range(1..=4);
+                let op = Op::Write {
+                    height: cur.height,
+                    first_tx: cur.next_tx,
+                    receipts,
                     logs: rng.random_range(0..=3),
-                }
+                };
+                cur.written.push((cur.height, cur.next_tx, receipts));
+                cur.next_tx += receipts;
+                op
             }
             OpKind::Empty => {
-                height += 1;
-                Op::Empty { height }
+                cur.height += 1;
+                cur.next_tx = 0;
+                Op::Empty { height: cur.height }
             }
-            OpKind::Stale if height > 1 => Op::Stale {
-                height: height - rng.random_range(1..height),
+            OpKind::Stale if cur.height > 1 => Op::Stale {
+                height: cur.height - rng.random_range(1..cur.height),
             },
             OpKind::Oversized => Op::Oversized {
-                height: height.max(1),
+                height: cur.height.max(1),
             },
             OpKind::ReadReceipt => {
-                let of_op = (!writes.is_empty() && rng.random_bool(0.8))
-                    .then(|| writes[rng.random_range(0..writes.len())]);
-                Op::ReadReceipt { of_op }
+                let target = (!cur.written.is_empty() && rng.random_bool(0.85)).then(|| {
+                    let (height, first, n) = choose(&mut rng, &cur.written);
+                    TxRef {
+                        height,
+                        tx: first + rng.random_range(0..n),
+                    }
+                });
+                let in_block = target.is_some() && rng.random_bool(0.3);
+                Op::ReadReceipt {
+                    target,
+                    in_block,
+                    wrong_block: in_block && rng.random_bool(0.3),
+                }
             }
             OpKind::ReadLogs => {
-                let from = rng.random_range(0..=height);
+                let from = rng.random_range(0..=cur.height);
+                let positions = rng.random_range(0..=2);
                 Op::ReadLogs {
                     from,
                     to: from + rng.random_range(0..8),
-                    address: rng.random_bool(0.5).then(|| rng.random_range(0..3)),
-                    topic0: rng.random_bool(0.5).then(|| rng.random_range(0..3)),
+                    address: rng.random_bool(0.4).then(|| rng.random_range(0..3)),
+                    topics: (0..positions)
+                        .map(|_| rng.random_bool(0.7).then(|| rng.random_range(0..3)))
+                        .collect(),
+                    limit: rng.random_bool(0.2).then(|| rng.random_range(1..6)),
                 }
             }
-            OpKind::Prune => Op::Prune,
+            OpKind::Prune => Op::Prune {
+                explicit: rng.random_bool(0.5),
+            },
             OpKind::Crash => Op::Crash,
             OpKind::PowerLoss => Op::PowerLoss,
             OpKind::CloseReopen => Op::CloseReopen,
-            OpKind::Failpoint => {
-                let names = receipt_store::failpoints::ALL;
-                Op::Failpoint {
-                    name: names[rng.random_range(0..names.len())].to_string(),
-                }
-            }
-            OpKind::FsFault if !sc.fs_faults.is_empty() => {
-                let fault = sc.fs_faults[rng.random_range(0..sc.fs_faults.len())];
+            OpKind::Failpoint => Op::Failpoint {
+                name: choose(&mut rng, &receipt_store::failpoints::ALL).to_string(),
+            },
+            OpKind::FsFault if !swarm.fs_faults.is_empty() => {
+                let fault = choose(&mut rng, &swarm.fs_faults);
                 let fs_op = match fault {
                     Fault::SyncLosesData => FsOp::Sync,
-                    Fault::NoSpace => {
-                        [FsOp::Append, FsOp::Sync, FsOp::Create][rng.random_range(0..3)]
-                    }
-                    Fault::Eio => [FsOp::ReadAt, FsOp::Append, FsOp::Sync, FsOp::Remove]
-                        [rng.random_range(0..4)],
+                    Fault::NoSpace => choose(&mut rng, &[FsOp::Append, FsOp::Sync, FsOp::Create]),
+                    Fault::Eio => choose(
+                        &mut rng,
+                        &[FsOp::ReadAt, FsOp::Append, FsOp::Sync, FsOp::Remove],
+                    ),
                 };
                 Op::FsFault {
                     fs_op,
@@ -254,26 +502,85 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             }
             _ => continue,
         };
-        // Bias crash points to just after boundary writes, where rotation happened.
-        if let Op::Write { height: h, .. } = op {
-            ops.push(op);
-            if crashy && h % swarm.max_blocks_per_file == 0 && rng.random_bool(0.15) {
-                ops.push(if rng.random_bool(0.5) {
-                    Op::Crash
-                } else {
-                    Op::PowerLoss
-                });
+        // Bias crash points to just after rotation (a write or empty block at a window
+        // boundary) and just after pruning.
+        let bias = match &op {
+            Op::Write { height, .. } | Op::Empty { height }
+                if height % swarm.max_blocks_per_file == 0 =>
+            {
+                BOUNDARY_CRASH_BIAS
             }
-            continue;
-        }
+            Op::Prune { .. } => PRUNE_CRASH_BIAS,
+            _ => 0.0,
+        };
         ops.push(op);
+        if bias > 0.0 && rng.random_bool(bias) {
+            if let Some(c) = crash_op(&mut rng, &swarm.weights) {
+                ops.push(c);
+            }
+        }
     }
-    ops.truncate(sc.ops.max(1));
+    ops.truncate(target);
     Plan {
         seed,
         scenario: sc.name.clone(),
         swarm,
         ops,
         reason: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario() -> Scenario {
+        load_scenario("default").expect("default scenario")
+    }
+
+    #[test]
+    fn the_same_seed_expands_to_the_same_plan() {
+        let sc = scenario();
+        assert_eq!(generate(42, &sc), generate(42, &sc));
+        assert_ne!(generate(42, &sc).ops, generate(43, &sc).ops);
+    }
+
+    #[test]
+    fn plans_round_trip_through_json() {
+        let p = generate(7, &scenario());
+        assert_eq!(Plan::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn written_tx_indices_are_unique_per_block() {
+        let sc = scenario();
+        for seed in 0..50 {
+            let mut seen = std::collections::BTreeSet::new();
+            for op in generate(seed, &sc).ops {
+                if let Op::Write {
+                    height,
+                    first_tx,
+                    receipts,
+                    ..
+                } = op
+                {
+                    for tx in first_tx..first_tx + receipts {
+                        assert!(seen.insert((height, tx)), "seed {seed}: ({height}, {tx})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_scenario_file_loads_and_generates_its_op_count() {
+        let names = scenario_names();
+        assert!(names.contains(&"default".to_string()), "{names:?}");
+        for name in names {
+            let sc = load_scenario(&name).unwrap();
+            for seed in 0..5 {
+                assert_eq!(generate(seed, &sc).ops.len(), sc.ops, "{name} seed {seed}");
+            }
+        }
     }
 }

@@ -1,18 +1,30 @@
-//! Campaign summaries and JSON reports.
+//! Campaign summaries, JSON reports, reproduction lines and state diffs.
 
+use crate::check::Check;
 use crate::exec::Outcome;
 use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Failing seeds listed in one report, at most (the count is always complete).
+pub const MAX_FAILING_LISTED: usize = 200;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub scenario: String,
     pub base_seed: u64,
+    /// `git rev-parse --short HEAD` when the run started, if known.
+    pub commit: Option<String>,
     pub seeds: usize,
     pub ops: usize,
     pub crashes: usize,
+    pub power_losses: usize,
     pub faults: u64,
     pub reopens: usize,
+    pub writes_acked: usize,
+    pub reads: usize,
     pub failures: usize,
+    /// Failing seeds per check.
+    pub failures_by_check: BTreeMap<String, usize>,
     pub seconds: f64,
     pub seeds_per_s: f64,
     pub ops_per_s: f64,
@@ -26,6 +38,7 @@ pub struct Failing {
     pub repro: String,
 }
 
+/// The one-line reproduction of a failing seed.
 pub fn repro_command(seed: u64, scenario: &str) -> String {
     format!("cargo run --release -p receipt-sim -- repro --seed {seed} --scenario {scenario}")
 }
@@ -35,22 +48,147 @@ impl Summary {
         self.seeds += 1;
         self.ops += o.ops;
         self.crashes += o.crashes;
+        self.power_losses += o.power_losses;
         self.faults += o.faults;
         self.reopens += o.reopens;
+        self.writes_acked += o.writes_acked;
+        self.reads += o.reads;
         if let Some(first) = o.failures.first() {
             self.failures += 1;
-            self.failing.push(Failing {
-                seed: o.seed,
-                first_failure: first.clone(),
-                repro: repro_command(o.seed, &o.scenario),
-            });
+            let tag = Check::of(first).map_or("unknown", |c| c.tag()).to_string();
+            *self.failures_by_check.entry(tag).or_default() += 1;
+            if self.failing.len() < MAX_FAILING_LISTED {
+                let mut repro = repro_command(o.seed, &o.scenario);
+                if let Some(c) = &self.commit {
+                    repro.push_str(&format!("   # at commit {c}"));
+                }
+                self.failing.push(Failing {
+                    seed: o.seed,
+                    first_failure: first.clone(),
+                    repro,
+                });
+            }
         }
     }
 
+    pub fn finish(&mut self, seconds: f64) {
+        self.seconds = seconds;
+        let s = seconds.max(1e-9);
+        self.seeds_per_s = self.seeds as f64 / s;
+        self.ops_per_s = self.ops as f64 / s;
+    }
+
+    /// A markdown table of the campaign.
     pub fn table(&self) -> String {
         format!(
-            "| scenario | seeds | ops | crashes | faults | reopens | failures | seeds/s | ops/s |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
-            self.scenario, self.seeds, self.ops, self.crashes, self.faults, self.reopens, self.failures, self.seeds_per_s, self.ops_per_s
+            "| scenario | seeds | ops | crashes | power losses | faults | reopens | reads | failures | seeds/s | ops/s |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+             | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
+            self.scenario,
+            self.seeds,
+            self.ops,
+            self.crashes,
+            self.power_losses,
+            self.faults,
+            self.reopens,
+            self.reads,
+            self.failures,
+            self.seeds_per_s,
+            self.ops_per_s
         )
+    }
+}
+
+/// A line diff (longest common subsequence): `  ` common, `- ` expected only, `+ ` got only.
+/// Runs of more than `context` common lines are elided.
+pub fn line_diff(expected: &[String], got: &[String], context: usize) -> Vec<String> {
+    let (n, m) = (expected.len(), got.len());
+    // lcs[i][j] = LCS length of expected[i..] and got[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if expected[i] == got[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut ops: Vec<(char, &String)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && expected[i] == got[j] {
+            ops.push((' ', &expected[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            ops.push(('+', &got[j]));
+            j += 1;
+        } else {
+            ops.push(('-', &expected[i]));
+            i += 1;
+        }
+    }
+    let changed: Vec<bool> = ops.iter().map(|(c, _)| *c != ' ').collect();
+    let near_change = |k: usize| {
+        let lo = k.saturating_sub(context);
+        let hi = (k + context + 1).min(ops.len());
+        changed[lo..hi].iter().any(|c| *c)
+    };
+    let mut out = Vec::new();
+    let mut elided = 0;
+    for (k, (c, line)) in ops.iter().enumerate() {
+        if *c == ' ' && !near_change(k) {
+            elided += 1;
+            continue;
+        }
+        if elided > 0 {
+            out.push(format!("  ... {elided} equal line(s)"));
+            elided = 0;
+        }
+        out.push(format!("{c} {line}"));
+    }
+    if elided > 0 {
+        out.push(format!("  ... {elided} equal line(s)"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_line_diff_marks_missing_and_extra_lines() {
+        let d = line_diff(&v(&["a", "b", "c", "d"]), &v(&["a", "c", "d", "e"]), 0);
+        assert_eq!(
+            d,
+            v(&[
+                "  ... 1 equal line(s)",
+                "- b",
+                "  ... 2 equal line(s)",
+                "+ e"
+            ])
+        );
+    }
+
+    #[test]
+    fn a_failing_outcome_gets_a_repro_line() {
+        let mut s = Summary::default();
+        s.add(&Outcome {
+            seed: 9,
+            scenario: "steady".into(),
+            failures: vec!["[recovery] x".into()],
+            ..Default::default()
+        });
+        assert_eq!(s.failures_by_check.get("recovery"), Some(&1));
+        assert_eq!(
+            s.failing[0].repro,
+            "cargo run --release -p receipt-sim -- repro --seed 9 --scenario steady"
+        );
     }
 }

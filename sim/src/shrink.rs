@@ -1,42 +1,92 @@
-//! Delta debugging over a failing plan's ops: remove chunks, then single ops, keeping any
-//! removal after which the plan still fails. Bounded by `MAX_SHRINK_RUNS` plan executions.
+//! Delta debugging over a failing plan: remove chunks of ops (halving the chunk size down to
+//! single ops), keeping any removal after which the plan still fails the same check; then try
+//! simpler settings (no readers, fewer receipts and logs). Bounded by `MAX_SHRINK_RUNS`.
 
+use crate::check::Check;
 use crate::exec::run_plan;
-use crate::plan::Plan;
+use crate::plan::{Op, Plan};
 
+/// Plan executions one shrink may spend.
 pub const MAX_SHRINK_RUNS: usize = 2_000;
 
+/// The check the plan's first failure belongs to, if it fails.
+pub fn failing_check(plan: &Plan) -> Option<Option<Check>> {
+    run_plan(plan, false).failures.first().map(|f| Check::of(f))
+}
+
 pub fn fails(plan: &Plan) -> bool {
-    !run_plan(plan, false).failures.is_empty()
+    failing_check(plan).is_some()
+}
+
+struct Shrinker {
+    want: Option<Check>,
+    runs: usize,
+}
+
+impl Shrinker {
+    /// Still failing, and for the same reason (so shrinking cannot slide onto another bug).
+    fn keeps_failing(&mut self, candidate: &Plan) -> bool {
+        self.runs += 1;
+        !candidate.ops.is_empty() && failing_check(candidate) == Some(self.want)
+    }
+
+    fn budget_left(&self) -> bool {
+        self.runs < MAX_SHRINK_RUNS
+    }
 }
 
 /// Returns the smallest failing plan found and the number of runs it took.
 pub fn shrink(plan: &Plan) -> (Plan, usize) {
-    assert!(fails(plan), "only a failing plan can be shrunk");
+    let want = failing_check(plan).expect("only a failing plan can be shrunk");
+    let mut s = Shrinker { want, runs: 1 };
     let mut best = plan.clone();
-    let mut runs = 1;
+    // 1. Ops: chunks, halving down to single ops.
     let mut chunk = best.ops.len().div_ceil(2).max(1);
-    while chunk >= 1 && runs < MAX_SHRINK_RUNS {
+    loop {
         let mut i = 0;
         let mut progressed = false;
-        while i < best.ops.len() && runs < MAX_SHRINK_RUNS {
+        while i < best.ops.len() && s.budget_left() {
             let mut candidate = best.clone();
             let end = (i + chunk).min(candidate.ops.len());
             candidate.ops.drain(i..end);
-            runs += 1;
-            if !candidate.ops.is_empty() && fails(&candidate) {
+            if s.keeps_failing(&candidate) {
                 best = candidate;
                 progressed = true;
             } else {
                 i += chunk;
             }
         }
+        if !s.budget_left() || (!progressed && chunk == 1) {
+            break;
+        }
         if !progressed {
-            if chunk == 1 {
-                break;
-            }
-            chunk /= 2;
+            chunk = chunk.div_ceil(2).max(1).min(chunk - 1).max(1);
         }
     }
-    (best, runs)
+    // 2. Settings and op contents: each simplification kept only if the failure stays.
+    if best.swarm.readers > 0 && s.budget_left() {
+        let mut c = best.clone();
+        c.swarm.readers = 0;
+        if s.keeps_failing(&c) {
+            best = c;
+        }
+    }
+    for i in 0..best.ops.len() {
+        if !s.budget_left() {
+            break;
+        }
+        if let Op::Write { receipts, logs, .. } = &best.ops[i] {
+            if *receipts > 1 || *logs > 0 {
+                let mut c = best.clone();
+                if let Op::Write { receipts, logs, .. } = &mut c.ops[i] {
+                    *receipts = 1;
+                    *logs = 0;
+                }
+                if s.keeps_failing(&c) {
+                    best = c;
+                }
+            }
+        }
+    }
+    (best, s.runs)
 }

@@ -1,0 +1,518 @@
+//! The invariants of DESIGN.md as pure functions over the model and what the store returned.
+//! The executor calls them after every op and every recovery; each failure names its check, so
+//! shrinking can insist on the same failure and reports can group by it.
+
+use crate::model::{Model, State, Tagged};
+use receipt_store::{LogFilter, LogRecord, ReceiptRecord, Status};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Which invariant a failure broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    /// The store could not be opened (or reopened) without an injected fault to explain it.
+    Open,
+    /// 1, 2: recovered state is not the model on a prefix between acked and issued.
+    Recovery,
+    /// 2: a record that was never written, or a duplicate.
+    Phantom,
+    /// 3: a read disagreed with the model at every instant between its call and its reply.
+    Read,
+    /// Write-path answers (a valid write rejected, an invalid one accepted, a failure without a
+    /// fault).
+    Write,
+    /// 4: recovering the same durable image twice gave different states.
+    Idempotence,
+    /// 5: a file handle left open.
+    Handles,
+    /// 5: a store task left running.
+    Tasks,
+    /// 6: files on disk (lone or orphan pair files, a pruned window back, an unknown file).
+    Files,
+    /// 7: the same seed twice gave different traces.
+    Determinism,
+    /// The simulation itself stopped (deadlock, step limit).
+    Sim,
+}
+
+impl Check {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Check::Open => "open",
+            Check::Recovery => "recovery",
+            Check::Phantom => "phantom",
+            Check::Read => "read",
+            Check::Write => "write",
+            Check::Idempotence => "idempotence",
+            Check::Handles => "handles",
+            Check::Tasks => "tasks",
+            Check::Files => "files",
+            Check::Determinism => "determinism",
+            Check::Sim => "sim",
+        }
+    }
+
+    /// The check a formatted failure line (`[tag] detail`) belongs to.
+    pub fn of(line: &str) -> Option<Check> {
+        let tag = line.strip_prefix('[')?.split(']').next()?;
+        ALL_CHECKS.iter().copied().find(|c| c.tag() == tag)
+    }
+}
+
+pub const ALL_CHECKS: [Check; 11] = [
+    Check::Open,
+    Check::Recovery,
+    Check::Phantom,
+    Check::Read,
+    Check::Write,
+    Check::Idempotence,
+    Check::Handles,
+    Check::Tasks,
+    Check::Files,
+    Check::Determinism,
+    Check::Sim,
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub check: Check,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(check: Check, detail: impl Into<String>) -> Self {
+        Failure {
+            check,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.check.tag(), self.detail)
+    }
+}
+
+trait Block {
+    fn block(&self) -> u64;
+}
+
+impl Block for ReceiptRecord {
+    fn block(&self) -> u64 {
+        self.block_number
+    }
+}
+
+impl Block for LogRecord {
+    fn block(&self) -> u64 {
+        self.block_number
+    }
+}
+
+/// `got` is `expected` with at most a leading run of prunable blocks missing (pruning drops
+/// whole pairs, oldest first), cut to `limit` items when given.
+fn consistent<T: Block + PartialEq>(
+    expected: &[T],
+    got: &[T],
+    limit: Option<usize>,
+    prunable: &dyn Fn(u64) -> bool,
+) -> bool {
+    let Some(first) = got.first() else {
+        return limit == Some(0) || expected.iter().all(|e| prunable(e.block()));
+    };
+    let b0 = first.block();
+    let skipped = expected.iter().take_while(|e| e.block() < b0);
+    let mut n_skipped = 0;
+    for e in skipped {
+        if !prunable(e.block()) {
+            return false;
+        }
+        n_skipped += 1;
+    }
+    let rest = &expected[n_skipped..];
+    match limit {
+        Some(n) if rest.len() > n => got == &rest[..n],
+        _ => got == rest,
+    }
+}
+
+/// Invariants 1 and 2: the largest `k` in `lo..=hi` whose model state the recovered state is
+/// (modulo a prunable leading run of blocks), or a description of the closest miss.
+pub fn match_recovery(
+    tagged: &Tagged,
+    got: &State,
+    lo: usize,
+    hi: usize,
+    prunable: &dyn Fn(u64) -> bool,
+) -> Result<usize, Failure> {
+    assert!(lo <= hi, "lower bound {lo} above issued {hi}");
+    for k in (lo..=hi).rev() {
+        let e = tagged.prefix(k);
+        if consistent(&e.receipts, &got.receipts, None, prunable)
+            && consistent(&e.logs, &got.logs, None, prunable)
+        {
+            return Ok(k);
+        }
+    }
+    let nearest = tagged.prefix(hi).without_blocks(prunable);
+    let g = got.without_blocks(prunable);
+    let (el, gl) = (nearest.lines(), g.lines());
+    let first_diff = el
+        .iter()
+        .zip(gl.iter())
+        .position(|(a, b)| a != b)
+        .unwrap_or(el.len().min(gl.len()));
+    let show = |v: &[String]| v.get(first_diff).cloned().unwrap_or_else(|| "(end)".into());
+    Err(Failure::new(
+        Check::Recovery,
+        format!(
+            "recovered state matches no prefix of the issued writes in {lo}..={hi}: {} receipts / {} logs recovered, {} / {} issued; first difference at line {first_diff}: expected {} got {}",
+            got.receipts.len(),
+            got.logs.len(),
+            tagged.prefix(hi).receipts.len(),
+            tagged.prefix(hi).logs.len(),
+            show(&el),
+            show(&gl),
+        ),
+    ))
+}
+
+/// Invariant 2 beyond the prefix match: no recovered record the model never issued (this also
+/// covers blocks that pruning may have removed), and no receipt twice.
+pub fn phantoms(tagged: &Tagged, got: &State) -> Vec<Failure> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &got.receipts {
+        if !seen.insert(r.tx_hash) {
+            out.push(Failure::new(
+                Check::Phantom,
+                format!("receipt recovered twice in block {}", r.block_number),
+            ));
+        }
+        if !tagged.receipts.iter().any(|(_, e)| e == r) {
+            out.push(Failure::new(
+                Check::Phantom,
+                format!(
+                    "recovered a receipt in block {} that was never written",
+                    r.block_number
+                ),
+            ));
+        }
+    }
+    for l in &got.logs {
+        if !tagged.logs.iter().any(|(_, e)| e == l) {
+            out.push(Failure::new(
+                Check::Phantom,
+                format!(
+                    "recovered a log (block {}, tx {}, log index {}) that was never written",
+                    l.block_number, l.tx_index, l.log_index
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Invariant 3 for `get_receipt` / `get_receipt_in_block`: the answer agrees with the model on
+/// some prefix `k` in `lo..=hi` (acked before the call .. issued at the reply).
+pub fn check_receipt_read(
+    model: &Model,
+    hash: &[u8; 32],
+    asked_block: Option<u64>,
+    got: Option<&ReceiptRecord>,
+    lo: usize,
+    hi: usize,
+) -> Result<(), Failure> {
+    let prunable = model.prunable();
+    let found = model.find(hash);
+    let fail = |d: String| Err(Failure::new(Check::Read, d));
+    match (got, found) {
+        (Some(r), None) => fail(format!(
+            "get_receipt returned a receipt in block {} that was never written",
+            r.block_number
+        )),
+        (Some(r), Some((w, h, input))) => {
+            if w >= hi {
+                return fail(format!(
+                    "get_receipt saw write {w} (block {h}) before it was issued ({hi} issued)"
+                ));
+            }
+            if r.block_number != h || r.receipt_bytes != input.receipt_bytes || &r.tx_hash != hash {
+                return fail(format!(
+                    "get_receipt returned block {} / {} bytes for a receipt written in block {h} with {} bytes",
+                    r.block_number,
+                    r.receipt_bytes.len(),
+                    input.receipt_bytes.len()
+                ));
+            }
+            if asked_block.is_some_and(|b| b != h) {
+                return fail(format!(
+                    "get_receipt_in_block({:?}) returned the receipt of block {h}",
+                    asked_block
+                ));
+            }
+            Ok(())
+        }
+        (None, Some((w, h, _))) if w < lo && !prunable(h) && asked_block.is_none_or(|b| b == h) => {
+            fail(format!(
+                "acked receipt of block {h} (write {w}, {lo} acked before the call) not found"
+            ))
+        }
+        (None, _) => Ok(()),
+    }
+}
+
+/// Invariant 3 for `get_logs`: the answer is the filtered model state on some prefix in
+/// `lo..=hi`, in block / tx index / log index order, cut to the limit.
+pub fn check_logs_read(
+    model: &Model,
+    filter: &LogFilter,
+    got: &[LogRecord],
+    lo: usize,
+    hi: usize,
+) -> Result<(), Failure> {
+    let prunable = model.prunable();
+    let tagged = model.tagged();
+    let filtered: Vec<(usize, LogRecord)> = tagged
+        .logs
+        .into_iter()
+        .filter(|(_, l)| filter.matches(l))
+        .collect();
+    let ok = (lo..=hi).any(|k| {
+        let e: Vec<LogRecord> = filtered
+            .iter()
+            .filter(|(w, _)| *w < k)
+            .map(|(_, l)| l.clone())
+            .collect();
+        consistent(&e, got, filter.limit, &prunable)
+    });
+    if ok {
+        return Ok(());
+    }
+    let expected_hi = filtered.iter().filter(|(w, _)| *w < hi).count();
+    Err(Failure::new(
+        Check::Read,
+        format!(
+            "get_logs {:?}..={:?} (addresses {}, topic positions {}, limit {:?}) returned {} logs; the model has {} at the reply and agrees at no prefix in {lo}..={hi}",
+            filter.from_block,
+            filter.to_block,
+            filter.addresses.len(),
+            filter.topics.len(),
+            filter.limit,
+            got.len(),
+            expected_hi
+        ),
+    ))
+}
+
+/// What a file under the data directory is.
+#[derive(Debug, PartialEq, Eq)]
+enum FileKind {
+    Receipts(u64),
+    Logs(u64),
+    WalSegment,
+    WalScratch,
+    Unknown,
+}
+
+fn classify(dir: &Path, path: &Path) -> FileKind {
+    let Ok(rel) = path.strip_prefix(dir) else {
+        return FileKind::Unknown;
+    };
+    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    match parts.as_slice() {
+        [name] => match receipt_store::files::parse_pair_name(name) {
+            Some((receipt_store::parquet::reader::FileKind::Receipts, s)) => FileKind::Receipts(s),
+            Some((receipt_store::parquet::reader::FileKind::Logs, s)) => FileKind::Logs(s),
+            None => FileKind::Unknown,
+        },
+        ["wal", name] if receipt_store::wal::parse_segment_name(name).is_some() => {
+            FileKind::WalSegment
+        }
+        ["wal", "rewrite.tmp"] => FileKind::WalScratch,
+        _ => FileKind::Unknown,
+    }
+}
+
+/// Invariant 6, right after an open: every pair file has its partner; every pair on disk is
+/// tracked (closed or open) or awaiting deletion; every tracked pair is on disk; no window the
+/// model saw pruned durably is back; nothing else but WAL segments lives in the directory.
+pub fn check_files(
+    files: &BTreeMap<PathBuf, Vec<u8>>,
+    dir: &Path,
+    status: &Status,
+    pruned: &BTreeSet<u64>,
+) -> Vec<Failure> {
+    let mut out = Vec::new();
+    let mut pairs: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    for path in files.keys() {
+        match classify(dir, path) {
+            FileKind::Receipts(s) => pairs.entry(s).or_default().0 = true,
+            FileKind::Logs(s) => pairs.entry(s).or_default().1 = true,
+            FileKind::WalSegment | FileKind::WalScratch => {}
+            FileKind::Unknown if path.starts_with(dir) => out.push(Failure::new(
+                Check::Files,
+                format!("unexpected file {} after open", path.display()),
+            )),
+            FileKind::Unknown => {}
+        }
+    }
+    let tracked: BTreeSet<u64> = status
+        .closed_pairs
+        .iter()
+        .copied()
+        .chain(status.open_pair)
+        .collect();
+    let mut untracked = 0;
+    for (&start, &(r, l)) in &pairs {
+        // A lone file is only acceptable as the remains of a pair whose deletion is pending
+        // (counted below); open removes every other lone file.
+        if !tracked.contains(&start) {
+            untracked += 1;
+        } else if !(r && l) {
+            out.push(Failure::new(
+                Check::Files,
+                format!(
+                    "lone {} file of tracked pair {start} after open",
+                    if r { "receipts" } else { "logs" }
+                ),
+            ));
+        }
+        if pruned.contains(&start) {
+            out.push(Failure::new(
+                Check::Files,
+                format!("pruned window {start} is back on disk"),
+            ));
+        }
+    }
+    if untracked > status.pending_deletes {
+        out.push(Failure::new(
+            Check::Files,
+            format!(
+                "{untracked} orphan or lone pair file set(s) on disk, neither tracked nor pending deletion ({} pending): on disk {:?}, tracked {:?}",
+                status.pending_deletes,
+                pairs.keys().collect::<Vec<_>>(),
+                tracked
+            ),
+        ));
+    }
+    for s in &status.closed_pairs {
+        if pairs.get(s) != Some(&(true, true)) {
+            out.push(Failure::new(
+                Check::Files,
+                format!("tracked closed pair {s} is not on disk"),
+            ));
+        }
+        if pruned.contains(s) {
+            out.push(Failure::new(
+                Check::Files,
+                format!("pruned window {s} is tracked again"),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::receipts_for;
+    use receipt_store::SyncPolicy;
+
+    fn model(heights: &[u64]) -> Model {
+        let mut m = Model::new(SyncPolicy::Always, 0);
+        for &h in heights {
+            let i = m.begin(h, receipts_for(1, h, 0, 2, 2));
+            m.ack(i);
+        }
+        m
+    }
+
+    fn none(_: u64) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_recovered_prefix_matches_and_a_hole_does_not() {
+        let m = model(&[1, 2, 3, 4]);
+        let t = m.tagged();
+        assert_eq!(match_recovery(&t, &m.state(3), 2, 4, &none), Ok(3));
+        // Drop block 2 from the full state: a hole.
+        let mut holed = m.state(4);
+        holed.receipts.retain(|r| r.block_number != 2);
+        holed.logs.retain(|l| l.block_number != 2);
+        let e = match_recovery(&t, &holed, 0, 4, &none).unwrap_err();
+        assert_eq!(e.check, Check::Recovery);
+    }
+
+    #[test]
+    fn losing_an_acked_write_fails_the_lower_bound() {
+        let m = model(&[1, 2, 3]);
+        assert!(match_recovery(&m.tagged(), &m.state(2), 3, 3, &none).is_err());
+    }
+
+    #[test]
+    fn a_duplicated_receipt_is_a_phantom_and_no_prefix() {
+        let m = model(&[1, 2]);
+        let mut dup = m.state(2);
+        dup.receipts.push(dup.receipts[0].clone());
+        assert!(match_recovery(&m.tagged(), &dup, 0, 2, &none).is_err());
+        assert!(phantoms(&m.tagged(), &dup)
+            .iter()
+            .any(|f| f.detail.contains("twice")));
+    }
+
+    #[test]
+    fn pruned_blocks_may_be_missing_only_as_a_leading_run() {
+        let m = model(&[1, 2, 3, 4]);
+        let t = m.tagged();
+        let prunable = |b: u64| b < 3;
+        let mut pruned = m.state(4);
+        pruned.receipts.retain(|r| r.block_number >= 2);
+        pruned.logs.retain(|l| l.block_number >= 2);
+        assert_eq!(match_recovery(&t, &pruned, 4, 4, &prunable), Ok(4));
+        let mut middle = m.state(4);
+        middle.receipts.retain(|r| r.block_number != 3);
+        middle.logs.retain(|l| l.block_number != 3);
+        assert!(match_recovery(&t, &middle, 4, 4, &prunable).is_err());
+    }
+
+    #[test]
+    fn a_read_may_see_an_in_flight_write_but_not_miss_an_acked_one() {
+        let m = model(&[1, 2]);
+        let t = m.state(2);
+        let r1 = &t.receipts[0];
+        let hash = r1.tx_hash;
+        assert!(check_receipt_read(&m, &hash, None, Some(r1), 0, 2).is_ok());
+        assert!(check_receipt_read(&m, &hash, None, None, 0, 2).is_ok());
+        assert!(check_receipt_read(&m, &hash, None, None, 1, 2).is_err());
+        assert!(check_receipt_read(&m, &hash, Some(2), Some(r1), 0, 2).is_err());
+        assert!(check_receipt_read(&m, &[9; 32], None, Some(r1), 0, 2).is_err());
+        let mut wrong = r1.clone();
+        wrong.block_number = 7;
+        assert!(check_receipt_read(&m, &hash, None, Some(&wrong), 0, 2).is_err());
+    }
+
+    #[test]
+    fn get_logs_must_match_a_prefix_and_respect_the_limit() {
+        let m = model(&[1, 2, 3]);
+        let all = LogFilter::default();
+        let logs = m.state(3).logs;
+        assert!(check_logs_read(&m, &all, &logs, 3, 3).is_ok());
+        assert!(check_logs_read(&m, &all, &logs[1..], 0, 3).is_err());
+        let limited = LogFilter {
+            limit: Some(2),
+            ..Default::default()
+        };
+        assert!(check_logs_read(&m, &limited, &logs[..2], 3, 3).is_ok());
+        assert!(check_logs_read(&m, &limited, &logs[..3], 3, 3).is_err());
+    }
+
+    #[test]
+    fn failure_lines_carry_their_check() {
+        let f = Failure::new(Check::Handles, "x");
+        assert_eq!(Check::of(&f.to_string()), Some(Check::Handles));
+    }
+}
