@@ -356,11 +356,13 @@ impl Run<'_> {
         if power_loss {
             self.out.power_losses += 1;
             // Blocks below the open pair sit in closed pairs, durable whatever the sync policy.
-            if let Ok(st) = store.status().await {
-                let d = st.open_pair.unwrap_or(st.file_start_block);
-                let mut m = self.model();
-                m.durable_below = m.durable_below.max(d);
-            }
+            // Recomputed at every power loss: after one, a stale height may be written again
+            // into a new open pair below an earlier pair's start.
+            let d = match store.status().await {
+                Ok(st) => st.open_pair.unwrap_or(st.file_start_block),
+                Err(_) => 0,
+            };
+            self.model().durable_below = d;
         }
         self.stop_readers.store(true, Ordering::Relaxed);
         self.handle.abort_all();

@@ -90,9 +90,29 @@ fn short(b: &[u8]) -> String {
 }
 
 impl State {
-    /// A stable FNV-1a hash of the canonical JSON.
+    /// A stable FNV-1a hash over every field of every record, in order (length-prefixed, so
+    /// no two different states share an encoding).
     pub fn hash(&self) -> u64 {
-        fnv(self.canonical().to_string().as_bytes())
+        let mut h = Fnv::default();
+        h.u64(self.receipts.len() as u64);
+        for r in &self.receipts {
+            h.u64(r.block_number);
+            h.bytes(&r.tx_hash);
+            h.bytes(&r.receipt_bytes);
+        }
+        h.u64(self.logs.len() as u64);
+        for l in &self.logs {
+            h.u64(l.block_number);
+            h.bytes(&l.tx_hash);
+            h.u64(((l.tx_index as u64) << 32) | l.log_index as u64);
+            h.bytes(&l.address);
+            h.u64(l.topics.len() as u64);
+            for t in &l.topics {
+                h.bytes(t);
+            }
+            h.bytes(&l.data);
+        }
+        h.0
     }
 
     /// Canonical JSON: one object per receipt and per log, in store order, hashes in hex. This is
@@ -186,12 +206,35 @@ impl State {
     }
 }
 
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in bytes {
-        h = (h ^ *b as u64).wrapping_mul(0x1000_0000_01b3);
+/// FNV-1a, 64 bit.
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    h
+}
+
+impl Fnv {
+    pub fn raw(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x1000_0000_01b3);
+        }
+    }
+    pub fn u64(&mut self, x: u64) {
+        self.raw(&x.to_le_bytes());
+    }
+    /// Length-prefixed bytes.
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.raw(b);
+    }
+}
+
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.raw(bytes);
+    h.0
 }
 
 /// What became of an issued write.
