@@ -138,8 +138,10 @@ fn consistent<T: Block + PartialEq>(
     }
 }
 
-/// Invariants 1 and 2: the largest `k` in `lo..=hi` whose model state the recovered state is
-/// (modulo a prunable leading run of blocks), or a description of the closest miss.
+/// Invariants 1 and 2: the smallest `k` in `lo..=hi` whose model state the recovered state is
+/// (modulo a prunable leading run of blocks), or a description of the closest miss. Several `k`
+/// match only when the writes between them lie wholly in prunable blocks and are absent: taking
+/// the smallest never credits the store with writes it may have lost rather than pruned.
 pub fn match_recovery(
     tagged: &Tagged,
     got: &State,
@@ -148,7 +150,7 @@ pub fn match_recovery(
     prunable: &dyn Fn(u64) -> bool,
 ) -> Result<usize, Failure> {
     assert!(lo <= hi, "lower bound {lo} above issued {hi}");
-    for k in (lo..=hi).rev() {
+    for k in lo..=hi {
         let e = tagged.prefix(k);
         if consistent(&e.receipts, &got.receipts, None, prunable)
             && consistent(&e.logs, &got.logs, None, prunable)
@@ -168,7 +170,7 @@ pub fn match_recovery(
     Err(Failure::new(
         Check::Recovery,
         format!(
-            "recovered state matches no prefix of the issued writes in {lo}..={hi}: {} receipts / {} logs recovered, {} / {} issued; first difference at line {first_diff}: expected {} got {}",
+            "recovered state matches no prefix of the issued writes in {lo}..={hi}: {} receipts / {} logs recovered, {} / {} issued; first difference from everything issued (prunable blocks left out): expected {} got {}",
             got.receipts.len(),
             got.logs.len(),
             tagged.prefix(hi).receipts.len(),
@@ -477,6 +479,16 @@ mod tests {
         middle.receipts.retain(|r| r.block_number != 3);
         middle.logs.retain(|l| l.block_number != 3);
         assert!(match_recovery(&t, &middle, 4, 4, &prunable).is_err());
+    }
+
+    #[test]
+    fn absent_writes_in_prunable_blocks_are_not_credited_to_the_store() {
+        let m = model(&[1, 2]);
+        let nothing = State::default();
+        assert_eq!(
+            match_recovery(&m.tagged(), &nothing, 0, 2, &|b| b < 5),
+            Ok(0)
+        );
     }
 
     #[test]

@@ -136,16 +136,19 @@ impl State {
         })
     }
 
-    /// One canonical JSON line per receipt and log, for line diffs.
+    /// One canonical JSON line per receipt and log (`receipt {...}` / `log {...}`), for line
+    /// diffs; receipts and logs of a block are adjacent, so a diff names the block it is about.
     pub fn lines(&self) -> Vec<String> {
         let v = self.canonical();
-        let mut out = Vec::new();
-        for key in ["receipts", "logs"] {
-            for item in v[key].as_array().expect("array") {
-                out.push(format!("{key} {item}"));
+        let mut keyed: Vec<(u64, u8, usize, String)> = Vec::new();
+        for (tag, key, kind) in [(0u8, "receipts", "receipt"), (1, "logs", "log")] {
+            for (i, item) in v[key].as_array().expect("array").iter().enumerate() {
+                let block = item["block"].as_u64().expect("block");
+                keyed.push((block, tag, i, format!("{kind} {item}")));
             }
         }
-        out
+        keyed.sort();
+        keyed.into_iter().map(|(_, _, _, l)| l).collect()
     }
 
     /// A compact text line per receipt (`b<block> <tx hash> <bytes>`) and per log
@@ -542,6 +545,6 @@ mod tests {
         let s = m.state(1);
         assert_eq!(s.hash(), m.state(1).hash());
         let lines = s.lines();
-        assert!(lines[0].starts_with("receipts {\"block\":3"), "{lines:?}");
+        assert!(lines[0].starts_with("receipt {\"block\":3"), "{lines:?}");
     }
 }
