@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use receipt_sim::exec::{run_plan, run_plan_twice, Outcome};
 use receipt_sim::plan::{generate, load_scenario, Plan};
-use receipt_sim::report::{line_diff, repro_command, Summary};
+use receipt_sim::report::{line_diff, repro_command_with, Summary};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -232,6 +232,7 @@ fn campaign(
         scenario: scenario.clone(),
         base_seed: base,
         commit: commit(),
+        canary: canary.clone(),
         ..Default::default()
     };
     let started = Instant::now();
@@ -338,7 +339,10 @@ fn main() {
             let o = run_plan(&p, true);
             print_outcome(&o);
             if !o.failures.is_empty() {
-                println!("reproduce: {}", repro_command(seed, &scenario));
+                println!(
+                    "reproduce: {}",
+                    repro_command_with(seed, &scenario, canary.as_deref())
+                );
                 std::process::exit(1);
             }
         }
@@ -439,7 +443,10 @@ fn main() {
             for f in &o.failures {
                 println!("FAILED: {f}");
             }
-            println!("reproduce: {}", repro_command(seed, &scenario));
+            println!(
+                "reproduce: {}",
+                repro_command_with(seed, &scenario, canary.as_deref())
+            );
             std::process::exit(1);
         }
     }

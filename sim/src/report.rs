@@ -14,6 +14,9 @@ pub struct Summary {
     pub base_seed: u64,
     /// `git rev-parse --short HEAD` when the run started, if known.
     pub commit: Option<String>,
+    /// The planted bug active during the run (canary builds only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
     pub seeds: usize,
     pub ops: usize,
     pub crashes: usize,
@@ -40,7 +43,19 @@ pub struct Failing {
 
 /// The one-line reproduction of a failing seed.
 pub fn repro_command(seed: u64, scenario: &str) -> String {
-    format!("cargo run --release -p receipt-sim -- repro --seed {seed} --scenario {scenario}")
+    repro_command_with(seed, scenario, None)
+}
+
+/// The one-line reproduction of a failing seed, with the planted bug that was active.
+pub fn repro_command_with(seed: u64, scenario: &str, canary: Option<&str>) -> String {
+    match canary {
+        None => format!(
+            "cargo run --release -p receipt-sim -- repro --seed {seed} --scenario {scenario}"
+        ),
+        Some(c) => format!(
+            "cargo run --release -p receipt-sim --features canary -- repro --seed {seed} --scenario {scenario} --canary {c}"
+        ),
+    }
 }
 
 impl Summary {
@@ -58,7 +73,7 @@ impl Summary {
             let tag = Check::of(first).map_or("unknown", |c| c.tag()).to_string();
             *self.failures_by_check.entry(tag).or_default() += 1;
             if self.failing.len() < MAX_FAILING_LISTED {
-                let mut repro = repro_command(o.seed, &o.scenario);
+                let mut repro = repro_command_with(o.seed, &o.scenario, self.canary.as_deref());
                 if let Some(c) = &self.commit {
                     repro.push_str(&format!("   # at commit {c}"));
                 }

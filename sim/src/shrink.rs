@@ -21,6 +21,7 @@ pub fn fails(plan: &Plan) -> bool {
 struct Shrinker {
     want: Option<Check>,
     runs: usize,
+    max_runs: usize,
 }
 
 impl Shrinker {
@@ -31,14 +32,23 @@ impl Shrinker {
     }
 
     fn budget_left(&self) -> bool {
-        self.runs < MAX_SHRINK_RUNS
+        self.runs < self.max_runs
     }
 }
 
 /// Returns the smallest failing plan found and the number of runs it took.
 pub fn shrink(plan: &Plan) -> (Plan, usize) {
+    shrink_with_budget(plan, MAX_SHRINK_RUNS)
+}
+
+/// As [`shrink`], spending at most `max_runs` plan executions.
+pub fn shrink_with_budget(plan: &Plan, max_runs: usize) -> (Plan, usize) {
     let want = failing_check(plan).expect("only a failing plan can be shrunk");
-    let mut s = Shrinker { want, runs: 1 };
+    let mut s = Shrinker {
+        want,
+        runs: 1,
+        max_runs,
+    };
     let mut best = plan.clone();
     // 1. Ops: chunks, halving down to single ops.
     let mut chunk = best.ops.len().div_ceil(2).max(1);

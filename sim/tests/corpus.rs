@@ -58,3 +58,34 @@ fn the_same_corpus_plan_twice_gives_the_same_trace_and_state() {
         assert_eq!(a.state_hash, b.state_hash, "{name}");
     }
 }
+
+/// Corpus plans named `canary-<bug>` are minimal plans that catch a planted bug: with the bug
+/// active they must fail, with the same check their reason names.
+#[cfg(feature = "canary")]
+#[test]
+fn every_canary_plan_fails_with_its_planted_bug_active() {
+    use receipt_store::canary::{self, Canary};
+    for (name, plan) in corpus() {
+        let Some(bug) = name.strip_prefix("canary-") else {
+            continue;
+        };
+        let c: Canary = serde_json::from_value(serde_json::Value::String(bug.to_string()))
+            .unwrap_or_else(|_| panic!("{name}: no planted bug named {bug}"));
+        let failures = std::thread::spawn(move || {
+            canary::set(Some(c));
+            run_plan(&plan, false).failures
+        })
+        .join()
+        .unwrap();
+        let first = failures
+            .first()
+            .unwrap_or_else(|| panic!("{name}: passes with {c:?} active"));
+        let check = first.split(']').next().unwrap_or_default();
+        let plan = corpus().into_iter().find(|(n, _)| *n == name).unwrap().1;
+        assert!(
+            plan.reason.contains(&format!("{check}]")),
+            "{name}: fails with {first}, its reason says: {}",
+            plan.reason
+        );
+    }
+}
