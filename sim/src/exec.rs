@@ -529,8 +529,9 @@ impl Run<'_> {
                     self.model().observe_empty(*height);
                     let r = store.write_receipts(*height, vec![]).await;
                     self.log(format!("  -> {r:?}"));
+                    // No restart is scheduled: the store must stay consistent after a failed
+                    // flush whether or not it poisons itself.
                     if let Err(e) = r {
-                        self.poisoned();
                         if !self.faulted_since_open() {
                             self.fail(Failure::new(
                                 Check::Write,
@@ -687,6 +688,34 @@ impl Run<'_> {
                     match self.recover(false).await {
                         Some(s) => store = s,
                         None => return,
+                    }
+                }
+                Op::Resize {
+                    max_blocks_per_file: n,
+                } => {
+                    let r = store.set_max_blocks_per_file(*n).await;
+                    self.log(format!("  -> {r:?}"));
+                    match (n, r) {
+                        (0, Err(Error::ZeroMaxBlocksPerFile)) | (1.., Ok(())) => {}
+                        (_, Err(Error::Poisoned(_))) if self.faulted_since_open() => {}
+                        (_, r) => self.fail(Failure::new(
+                            Check::Write,
+                            format!("set_max_blocks_per_file({n}) answered {r:?}"),
+                        )),
+                    }
+                }
+                Op::Flush => {
+                    let r = store.flush().await;
+                    self.log(format!("  -> {r:?}"));
+                    // No restart is scheduled: the store must stay consistent after a failed
+                    // flush whether or not it poisons itself.
+                    if let Err(e) = r {
+                        if !self.faulted_since_open() {
+                            self.fail(Failure::new(
+                                Check::Write,
+                                format!("flush failed without an injected fault: {e}"),
+                            ));
+                        }
                     }
                 }
                 Op::Failpoint { name } => {

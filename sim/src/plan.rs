@@ -86,6 +86,8 @@ pub enum OpKind {
     CloseReopen,
     Failpoint,
     FsFault,
+    Resize,
+    Flush,
 }
 
 impl OpKind {
@@ -102,6 +104,8 @@ impl OpKind {
                 | OpKind::CloseReopen
                 | OpKind::Failpoint
                 | OpKind::FsFault
+                | OpKind::Resize
+                | OpKind::Flush
         )
     }
 }
@@ -196,6 +200,13 @@ pub enum Op {
         fault: Fault,
         after: u32,
     },
+    /// Change the window size for future rotations (0 must be rejected); a reopen restores the
+    /// configured size.
+    Resize {
+        max_blocks_per_file: u64,
+    },
+    /// Flush the open pair's buffered rows as a row group.
+    Flush,
 }
 
 impl Op {
@@ -213,6 +224,8 @@ impl Op {
             Op::CloseReopen => "close_reopen",
             Op::Failpoint { .. } => "failpoint",
             Op::FsFault { .. } => "fs_fault",
+            Op::Resize { .. } => "resize",
+            Op::Flush => "flush",
         }
     }
 }
@@ -491,7 +504,15 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                     Fault::NoSpace => choose(&mut rng, &[FsOp::Append, FsOp::Sync, FsOp::Create]),
                     Fault::Eio => choose(
                         &mut rng,
-                        &[FsOp::ReadAt, FsOp::Append, FsOp::Sync, FsOp::Remove],
+                        &[
+                            FsOp::ReadAt,
+                            FsOp::Append,
+                            FsOp::Sync,
+                            FsOp::Remove,
+                            FsOp::SyncDir,
+                            FsOp::Rename,
+                            FsOp::Create,
+                        ],
                     ),
                 };
                 Op::FsFault {
@@ -500,6 +521,14 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                     after: rng.random_range(0..6),
                 }
             }
+            OpKind::Resize => Op::Resize {
+                max_blocks_per_file: if rng.random_bool(0.1) {
+                    0
+                } else {
+                    rng.random_range(1..=16)
+                },
+            },
+            OpKind::Flush => Op::Flush,
             _ => continue,
         };
         // Bias crash points to just after rotation (a write or empty block at a window

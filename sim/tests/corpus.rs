@@ -89,3 +89,29 @@ fn every_canary_plan_fails_with_its_planted_bug_active() {
         );
     }
 }
+
+/// Plans in `seeds/known-failing/` reproduce store bugs that are found but not fixed yet. They
+/// must keep failing; once one passes, its bug is fixed: move it to `seeds/` (its reason
+/// rewritten as a regression) and let insta record its snapshot.
+#[test]
+fn known_failing_plans_still_fail_until_their_bug_is_fixed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seeds/known-failing");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let plan = Plan::from_json(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert!(!plan.reason.is_empty(), "{} has no reason", p.display());
+        let o = run_plan(&plan, false);
+        assert!(
+            !o.failures.is_empty(),
+            "{} passes now: its bug is fixed; move it to seeds/ with a regression reason",
+            p.display()
+        );
+    }
+}
