@@ -26,6 +26,8 @@ const BOUNDARY_CRASH_BIAS: f64 = 0.15;
 const PRUNE_CRASH_BIAS: f64 = 0.10;
 /// Largest gap between consecutive written heights (gaps skip rotation boundaries).
 const MAX_HEIGHT_GAP: u64 = 4;
+/// Op-kind draws per op, at most (kinds that cannot apply yet are redrawn).
+const MAX_DRAWS_PER_OP: usize = 64;
 /// Transaction indices of stale writes start here, so their hashes never collide with real ones.
 pub const STALE_TX_BASE: u32 = 1_000;
 
@@ -411,7 +413,7 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
     let mut cur = Cursor::default();
     // Bounded: every iteration either pushes an op or skips a kind that cannot apply yet, and
     // `write` (always weighted) can always apply.
-    let max_draws = target * 64;
+    let max_draws = target * MAX_DRAWS_PER_OP;
     let mut draws = 0;
     while ops.len() < target && draws < max_draws {
         draws += 1;
