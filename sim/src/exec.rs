@@ -529,9 +529,9 @@ impl Run<'_> {
                     self.model().observe_empty(*height);
                     let r = store.write_receipts(*height, vec![]).await;
                     self.log(format!("  -> {r:?}"));
-                    // No restart is scheduled: the store must stay consistent after a failed
-                    // flush whether or not it poisons itself.
+                    // An empty boundary block rotates; a failed rotation poisons the store.
                     if let Err(e) = r {
+                        self.poisoned();
                         if !self.faulted_since_open() {
                             self.fail(Failure::new(
                                 Check::Write,
@@ -707,9 +707,20 @@ impl Run<'_> {
                 Op::Flush => {
                     let r = store.flush().await;
                     self.log(format!("  -> {r:?}"));
-                    // No restart is scheduled: the store must stay consistent after a failed
-                    // flush whether or not it poisons itself.
+                    // A failed flush may have written a row group to one file of the pair
+                    // only: the store must poison itself (a retried flush would write rows
+                    // twice) and is restarted like after a failed write.
                     if let Err(e) = r {
+                        self.poisoned();
+                        let status = store.status().await;
+                        if status.as_ref().map_or(true, |s| s.poisoned.is_none()) {
+                            self.fail(Failure::new(
+                                Check::Write,
+                                format!(
+                                    "flush failed ({e}) but the store is not poisoned: {status:?}"
+                                ),
+                            ));
+                        }
                         if !self.faulted_since_open() {
                             self.fail(Failure::new(
                                 Check::Write,

@@ -790,3 +790,41 @@ async fn a_half_applied_write_is_never_visible_to_reads() {
     assert_eq!(logs.len(), 6, "after replay the write is whole");
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_explicit_flush_poisons_so_no_row_is_written_twice() {
+    // Found by the simulator (default seed 200109): a flush() failing after the receipts row
+    // group left the rows buffered; close flushed them again and the pair held them twice.
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(ArmOnce {
+        point: failpoints::AFTER_RECEIPT_ROW_GROUP,
+        armed: Mutex::new(false),
+    });
+    // A flush interval longer than the window: rows stay buffered until the explicit flush.
+    let s = Store::open_with_hook(
+        RealEnv::default(),
+        tmp.path(),
+        config(8, 100),
+        Some(hook.clone()),
+    )
+    .await
+    .unwrap();
+    s.write_receipts(1, vec![receipt(1, 0, 1)]).await.unwrap();
+    *hook.armed.lock().unwrap() = true;
+    assert!(s.flush().await.is_err());
+    let status = s.status().await.unwrap();
+    assert!(status.poisoned.is_some(), "{status:?}");
+    let err = s.flush().await.unwrap_err().to_string();
+    assert!(
+        err.contains("reopened"),
+        "a retried flush is refused: {err}"
+    );
+    let _ = s.close().await;
+    let s = open(tmp.path(), config(8, 100)).await;
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1],
+        "the receipt is back exactly once"
+    );
+    s.close().await.unwrap();
+}

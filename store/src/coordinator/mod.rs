@@ -264,10 +264,19 @@ impl<E: Env> State<E> {
                     let _ = reply.send(Ok(()));
                 }
                 Request::Flush { reply } => {
+                    // A flush that fails part way may have written a row group to one file of
+                    // the pair and not the other, or left the encoder holding bytes it already
+                    // counted: the open window can no longer be trusted, so the store poisons
+                    // itself like a failed write (a retry would write rows twice).
                     let r = match self.check_usable() {
                         Ok(()) => self.flush_open().await,
                         Err(e) => Err(e),
                     };
+                    if let Err(e) = &r {
+                        if !matches!(e, Error::Poisoned(_) | Error::Closed) {
+                            self.poison(e);
+                        }
+                    }
                     let _ = reply.send(r);
                 }
                 Request::Snapshot { reply } => {
