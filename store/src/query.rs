@@ -6,8 +6,9 @@ use crate::env::Fs;
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
 use crate::parquet::index::FileIndex;
-use crate::parquet::reader::{FileKind, ParquetFile};
+use crate::parquet::reader::{logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
+use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -139,15 +140,32 @@ impl<F: Fs> Reader<'_, F> {
         Ok(index)
     }
 
-    /// Reads and verifies a whole file (body checksum) to decode rows from it.
-    async fn data(&self, pair: &ClosedPair, kind: FileKind) -> Result<ParquetFile> {
-        let path = match kind {
-            FileKind::Receipts => &pair.receipt_path,
-            FileKind::Logs => &pair.log_path,
+    /// Decodes the row groups of one file that may hold rows in `[from, to]` matching every
+    /// `(column, values)` pair. Only those row groups' bytes are read, each verified against its
+    /// checksum; a file without row-group checksums is read and verified whole.
+    async fn candidate_batches(
+        &self,
+        pair: &ClosedPair,
+        kind: FileKind,
+        from: u64,
+        to: u64,
+        must_match: &[(&str, &[&[u8]])],
+    ) -> Result<Vec<RecordBatch>> {
+        let idx = self.index(pair, kind).await?;
+        let groups = idx.candidate_groups(from, to, must_match);
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (batches, bytes_read) = if idx.spans.is_some() {
+            idx.read_groups(self.fs, groups).await?
+        } else {
+            let bytes = read_file(self.fs, &idx.path).await?;
+            let n = bytes.len() as u64;
+            let file = ParquetFile::open(&idx.path, kind, bytes)?;
+            (file.batches(groups)?, n)
         };
-        let bytes = read_file(self.fs, path).await?;
-        self.cache.lock().unwrap().data_bytes_read += bytes.len() as u64;
-        ParquetFile::open(path, kind, bytes)
+        self.cache.lock().unwrap().data_bytes_read += bytes_read;
+        Ok(batches)
     }
 
     /// Receipts with `hash` (all, or only in `block`), earliest block first.
@@ -164,15 +182,13 @@ impl<F: Fs> Reader<'_, F> {
             if pair.start > to {
                 break;
             }
-            let idx = self.index(pair, FileKind::Receipts).await?;
-            let hit = idx
-                .row_groups
-                .iter()
-                .any(|rg| rg.overlaps(from, to) && rg.may_contain("tx_hash", hash));
-            if !hit {
-                continue;
-            }
-            out.extend(self.data(pair, FileKind::Receipts).await?.receipts(
+            let hashes: [&[u8]; 1] = [&hash[..]];
+            let batches = self
+                .candidate_batches(pair, FileKind::Receipts, from, to, &[("tx_hash", &hashes)])
+                .await?;
+            out.extend(receipts_from(
+                &pair.receipt_path,
+                batches,
                 Some(hash),
                 from,
                 to,
@@ -210,11 +226,10 @@ impl<F: Fs> Reader<'_, F> {
             if pair.start > to {
                 break;
             }
-            out.extend(
-                self.data(pair, FileKind::Receipts)
-                    .await?
-                    .receipts(None, from, to)?,
-            );
+            let batches = self
+                .candidate_batches(pair, FileKind::Receipts, from, to, &[])
+                .await?;
+            out.extend(receipts_from(&pair.receipt_path, batches, None, from, to)?);
         }
         for chunk in &snap.open {
             out.extend(
@@ -245,18 +260,16 @@ impl<F: Fs> Reader<'_, F> {
             if out.len() >= limit || pair.start > to {
                 break;
             }
-            let idx = self.index(pair, FileKind::Logs).await?;
-            let may = idx.row_groups.iter().any(|rg| {
-                rg.overlaps(from, to)
-                    && (addrs.is_empty() || addrs.iter().any(|a| rg.may_contain("address", a)))
-                    && (topic0.is_empty() || topic0.iter().any(|t| rg.may_contain("topic0", t)))
-            });
-            if !may {
-                continue;
-            }
-            let file = self.data(pair, FileKind::Logs).await?;
-            let mut found: Vec<LogRecord> = file
-                .logs(from, to, &[("address", &addrs), ("topic0", &topic0)])?
+            let batches = self
+                .candidate_batches(
+                    pair,
+                    FileKind::Logs,
+                    from,
+                    to,
+                    &[("address", &addrs), ("topic0", &topic0)],
+                )
+                .await?;
+            let mut found: Vec<LogRecord> = logs_from(&pair.log_path, batches)?
                 .into_iter()
                 .filter(|x| filter.matches(x))
                 .collect();

@@ -1063,3 +1063,58 @@ async fn reads_racing_writes_rotation_and_prune_never_fail_and_are_consistent() 
     );
     s.close().await.unwrap();
 }
+
+/// Sixteen one-block row groups in pair 0 (blocks 1..=15) closed by block 16, then reopened.
+async fn one_pair_of_row_groups(dir: &Path) -> S {
+    let c = Config::new(16, 1);
+    let s = open(dir, c.clone()).await;
+    for b in 1..=16u64 {
+        s.write_receipts(b, (0..20).map(|i| receipt(b, i, 2)).collect())
+            .await
+            .unwrap();
+    }
+    s.close().await.unwrap();
+    open(dir, c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_block_query_reads_its_row_group_not_the_whole_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = one_pair_of_row_groups(tmp.path()).await;
+    let file_len = std::fs::metadata(tmp.path().join("logs_0.parquet"))
+        .unwrap()
+        .len();
+    let logs = s.get_logs(&blocks(Some(7), Some(7))).await.unwrap();
+    assert_eq!(logs.len(), 40);
+    assert!(logs.iter().all(|l| l.block_number == 7));
+    let (_, data_bytes, _) = s.read_stats();
+    assert!(
+        data_bytes * 8 < file_len,
+        "one of 15 row groups read: {data_bytes} of {file_len} bytes"
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotted_row_group_fails_its_reads_and_spares_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(one_pair_of_row_groups(tmp.path()).await);
+    // Byte 20 lies in the first row group (block 1), just past the leading magic.
+    let path = tmp.path().join("logs_0.parquet");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let s = open(tmp.path(), Config::new(16, 1)).await;
+    let err = s
+        .get_logs(&blocks(Some(1), Some(1)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("logs_0.parquet") && err.contains("row group 0 checksum mismatch"),
+        "{err}"
+    );
+    let logs = s.get_logs(&blocks(Some(10), Some(10))).await.unwrap();
+    assert_eq!(logs.len(), 40, "verified row groups are still served");
+    s.close().await.unwrap();
+}

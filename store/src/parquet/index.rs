@@ -2,8 +2,10 @@
 //! never a data page. Every bloom filter is verified against the crc32c our writer recorded in
 //! the footer, so a rotted filter is an error instead of a silent false negative.
 
-use super::reader::{row_group_index, FileKind, RowGroupIndex, UNFINISHED};
-use super::{BLOOM_CRC_KEY, BODY_CRC_KEY};
+use super::reader::{
+    candidate_groups, decode_groups, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
+};
+use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
 use bytes::{Buf, Bytes};
@@ -64,6 +66,14 @@ impl ChunkReader for Sparse {
     }
 }
 
+/// The bytes of one row group in its file, and their crc32c as our writer recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroupSpan {
+    pub offset: u64,
+    pub len: usize,
+    pub crc: u32,
+}
+
 /// Row-group ranges and bloom filters of one file.
 #[derive(Clone, Debug)]
 pub struct FileIndex {
@@ -71,8 +81,27 @@ pub struct FileIndex {
     pub kind: FileKind,
     pub len: u64,
     pub row_groups: Vec<RowGroupIndex>,
+    /// Where each row group's bytes are and their checksum; `None` for a file written before
+    /// row-group checksums existed (reads of it fetch and verify the whole file).
+    pub spans: Option<Vec<RowGroupSpan>>,
     /// Bytes read to build this index (footer and bloom filters).
     pub bytes_read: u64,
+    /// The decoded footer, reused by every ranged read of this file.
+    metadata: ArrowReaderMetadata,
+}
+
+/// Parses `offset:length:crc32c` (crc in hex), the entry format of our footer checksum lists.
+fn parse_crc_entry(entry: &str) -> Option<(u64, usize, u32)> {
+    let mut parts = entry.split(':');
+    let (o, l, c) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        o.parse().ok()?,
+        l.parse().ok()?,
+        u32::from_str_radix(c, 16).ok()?,
+    ))
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
@@ -121,18 +150,7 @@ impl FileIndex {
             .split(',')
             .filter(|e| !e.is_empty())
         {
-            let parts: Vec<&str> = entry.split(':').collect();
-            let parsed = match parts.as_slice() {
-                [o, l, c] => (|| {
-                    Some((
-                        o.parse().ok()?,
-                        l.parse().ok()?,
-                        u32::from_str_radix(c, 16).ok()?,
-                    ))
-                })(),
-                _ => None,
-            };
-            let (o, l, c) = parsed
+            let (o, l, c) = parse_crc_entry(entry)
                 .ok_or_else(|| corrupt(path, format!("bad bloom checksum entry {entry:?}")))?;
             bloom_crcs.insert(o, (l, c));
         }
@@ -176,17 +194,99 @@ impl FileIndex {
             }
         }
         drop(file);
+        let spans = match find(ROW_GROUP_CRC_KEY) {
+            None => None,
+            Some(list) => {
+                let mut spans = Vec::with_capacity(metadata.num_row_groups());
+                for entry in list.split(',').filter(|e| !e.is_empty()) {
+                    let (offset, len, crc) = parse_crc_entry(entry).ok_or_else(|| {
+                        corrupt(path, format!("bad row group checksum entry {entry:?}"))
+                    })?;
+                    if offset + len as u64 > footer_start {
+                        return Err(corrupt(
+                            path,
+                            format!("row group bytes at {offset}+{len} overlap the footer"),
+                        ));
+                    }
+                    spans.push(RowGroupSpan { offset, len, crc });
+                }
+                if spans.len() != metadata.num_row_groups() {
+                    return Err(corrupt(
+                        path,
+                        format!(
+                            "{} row group checksums for {} row groups",
+                            spans.len(),
+                            metadata.num_row_groups()
+                        ),
+                    ));
+                }
+                Some(spans)
+            }
+        };
         let metadata = Arc::new(metadata);
         let arrow_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())
             .map_err(|e| corrupt(path, e.to_string()))?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta);
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
         let row_groups = row_group_index(path, kind, &builder)?;
         Ok(FileIndex {
             path: path.to_path_buf(),
             kind,
             len,
             row_groups,
+            spans,
             bytes_read,
+            metadata: arrow_meta,
         })
+    }
+
+    /// Row groups that may hold rows in `[from, to]` matching every `(column, values)` pair.
+    pub fn candidate_groups(
+        &self,
+        from: u64,
+        to: u64,
+        must_match: &[(&str, &[&[u8]])],
+    ) -> Vec<usize> {
+        candidate_groups(&self.row_groups, from, to, must_match)
+    }
+
+    /// Fetches only the bytes of `groups`, verifies each against its recorded checksum and
+    /// decodes them. Returns the batches and the number of bytes read. Needs `spans`.
+    pub async fn read_groups<F: Fs>(
+        &self,
+        fs: &F,
+        groups: Vec<usize>,
+    ) -> Result<(Vec<arrow_array::RecordBatch>, u64), Error> {
+        let spans = self
+            .spans
+            .as_ref()
+            .expect("ranged reads need row group checksums");
+        if groups.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let path = &self.path;
+        let io = |e| Error::io(path, e);
+        let file = fs.open(path).await.map_err(io)?;
+        let mut sparse = Sparse {
+            len: self.len,
+            ranges: BTreeMap::new(),
+        };
+        let mut bytes_read = 0;
+        for &g in &groups {
+            let span = spans[g];
+            let bytes = file.read_at(span.offset, span.len).await.map_err(io)?;
+            if bytes.len() != span.len || crc32c::crc32c(&bytes) != span.crc {
+                return Err(corrupt(
+                    path,
+                    format!("row group {g} checksum mismatch at offset {}", span.offset),
+                ));
+            }
+            bytes_read += span.len as u64;
+            sparse.ranges.insert(span.offset, Bytes::from(bytes));
+        }
+        drop(file);
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.metadata.clone());
+        Ok((decode_groups(path, builder, groups)?, bytes_read))
     }
 }

@@ -18,6 +18,10 @@ pub const BODY_LEN_KEY: &str = "receipt_store.body_len";
 /// Key of the footer metadata entry listing `offset:length:crc32c` for every bloom filter, so
 /// the index of a file can be loaded and verified without reading its data pages.
 pub const BLOOM_CRC_KEY: &str = "receipt_store.bloom_crc32c";
+/// Footer key: `offset:length:crc32c` of the bytes of every row group (its column chunks and
+/// bloom filters, plus the leading magic for the first), in row-group order, so a read can fetch
+/// and verify only the row groups it needs instead of the whole file.
+pub const ROW_GROUP_CRC_KEY: &str = "receipt_store.row_group_crc32c";
 
 pub fn receipt_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();

@@ -165,19 +165,14 @@ impl ParquetFile {
         self.row_groups.iter().filter_map(|r| r.min_block).min()
     }
 
-    fn read_groups(&self, groups: Vec<usize>) -> Result<Vec<arrow_array::RecordBatch>, Error> {
+    /// Decodes the given row groups of the (already verified) file.
+    pub fn batches(&self, groups: Vec<usize>) -> Result<Vec<arrow_array::RecordBatch>, Error> {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let err = |e: String| corrupt(&self.path, e);
         let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())
-            .map_err(|e| err(e.to_string()))?;
-        let reader = builder
-            .with_row_groups(groups)
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        reader.map(|b| b.map_err(|e| err(e.to_string()))).collect()
+            .map_err(|e| corrupt(&self.path, e.to_string()))?;
+        decode_groups(&self.path, builder, groups)
     }
 
     /// Row groups that may hold rows matching the block range and (optional) column values.
@@ -187,15 +182,7 @@ impl ParquetFile {
         to: u64,
         must_match: &[(&str, &[&[u8]])],
     ) -> Vec<usize> {
-        (0..self.row_groups.len())
-            .filter(|&i| {
-                let rg = &self.row_groups[i];
-                rg.overlaps(from, to)
-                    && must_match.iter().all(|(col, values)| {
-                        values.is_empty() || values.iter().any(|v| rg.may_contain(col, v))
-                    })
-            })
-            .collect()
+        candidate_groups(&self.row_groups, from, to, must_match)
     }
 
     /// Receipts in the file, optionally only those with `hash`, in file order.
@@ -208,16 +195,7 @@ impl ParquetFile {
         assert_eq!(self.kind, FileKind::Receipts);
         let hashes: Vec<&[u8]> = hash.map(|h| vec![&h[..]]).unwrap_or_default();
         let groups = self.candidate_groups(from, to, &[("tx_hash", &hashes)]);
-        let mut out = Vec::new();
-        for batch in self.read_groups(groups)? {
-            let rows = batch_to_receipts(&batch).map_err(|e| corrupt(&self.path, e))?;
-            out.extend(rows.into_iter().filter(|r| {
-                hash.is_none_or(|h| &r.tx_hash == h)
-                    && r.block_number >= from
-                    && r.block_number <= to
-            }));
-        }
-        Ok(out)
+        receipts_from(&self.path, self.batches(groups)?, hash, from, to)
     }
 
     /// Logs in row groups that may match; the caller applies the exact filter.
@@ -229,12 +207,75 @@ impl ParquetFile {
     ) -> Result<Vec<LogRecord>, Error> {
         assert_eq!(self.kind, FileKind::Logs);
         let groups = self.candidate_groups(from, to, must_match);
-        let mut out = Vec::new();
-        for batch in self.read_groups(groups)? {
-            out.extend(batch_to_logs(&batch).map_err(|e| corrupt(&self.path, e))?);
-        }
-        Ok(out)
+        logs_from(&self.path, self.batches(groups)?)
     }
+}
+
+/// Row groups (indices into `row_groups`) that may hold rows in `[from, to]` whose columns match
+/// every `(column, values)` pair, judged by statistics and bloom filters; empty `values` match all.
+pub(crate) fn candidate_groups(
+    row_groups: &[RowGroupIndex],
+    from: u64,
+    to: u64,
+    must_match: &[(&str, &[&[u8]])],
+) -> Vec<usize> {
+    (0..row_groups.len())
+        .filter(|&i| {
+            let rg = &row_groups[i];
+            rg.overlaps(from, to)
+                && must_match.iter().all(|(col, values)| {
+                    values.is_empty() || values.iter().any(|v| rg.may_contain(col, v))
+                })
+        })
+        .collect()
+}
+
+/// Decodes the given row groups; any decoding error is `CorruptFile` naming `path`.
+pub(crate) fn decode_groups<T: ChunkReader + 'static>(
+    path: &Path,
+    builder: ParquetRecordBatchReaderBuilder<T>,
+    groups: Vec<usize>,
+) -> Result<Vec<arrow_array::RecordBatch>, Error> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let err = |e: String| corrupt(path, e);
+    let reader = builder
+        .with_row_groups(groups)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    reader.map(|b| b.map_err(|e| err(e.to_string()))).collect()
+}
+
+/// Receipts of decoded batches, only those with `hash` (if given) and a block in `[from, to]`.
+pub(crate) fn receipts_from(
+    path: &Path,
+    batches: Vec<arrow_array::RecordBatch>,
+    hash: Option<&TxHash>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<ReceiptRecord>, Error> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let rows = batch_to_receipts(&batch).map_err(|e| corrupt(path, e))?;
+        out.extend(rows.into_iter().filter(|r| {
+            hash.is_none_or(|h| &r.tx_hash == h) && r.block_number >= from && r.block_number <= to
+        }));
+    }
+    Ok(out)
+}
+
+/// Logs of decoded batches, unfiltered.
+pub(crate) fn logs_from(
+    path: &Path,
+    batches: Vec<arrow_array::RecordBatch>,
+) -> Result<Vec<LogRecord>, Error> {
+    let mut out = Vec::new();
+    for batch in batches {
+        out.extend(batch_to_logs(&batch).map_err(|e| corrupt(path, e))?);
+    }
+    Ok(out)
 }
 
 /// Per row group block ranges (from statistics) and bloom filters, after checking the columns.
