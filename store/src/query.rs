@@ -53,17 +53,29 @@ impl LogFilter {
 
     /// The exact eth_getLogs predicate.
     pub fn matches(&self, log: &LogRecord) -> bool {
+        let topic = |i: usize| log.topics.get(i).map_or(&[][..], |t| &t[..]);
+        self.matches_raw(
+            log.block_number,
+            &log.address,
+            [topic(0), topic(1), topic(2), topic(3)],
+        )
+    }
+
+    /// The filter on column values as stored: absent topics are empty. A log lacking a topic
+    /// never matches a non-wildcard position (nor any later one: topics are stored in order).
+    pub fn matches_raw(&self, block: u64, address: &[u8], topics: [&[u8]; 4]) -> bool {
         let (from, to) = self.range();
-        if log.block_number < from || log.block_number > to {
+        if block < from || block > to {
             return false;
         }
-        if !self.addresses.is_empty() && !self.addresses.contains(&log.address) {
+        if !self.addresses.is_empty() && !self.addresses.iter().any(|a| a[..] == *address) {
             return false;
         }
-        self.topics
-            .iter()
-            .enumerate()
-            .all(|(i, set)| set.is_empty() || log.topics.get(i).is_some_and(|t| set.contains(t)))
+        self.topics.iter().enumerate().all(|(i, set)| {
+            set.is_empty()
+                || (topics[..=i].iter().all(|t| !t.is_empty())
+                    && set.iter().any(|t| t[..] == *topics[i]))
+        })
     }
 }
 
@@ -197,7 +209,7 @@ impl<F: Fs> Reader<'_, F> {
                 return Ok(out);
             }
         }
-        for chunk in &snap.open {
+        for chunk in snap.open.iter().filter(|c| c.overlaps(from, to)) {
             out.extend(
                 chunk
                     .receipts
@@ -231,7 +243,7 @@ impl<F: Fs> Reader<'_, F> {
                 .await?;
             out.extend(receipts_from(&pair.receipt_path, batches, None, from, to)?);
         }
-        for chunk in &snap.open {
+        for chunk in snap.open.iter().filter(|c| c.overlaps(from, to)) {
             out.extend(
                 chunk
                     .receipts
@@ -269,10 +281,9 @@ impl<F: Fs> Reader<'_, F> {
                     &[("address", &addrs), ("topic0", &topic0)],
                 )
                 .await?;
-            let mut found: Vec<LogRecord> = logs_from(&pair.log_path, batches)?
-                .into_iter()
-                .filter(|x| filter.matches(x))
-                .collect();
+            let mut found = logs_from(&pair.log_path, batches, |b, a, t| {
+                filter.matches_raw(b, a, t)
+            })?;
             sort(&mut found);
             out.extend(found);
         }
@@ -280,6 +291,7 @@ impl<F: Fs> Reader<'_, F> {
             let mut found: Vec<LogRecord> = snap
                 .open
                 .iter()
+                .filter(|c| c.overlaps(from, to))
                 .flat_map(|c| c.logs.iter())
                 .filter(|x| filter.matches(x))
                 .cloned()

@@ -59,6 +59,20 @@ pub struct Chunk {
     pub logs: Vec<LogRecord>,
 }
 
+impl Chunk {
+    /// Whether the chunk may hold rows of blocks in `[from, to]`. Rows are appended in block
+    /// order (writes are monotonic), so the first and last receipt bound the chunk.
+    pub fn overlaps(&self, from: u64, to: u64) -> bool {
+        match (self.receipts.first(), self.receipts.last()) {
+            (Some(first), Some(last)) => {
+                debug_assert!(first.block_number <= last.block_number);
+                first.block_number <= to && last.block_number >= from
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a read needs: closed pairs (kept alive by the `Arc`s, so prune defers their deletion) and
 /// the open window's rows.
 #[derive(Clone, Default)]

@@ -148,6 +148,16 @@ pub fn batch_to_receipts(batch: &RecordBatch) -> Result<Vec<ReceiptRecord>, Stri
 }
 
 pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {
+    batch_to_logs_where(batch, |_, _, _| true)
+}
+
+/// The logs of `batch` for which `keep(block, address, [topic0..topic3])` holds (absent topics
+/// are empty slices). The predicate runs on the column values, so rows it rejects are never
+/// materialized.
+pub fn batch_to_logs_where(
+    batch: &RecordBatch,
+    keep: impl Fn(u64, &[u8], [&[u8]; 4]) -> bool,
+) -> Result<Vec<LogRecord>, String> {
     let block = col::<UInt64Array>(batch, "block_number")?;
     let hash = col::<BinaryArray>(batch, "tx_hash")?;
     let tx_index = col::<UInt32Array>(batch, "tx_index")?;
@@ -161,6 +171,13 @@ pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {
     ];
     let data = col::<BinaryArray>(batch, "data")?;
     (0..batch.num_rows())
+        .filter(|&i| {
+            keep(
+                block.value(i),
+                address.value(i),
+                topics.map(|t| t.value(i)),
+            )
+        })
         .map(|i| {
             let mut ts: Vec<Topic> = Vec::new();
             for t in topics {

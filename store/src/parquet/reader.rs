@@ -2,7 +2,7 @@
 //! row-group skipping by statistics and bloom filters.
 
 use super::{
-    batch_to_logs, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
+    batch_to_logs_where, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
 };
 use crate::error::Error;
 use crate::types::{LogRecord, ReceiptRecord, TxHash};
@@ -207,7 +207,7 @@ impl ParquetFile {
     ) -> Result<Vec<LogRecord>, Error> {
         assert_eq!(self.kind, FileKind::Logs);
         let groups = self.candidate_groups(from, to, must_match);
-        logs_from(&self.path, self.batches(groups)?)
+        logs_from(&self.path, self.batches(groups)?, |_, _, _| true)
     }
 }
 
@@ -266,14 +266,15 @@ pub(crate) fn receipts_from(
     Ok(out)
 }
 
-/// Logs of decoded batches, unfiltered.
+/// Logs of decoded batches for which `keep(block, address, topics)` holds.
 pub(crate) fn logs_from(
     path: &Path,
     batches: Vec<arrow_array::RecordBatch>,
+    keep: impl Fn(u64, &[u8], [&[u8]; 4]) -> bool,
 ) -> Result<Vec<LogRecord>, Error> {
     let mut out = Vec::new();
     for batch in batches {
-        out.extend(batch_to_logs(&batch).map_err(|e| corrupt(path, e))?);
+        out.extend(batch_to_logs_where(&batch, &keep).map_err(|e| corrupt(path, e))?);
     }
     Ok(out)
 }
