@@ -1,187 +1,341 @@
-//! `receipt-bench`: write-path, read-path and recovery figures for the README and `reports/`.
-//!
-//! Every figure is measured next to its reference in the same run: the store's write path next
-//! to the same rows written straight to parquet with `ArrowWriter` (the ceiling), so results are
-//! ratios anyone can reproduce on their own machine.
+//! `receipt-bench`: the project's figures in one run, each next to its reference: the store's
+//! write path next to the same rows written by `ArrowWriter` alone (the ceiling), its reads next
+//! to DuckDB running upstream's SQL over the same files, recovery times and the simulator's
+//! throughput. Writes `reports/bench.json` and the table between the bench markers of README.md.
+
+mod data;
+mod reads;
+mod recovery;
+mod rss;
+mod sim;
+mod write;
 
 use clap::Parser;
+use reads::{Budget, Latency, Query};
 use receipt_store::env::real::RealEnv;
-use receipt_store::parquet::writer::properties;
-use receipt_store::parquet::{log_schema, logs_to_batch, receipt_schema, receipts_to_batch};
-use receipt_store::{
-    Config, LogFilter, LogInput, LogRecord, ReceiptInput, ReceiptRecord, Store, SyncPolicy,
-};
-use serde::Serialize;
-use std::path::Path;
-use std::time::Instant;
+use receipt_store::{Config, Store, SyncPolicy};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmarks receipt-store; writes reports/bench.json")]
+#[command(about = "Benchmarks receipt-store; writes reports/bench.json and the README table")]
 struct Args {
-    /// Blocks to write.
+    /// Blocks to write (upstream's benchmark: 500).
     #[arg(long, default_value_t = 500)]
     blocks: u64,
-    /// Receipts per block (one log each).
+    /// Receipts per block, one log each (upstream's benchmark: 3000).
     #[arg(long, default_value_t = 3000)]
     receipts: u32,
+    /// Seconds each read cell (query, readers, engine) runs.
+    #[arg(long, default_value_t = 1.5)]
+    read_budget_s: f64,
+    /// Seeds of the 2-job default campaign (the goal: 10,000 in under 2 minutes).
+    #[arg(long, default_value_t = 10_000)]
+    sim_seeds: u64,
+    /// Seeds of each scaling campaign (jobs 1, longer plans).
+    #[arg(long, default_value_t = 1_000)]
+    sim_scaling_seeds: u64,
+    /// A few seconds' smoke run with tiny sizes (figures meaningless; checks the harness).
+    #[arg(long)]
+    quick: bool,
+    /// Skip the DuckDB comparison (it needs python3 and PyPI on first use).
+    #[arg(long)]
+    no_duckdb: bool,
     /// Where the JSON report goes.
     #[arg(long, default_value = "reports/bench.json")]
-    out: String,
+    out: PathBuf,
+    /// README whose bench section is rewritten (nothing is written if it has no markers).
+    #[arg(long, default_value = "README.md")]
+    readme: PathBuf,
 }
 
-fn receipt(block: u64, i: u32) -> ReceiptInput {
-    let mut tx_hash = [0u8; 32];
-    tx_hash[..8].copy_from_slice(&block.to_be_bytes());
-    tx_hash[8..12].copy_from_slice(&i.to_be_bytes());
-    tx_hash[12..].fill((block as u8) ^ (i as u8));
-    let mut address = [0u8; 20];
-    address[0] = (i % 97) as u8;
-    let mut topic = [0u8; 32];
-    topic[0] = (i % 13) as u8;
-    ReceiptInput {
-        tx_hash,
-        tx_index: i,
-        receipt_bytes: vec![(i % 251) as u8; 120],
-        logs: vec![LogInput {
-            address,
-            topics: vec![topic, [7; 32]],
-            data: vec![1; 64],
-        }],
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0))
+}
+
+fn ms(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
     }
 }
 
-fn block_inputs(block: u64, n: u32) -> Vec<ReceiptInput> {
-    (0..n).map(|i| receipt(block, i)).collect()
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let m = e.metadata().unwrap();
-        total += if m.is_dir() {
-            dir_bytes(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    total
-}
-
-#[derive(Serialize, Debug)]
-struct WriteFigure {
-    name: String,
-    seconds: f64,
-    receipts_per_s: f64,
-    mb_per_s: f64,
-    bytes_on_disk: u64,
-}
-
-async fn store_write(args: &Args, policy: SyncPolicy) -> WriteFigure {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut c = Config::default();
-    c.sync_policy = policy;
-    let s = Store::open(RealEnv::default(), tmp.path(), c)
-        .await
-        .unwrap();
-    let inputs: Vec<Vec<ReceiptInput>> = (1..=args.blocks)
-        .map(|b| block_inputs(b, args.receipts))
-        .collect();
-    let t = Instant::now();
-    for (b, receipts) in (1..=args.blocks).zip(inputs) {
-        s.write_receipts(b, receipts).await.unwrap();
-    }
-    s.close().await.unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let bytes = dir_bytes(tmp.path());
-    let n = (args.blocks * args.receipts as u64) as f64;
-    WriteFigure {
-        name: format!("store, sync {policy:?}").to_lowercase(),
-        seconds: secs,
-        receipts_per_s: n / secs,
-        mb_per_s: bytes as f64 / secs / 1e6,
-        bytes_on_disk: bytes,
-    }
-}
-
-/// The ceiling: the same rows straight into two parquet files, one row group per block.
-fn ceiling_write(args: &Args) -> WriteFigure {
-    use parquet::arrow::ArrowWriter;
-    let tmp = tempfile::tempdir().unwrap();
-    let rf = std::fs::File::create(tmp.path().join("r.parquet")).unwrap();
-    let lf = std::fs::File::create(tmp.path().join("l.parquet")).unwrap();
-    // Same writer settings as the store (snappy, page statistics, bloom filters), so the ratio
-    // measures the store's own overhead: WAL, coordinator, buffering.
-    let rp = properties(&["tx_hash"]);
-    let lp = properties(&["tx_hash", "address", "topic0"]);
-    let mut rw = ArrowWriter::try_new(rf, receipt_schema(), Some(rp)).unwrap();
-    let mut lw = ArrowWriter::try_new(lf, log_schema(), Some(lp)).unwrap();
-    let inputs: Vec<Vec<ReceiptInput>> = (1..=args.blocks)
-        .map(|b| block_inputs(b, args.receipts))
-        .collect();
-    let t = Instant::now();
-    for (b, receipts) in (1..=args.blocks).zip(inputs) {
-        let mut rows = Vec::with_capacity(receipts.len());
-        let mut logs = Vec::with_capacity(receipts.len());
-        for (k, r) in receipts.into_iter().enumerate() {
-            for l in &r.logs {
-                logs.push(LogRecord {
-                    block_number: b,
-                    tx_hash: r.tx_hash,
-                    tx_index: r.tx_index,
-                    log_index: k as u32,
-                    address: l.address,
-                    topics: l.topics.clone(),
-                    data: l.data.clone(),
-                });
-            }
-            rows.push(ReceiptRecord {
-                tx_hash: r.tx_hash,
-                block_number: b,
-                receipt_bytes: r.receipt_bytes,
-            });
-        }
-        rw.write(&receipts_to_batch(&rows)).unwrap();
-        rw.flush().unwrap();
-        lw.write(&logs_to_batch(&logs)).unwrap();
-        lw.flush().unwrap();
-    }
-    rw.close().unwrap();
-    lw.close().unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let bytes = dir_bytes(tmp.path());
-    let n = (args.blocks * args.receipts as u64) as f64;
-    WriteFigure {
-        name: "ceiling: ArrowWriter only".into(),
-        seconds: secs,
-        receipts_per_s: n / secs,
-        mb_per_s: bytes as f64 / secs / 1e6,
-        bytes_on_disk: bytes,
-    }
-}
-
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args = Args::parse();
-    let mut figures = vec![ceiling_write(&args)];
-    figures.push(store_write(&args, SyncPolicy::Never).await);
-    figures.push(store_write(&args, SyncPolicy::Always).await);
-    for f in &figures {
-        println!(
-            "{:<28} {:>8.2} s {:>12.0} receipts/s {:>8.1} MB/s  ratio to ceiling {:.2}",
-            f.name,
-            f.seconds,
-            f.receipts_per_s,
-            f.mb_per_s,
-            f.receipts_per_s / figures[0].receipts_per_s
+    let mut a = Args::parse();
+    if a.quick {
+        (a.blocks, a.receipts, a.read_budget_s) = (20, 300, 0.05);
+        (a.sim_seeds, a.sim_scaling_seeds) = (40, 20);
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sub = |name: &str| {
+        let p = tmp.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+
+    // 1. Write path. The `never` directory is kept: the reads run over its files.
+    eprintln!("write path: {} blocks x {} receipts", a.blocks, a.receipts);
+    let mut writes = vec![write::ceiling_write(&sub("ceiling"), a.blocks, a.receipts)];
+    let chain = sub("never");
+    writes.push(write::store_write(&chain, a.blocks, a.receipts, SyncPolicy::Never).await);
+    writes.push(write::store_write(&sub("always"), a.blocks, a.receipts, SyncPolicy::Always).await);
+    let ceiling = writes[0].receipts_per_s;
+    for w in &mut writes {
+        w.ratio_to_ceiling = w.receipts_per_s / ceiling;
+        eprintln!(
+            "  {:<28} {:>7.2} s {:>10.0} receipts/s  {:.2}x ceiling",
+            w.name, w.seconds, w.receipts_per_s, w.ratio_to_ceiling
         );
     }
-    let _ = LogFilter::default();
-    if let Some(parent) = Path::new(&args.out).parent() {
-        std::fs::create_dir_all(parent).unwrap();
+
+    // 2. Reads, store and DuckDB over the same closed files.
+    let qs = reads::queries(a.blocks, a.receipts);
+    let budget = Budget {
+        budget_s: a.read_budget_s,
+        max_iters: 500,
+    };
+    let readers = [1usize, 8];
+    eprintln!("reads: {} queries x {:?} readers", qs.len(), readers);
+    let store = Arc::new(
+        Store::open(RealEnv::default(), &chain, Config::default())
+            .await
+            .expect("reopen the written chain"),
+    );
+    let mut store_lat: Vec<Latency> = Vec::new();
+    for q in &qs {
+        for &r in &readers {
+            store_lat.push(reads::measure_store(&store, q, r, budget).await);
+        }
     }
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(&serde_json::json!({ "write": figures })).unwrap(),
+    let duck = if a.no_duckdb {
+        Err("skipped (--no-duckdb)".to_string())
+    } else {
+        reads::measure_duckdb(&chain, &qs, &readers, budget)
+    };
+    if let Err(e) = &duck {
+        eprintln!("  duckdb: {e}");
+    }
+    let duck_lat = duck.clone().unwrap_or_default();
+    for d in &duck_lat {
+        let s = store_lat
+            .iter()
+            .find(|s| s.query == d.query && s.readers == d.readers)
+            .expect("same cells");
+        assert_eq!(
+            s.rows, d.rows,
+            "{}: the store and DuckDB disagree on the answer",
+            d.query
+        );
+    }
+
+    // 3. Reads under write load (blocks appended after the chain, one every 100 ms).
+    let load_qs: Vec<Query> = qs
+        .iter()
+        .filter(|q| q.selective && !q.name.contains(&format!("{} blocks", a.blocks)))
+        .cloned()
+        .collect();
+    eprintln!("reads under write load: {} queries", load_qs.len());
+    let interval = Duration::from_millis(100);
+    let load = reads::under_write_load(
+        &store,
+        &load_qs,
+        a.blocks + 1,
+        a.receipts,
+        a.blocks,
+        interval,
+        budget,
     )
-    .unwrap();
+    .await;
+    Arc::try_unwrap(store)
+        .ok()
+        .expect("readers done")
+        .close()
+        .await
+        .unwrap();
+
+    // 4. Recovery.
+    eprintln!("recovery");
+    let pairs = if a.quick { 20 } else { 1000 };
+    let recovery = vec![
+        recovery::many_pairs(&sub("pairs"), pairs, 10, 5).await,
+        recovery::full_window_replay(&sub("replay"), a.blocks, a.receipts, 3).await,
+    ];
+    for r in &recovery {
+        eprintln!("  {:<40} {:>9.1} ms", r.name, r.open_ms);
+    }
+
+    // 5. Simulator.
+    eprintln!("simulator campaigns");
+    let sims = match sim::build_sim() {
+        Ok(bin) => {
+            let mut v = Vec::new();
+            for (seeds, jobs, ops) in [
+                (a.sim_seeds, 2, 80),
+                (a.sim_scaling_seeds, 1, 80),
+                (a.sim_scaling_seeds, 2, 160),
+                (a.sim_scaling_seeds, 2, 320),
+            ] {
+                match sim::campaign(&bin, tmp.path(), seeds, jobs, ops) {
+                    Ok(f) => {
+                        eprintln!("  {:<36} {:>7.1} seeds/s", f.name, f.seeds_per_s);
+                        v.push(f)
+                    }
+                    Err(e) => eprintln!("  campaign failed to run: {e}"),
+                }
+            }
+            v
+        }
+        Err(e) => {
+            eprintln!("  {e}");
+            Vec::new()
+        }
+    };
+
+    let report = json!({
+        "machine": machine(),
+        "quick": a.quick,
+        "seconds": started.elapsed().as_secs_f64(),
+        "write": writes,
+        "reads": { "store": store_lat, "duckdb": duck_lat, "duckdb_error": duck.err() },
+        "reads_under_write_load": load,
+        "recovery": recovery,
+        "simulator": sims,
+    });
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    let table = tables(&report, &a);
+    println!("{table}");
+    update_readme(&a.readme, &table);
+    eprintln!(
+        "wrote {} in {:.0} s",
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The README section: one table per part, from the JSON report.
+fn tables(r: &serde_json::Value, a: &Args) -> String {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mut t = format!(
+        "Measured by `cargo run --release -p receipt-bench` on {} ({:.0} s in all{}).\n\n",
+        r["machine"].as_str().unwrap_or("?"),
+        f(r, "seconds"),
+        if a.quick { ", QUICK SMOKE SIZES" } else { "" }
+    );
+    t += &format!(
+        "**Write path**, {} blocks x {} receipts, one log each:\n\n| writer | receipts/s | MB/s | vs ceiling | peak RSS |\n|---|---:|---:|---:|---:|\n",
+        a.blocks, a.receipts
+    );
+    for w in r["write"].as_array().unwrap() {
+        t += &format!(
+            "| {} | {:.0} | {:.1} | {:.2}x | {} |\n",
+            w["name"].as_str().unwrap(),
+            f(w, "receipts_per_s"),
+            f(w, "mb_per_s"),
+            f(w, "ratio_to_ceiling"),
+            mib(w["peak_rss_bytes"].as_u64())
+        );
+    }
+    t += "\n**Reads**, warm, same files (DuckDB runs upstream's `read_parquet` SQL):\n\n| query | readers | rows | store p50 / p99 | DuckDB p50 / p99 | DuckDB p50 / store p50 | store µs/log |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    let duck = r["reads"]["duckdb"].as_array().cloned().unwrap_or_default();
+    for s in r["reads"]["store"].as_array().unwrap() {
+        let d = duck
+            .iter()
+            .find(|d| d["query"] == s["query"] && d["readers"] == s["readers"]);
+        let rows = s["rows"].as_u64().unwrap_or(0);
+        let per_log = if rows > 0 && s["query"].as_str().unwrap().starts_with("logs") {
+            format!("{:.2}", f(s, "p50_us") / rows as f64)
+        } else {
+            "".into()
+        };
+        t += &format!(
+            "| {} | {} | {} | {} / {} | {} | {} | {} |\n",
+            s["query"].as_str().unwrap(),
+            s["readers"],
+            rows,
+            ms(f(s, "p50_us")),
+            ms(f(s, "p99_us")),
+            d.map_or("n/a".into(), |d| format!(
+                "{} / {}",
+                ms(f(d, "p50_us")),
+                ms(f(d, "p99_us"))
+            )),
+            d.map_or("n/a".into(), |d| format!(
+                "{:.1}x",
+                f(d, "p50_us") / f(s, "p50_us")
+            )),
+            per_log
+        );
+    }
+    t += "\n**Reads under write load** (one reader; a writer commits a block every 100 ms):\n\n| query | idle p99 | loaded p99 | ratio |\n|---|---:|---:|---:|\n";
+    for u in r["reads_under_write_load"].as_array().unwrap() {
+        t += &format!(
+            "| {} | {} | {} | {:.2}x |\n",
+            u["query"].as_str().unwrap(),
+            ms(f(&u["idle"], "p99_us")),
+            ms(f(&u["loaded"], "p99_us")),
+            f(u, "p99_ratio")
+        );
+    }
+    t += "\n**Recovery** (median open time):\n\n| case | open | WAL bytes |\n|---|---:|---:|\n";
+    for o in r["recovery"].as_array().unwrap() {
+        t += &format!(
+            "| {} | {:.1} ms | {} |\n",
+            o["name"].as_str().unwrap(),
+            f(o, "open_ms"),
+            o["wal_bytes"]
+        );
+    }
+    t += "\n**Simulator** (default scenario, release):\n\n| campaign | seeds | seconds | seeds/s | ops/s per core | peak RSS |\n|---|---:|---:|---:|---:|---:|\n";
+    for s in r["simulator"].as_array().unwrap() {
+        t += &format!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
+            s["name"].as_str().unwrap(),
+            s["seeds"],
+            f(s, "seconds"),
+            f(s, "seeds_per_s"),
+            f(s, "ops_per_s_per_core"),
+            mib(s["peak_rss_bytes"].as_u64())
+        );
+    }
+    t
+}
+
+fn update_readme(path: &Path, table: &str) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
+        eprintln!(
+            "{} has no bench markers; table printed only",
+            path.display()
+        );
+        return;
+    };
+    let new = format!("{}{BEGIN}\n{table}\n{}", &text[..b], &text[e..]);
+    std::fs::write(path, new).unwrap();
 }

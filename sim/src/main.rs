@@ -279,8 +279,13 @@ fn campaign(
             f.seed, f.first_failure, f.repro
         );
     }
-    let path =
-        report.unwrap_or_else(|| PathBuf::from(format!("reports/run-{scenario}-{base}.json")));
+    let path = report.unwrap_or_else(|| {
+        // A scenario given as a file path is named by its file stem.
+        let tag = Path::new(&scenario)
+            .file_stem()
+            .map_or(scenario.clone(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from(format!("reports/run-{tag}-{base}.json"))
+    });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }

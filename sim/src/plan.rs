@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use receipt_store::SyncPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Seed-derivation constants: one independent ChaCha stream per concern, so an extra draw in one
 /// (say, a new fault decision) never remaps the others (say, every crash point).
@@ -276,8 +276,14 @@ pub fn scenario_names() -> Vec<String> {
     names
 }
 
+/// Loads a scenario by name from `scenarios/`, or from a file when `name` ends in `.json`
+/// (a variant written by hand or by the benchmarks).
 pub fn load_scenario(name: &str) -> Result<Scenario, String> {
-    let path = scenarios_dir().join(format!("{name}.json"));
+    let path = if name.ends_with(".json") {
+        PathBuf::from(name)
+    } else {
+        scenarios_dir().join(format!("{name}.json"))
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!(
             "scenario {name}: {}: {e} (known: {})",

@@ -31,7 +31,18 @@ pub struct Summary {
     pub seconds: f64,
     pub seeds_per_s: f64,
     pub ops_per_s: f64,
+    /// Peak resident set size of the campaign process (Linux `VmHWM`), if known. Measurement
+    /// only: it never feeds back into a simulation.
+    pub peak_rss_bytes: Option<u64>,
     pub failing: Vec<Failing>,
+}
+
+/// Peak resident set size of this process in bytes, read from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +102,7 @@ impl Summary {
         let s = seconds.max(1e-9);
         self.seeds_per_s = self.seeds as f64 / s;
         self.ops_per_s = self.ops as f64 / s;
+        self.peak_rss_bytes = peak_rss_bytes();
     }
 
     /// A markdown table of the campaign.

@@ -171,13 +171,7 @@ pub fn batch_to_logs_where(
     ];
     let data = col::<BinaryArray>(batch, "data")?;
     (0..batch.num_rows())
-        .filter(|&i| {
-            keep(
-                block.value(i),
-                address.value(i),
-                topics.map(|t| t.value(i)),
-            )
-        })
+        .filter(|&i| keep(block.value(i), address.value(i), topics.map(|t| t.value(i))))
         .map(|i| {
             let mut ts: Vec<Topic> = Vec::new();
             for t in topics {

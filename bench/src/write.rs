@@ -1,0 +1,138 @@
+//! Write path: the store under sync policies `never` and `always` against the ceiling, the same
+//! rows written straight to parquet by `ArrowWriter` with the store's writer settings.
+
+use crate::data;
+use crate::rss;
+use receipt_store::env::real::RealEnv;
+use receipt_store::parquet::writer::properties;
+use receipt_store::parquet::{log_schema, logs_to_batch, receipt_schema, receipts_to_batch};
+use receipt_store::{Config, LogRecord, ReceiptInput, ReceiptRecord, Store, SyncPolicy};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct WriteFigure {
+    pub name: String,
+    pub blocks: u64,
+    pub receipts_per_block: u32,
+    pub seconds: f64,
+    pub receipts_per_s: f64,
+    /// Bytes of the resulting files (parquet and WAL) per second of writing.
+    pub mb_per_s: f64,
+    pub bytes_on_disk: u64,
+    /// Throughput relative to the ceiling measured in the same run.
+    pub ratio_to_ceiling: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+fn figure(
+    name: &str,
+    blocks: u64,
+    n: u32,
+    secs: f64,
+    bytes: u64,
+    peak: Option<u64>,
+) -> WriteFigure {
+    let receipts = (blocks * u64::from(n)) as f64;
+    WriteFigure {
+        name: name.into(),
+        blocks,
+        receipts_per_block: n,
+        seconds: secs,
+        receipts_per_s: receipts / secs,
+        mb_per_s: bytes as f64 / secs / 1e6,
+        bytes_on_disk: bytes,
+        ratio_to_ceiling: 0.0,
+        peak_rss_bytes: peak,
+    }
+}
+
+/// Generates every block before the clock starts, so only writing is timed.
+fn inputs(blocks: u64, n: u32) -> Vec<Vec<ReceiptInput>> {
+    (1..=blocks).map(|b| data::block(b, n, blocks)).collect()
+}
+
+/// Writes `blocks` blocks through the store into `dir` and closes it.
+pub async fn store_write(dir: &Path, blocks: u64, n: u32, policy: SyncPolicy) -> WriteFigure {
+    let mut c = Config::default();
+    c.sync_policy = policy;
+    let all = inputs(blocks, n);
+    rss::reset_peak();
+    let s = Store::open(RealEnv::default(), dir, c).await.unwrap();
+    let t = Instant::now();
+    for (b, receipts) in (1..=blocks).zip(all) {
+        s.write_receipts(b, receipts).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let name = format!("store, sync {policy:?}").to_lowercase();
+    figure(&name, blocks, n, secs, dir_bytes(dir), rss::peak_bytes())
+}
+
+/// The ceiling: the same rows into two parquet files, one row group per block, no WAL, no
+/// coordinator, no fsync.
+pub fn ceiling_write(dir: &Path, blocks: u64, n: u32) -> WriteFigure {
+    use parquet::arrow::ArrowWriter;
+    let rf = std::fs::File::create(dir.join("r.parquet")).unwrap();
+    let lf = std::fs::File::create(dir.join("l.parquet")).unwrap();
+    let rp = properties(&["tx_hash"]);
+    let lp = properties(&["tx_hash", "address", "topic0"]);
+    let mut rw = ArrowWriter::try_new(rf, receipt_schema(), Some(rp)).unwrap();
+    let mut lw = ArrowWriter::try_new(lf, log_schema(), Some(lp)).unwrap();
+    let all = inputs(blocks, n);
+    rss::reset_peak();
+    let t = Instant::now();
+    for (b, receipts) in (1..=blocks).zip(all) {
+        let mut rows = Vec::with_capacity(receipts.len());
+        let mut logs = Vec::with_capacity(receipts.len());
+        let mut log_index = 0u32;
+        for r in receipts {
+            for l in r.logs {
+                logs.push(LogRecord {
+                    block_number: b,
+                    tx_hash: r.tx_hash,
+                    tx_index: r.tx_index,
+                    log_index,
+                    address: l.address,
+                    topics: l.topics,
+                    data: l.data,
+                });
+                log_index += 1;
+            }
+            rows.push(ReceiptRecord {
+                tx_hash: r.tx_hash,
+                block_number: b,
+                receipt_bytes: r.receipt_bytes,
+            });
+        }
+        rw.write(&receipts_to_batch(&rows)).unwrap();
+        rw.flush().unwrap();
+        lw.write(&logs_to_batch(&logs)).unwrap();
+        lw.flush().unwrap();
+    }
+    rw.close().unwrap();
+    lw.close().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    figure(
+        "ceiling: ArrowWriter only",
+        blocks,
+        n,
+        secs,
+        dir_bytes(dir),
+        rss::peak_bytes(),
+    )
+}
