@@ -41,6 +41,13 @@ impl LogFilter {
                 self.topics.len()
             )));
         }
+        if self.limit == Some(0) {
+            // Upstream reads a limit of 0 as "no limit"; an Option says that with None, so 0 is
+            // a caller mistake rather than a request for nothing.
+            return Err(Error::InvalidInput(
+                "limit 0 is not allowed; omit the limit for all matching logs".into(),
+            ));
+        }
         Ok(())
     }
 

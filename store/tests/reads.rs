@@ -487,6 +487,24 @@ async fn more_than_four_topic_positions_is_a_clear_error_and_four_are_fine() {
     s.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_zero_is_a_clear_error_not_an_empty_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Config::new(4, 1)).await;
+    s.write_receipts(1, vec![receipt(1, 0, 2)]).await.unwrap();
+    let mut f = LogFilter {
+        limit: Some(0),
+        ..Default::default()
+    };
+    let err = s.get_logs(&f).await.unwrap_err().to_string();
+    assert!(err.contains("limit 0 is not allowed"), "{err}");
+    f.limit = Some(1);
+    assert_eq!(s.get_logs(&f).await.unwrap().len(), 1);
+    f.limit = None;
+    assert_eq!(s.get_logs(&f).await.unwrap().len(), 2);
+    s.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receipts by hash.
 
