@@ -43,6 +43,10 @@ struct Args {
     /// Skip the DuckDB comparison (it needs python3 and PyPI on first use).
     #[arg(long)]
     no_duckdb: bool,
+    /// Run one part only (write, reads, load, recovery, sim), e.g. under a profiler; the
+    /// report and README are then not written. Reads and load still write their chain first.
+    #[arg(long)]
+    only: Option<String>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "reports/bench.json")]
     out: PathBuf,
@@ -97,11 +101,21 @@ async fn main() {
 
     // 1. Write path. The `never` directory is kept: the reads run over its files.
     eprintln!("write path: {} blocks x {} receipts", a.blocks, a.receipts);
-    let mut writes = vec![write::ceiling_write(&sub("ceiling"), a.blocks, a.receipts)];
+    let on = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
+    let mut writes = Vec::new();
+    if on("write") {
+        writes.push(write::ceiling_write(&sub("ceiling"), a.blocks, a.receipts));
+    }
     let chain = sub("never");
-    writes.push(write::store_write(&chain, a.blocks, a.receipts, SyncPolicy::Never).await);
-    writes.push(write::store_write(&sub("always"), a.blocks, a.receipts, SyncPolicy::Always).await);
-    let ceiling = writes[0].receipts_per_s;
+    if on("write") || on("reads") || on("load") {
+        writes.push(write::store_write(&chain, a.blocks, a.receipts, SyncPolicy::Never).await);
+    }
+    if on("write") {
+        writes.push(
+            write::store_write(&sub("always"), a.blocks, a.receipts, SyncPolicy::Always).await,
+        );
+    }
+    let ceiling = writes.first().map_or(1.0, |w| w.receipts_per_s);
     for w in &mut writes {
         w.ratio_to_ceiling = w.receipts_per_s / ceiling;
         eprintln!(
@@ -124,12 +138,12 @@ async fn main() {
             .expect("reopen the written chain"),
     );
     let mut store_lat: Vec<Latency> = Vec::new();
-    for q in &qs {
+    for q in qs.iter().filter(|_| on("reads")) {
         for &r in &readers {
             store_lat.push(reads::measure_store(&store, q, r, budget).await);
         }
     }
-    let duck = if a.no_duckdb {
+    let duck = if a.no_duckdb || !on("reads") {
         Err("skipped (--no-duckdb)".to_string())
     } else {
         reads::measure_duckdb(&chain, &qs, &readers, budget)
@@ -153,7 +167,8 @@ async fn main() {
     // 3. Reads under write load (blocks appended after the chain, one every 100 ms).
     let load_qs: Vec<Query> = qs
         .iter()
-        .filter(|q| q.selective && !q.name.contains(&format!("{} blocks", a.blocks)))
+        .filter(|q| on("load") && q.selective)
+        .filter(|q| !q.name.contains(&format!("{} blocks", a.blocks)))
         .cloned()
         .collect();
     eprintln!("reads under write load: {} queries", load_qs.len());
@@ -178,17 +193,24 @@ async fn main() {
     // 4. Recovery.
     eprintln!("recovery");
     let pairs = if a.quick { 20 } else { 1000 };
-    let recovery = vec![
-        recovery::many_pairs(&sub("pairs"), pairs, 10, 5).await,
-        recovery::full_window_replay(&sub("replay"), a.blocks, a.receipts, 3).await,
-    ];
+    let mut recovery = Vec::new();
+    if on("recovery") {
+        recovery.push(recovery::many_pairs(&sub("pairs"), pairs, 10, 5).await);
+        recovery.push(recovery::full_window_replay(&sub("replay"), a.blocks, a.receipts, 3).await);
+    }
     for r in &recovery {
         eprintln!("  {:<40} {:>9.1} ms", r.name, r.open_ms);
     }
 
     // 5. Simulator.
     eprintln!("simulator campaigns");
-    let sims = match sim::build_sim() {
+    let sims = match sim::build_sim().and_then(|b| {
+        if on("sim") {
+            Ok(b)
+        } else {
+            Err("skipped (--only)".into())
+        }
+    }) {
         Ok(bin) => {
             let mut v = Vec::new();
             for (seeds, jobs, ops) in [
@@ -223,6 +245,10 @@ async fn main() {
         "recovery": recovery,
         "simulator": sims,
     });
+    if let Some(part) = &a.only {
+        eprintln!("--only {part}: report and README not written");
+        return;
+    }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).unwrap();
     }
