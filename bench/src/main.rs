@@ -55,6 +55,9 @@ struct Args {
     readme: PathBuf,
 }
 
+/// Runs of each writer; the median is reported.
+const WRITE_RUNS: usize = 3;
+
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
 
@@ -103,17 +106,42 @@ async fn main() {
     eprintln!("write path: {} blocks x {} receipts", a.blocks, a.receipts);
     let on = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
     let mut writes = Vec::new();
-    if on("write") {
-        writes.push(write::ceiling_write(&sub("ceiling"), a.blocks, a.receipts));
-    }
+    let runs = if a.quick { 1 } else { WRITE_RUNS };
     let chain = sub("never");
-    if on("write") || on("reads") || on("load") {
-        writes.push(write::store_write(&chain, a.blocks, a.receipts, SyncPolicy::Never).await);
-    }
     if on("write") {
-        writes.push(
-            write::store_write(&sub("always"), a.blocks, a.receipts, SyncPolicy::Always).await,
-        );
+        // Interleaved rounds, so a slow spell of the disk hits every writer alike.
+        let mut rounds: [Vec<write::WriteFigure>; 3] = Default::default();
+        for round in 0..runs {
+            let fresh = |name: &str| {
+                let p = sub(&format!("{name}-{round}"));
+                write::settle();
+                p
+            };
+            rounds[0].push(write::ceiling_write(
+                &fresh("ceiling"),
+                a.blocks,
+                a.receipts,
+            ));
+            let never = if round + 1 == runs {
+                chain.clone()
+            } else {
+                fresh("never")
+            };
+            write::settle();
+            rounds[1]
+                .push(write::store_write(&never, a.blocks, a.receipts, SyncPolicy::Never).await);
+            let always = fresh("always");
+            rounds[2]
+                .push(write::store_write(&always, a.blocks, a.receipts, SyncPolicy::Always).await);
+            for name in ["ceiling", "never", "always"] {
+                if !(name == "never" && round + 1 == runs) {
+                    let _ = std::fs::remove_dir_all(tmp.path().join(format!("{name}-{round}")));
+                }
+            }
+        }
+        writes = rounds.into_iter().map(write::median_of).collect();
+    } else if on("reads") || on("load") {
+        writes.push(write::store_write(&chain, a.blocks, a.receipts, SyncPolicy::Never).await);
     }
     let ceiling = writes.first().map_or(1.0, |w| w.receipts_per_s);
     for w in &mut writes {
@@ -273,14 +301,16 @@ fn tables(r: &serde_json::Value, a: &Args) -> String {
         if a.quick { ", QUICK SMOKE SIZES" } else { "" }
     );
     t += &format!(
-        "**Write path**, {} blocks x {} receipts, one log each:\n\n| writer | receipts/s | MB/s | vs ceiling | peak RSS |\n|---|---:|---:|---:|---:|\n",
+        "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | peak RSS |\n|---|---:|---:|---:|---:|---:|\n",
         a.blocks, a.receipts
     );
     for w in r["write"].as_array().unwrap() {
         t += &format!(
-            "| {} | {:.0} | {:.1} | {:.2}x | {} |\n",
+            "| {} | {:.0} | {:.0}k..{:.0}k | {:.1} | {:.2}x | {} |\n",
             w["name"].as_str().unwrap(),
             f(w, "receipts_per_s"),
+            f(w, "min_receipts_per_s") / 1e3,
+            f(w, "max_receipts_per_s") / 1e3,
             f(w, "mb_per_s"),
             f(w, "ratio_to_ceiling"),
             mib(w["peak_rss_bytes"].as_u64())

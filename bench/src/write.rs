@@ -24,6 +24,27 @@ pub struct WriteFigure {
     /// Throughput relative to the ceiling measured in the same run.
     pub ratio_to_ceiling: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// The figure is the median run of `runs`; the spread of all runs follows.
+    pub runs: usize,
+    pub min_receipts_per_s: f64,
+    pub max_receipts_per_s: f64,
+}
+
+/// Writes back dirty pages of earlier runs (`sync`), so one run's writeback does not throttle
+/// the next: without it the same writer varied by 2x between runs on this machine.
+pub fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// The median of `runs` (by throughput), carrying the spread and the highest peak RSS.
+pub fn median_of(mut runs: Vec<WriteFigure>) -> WriteFigure {
+    runs.sort_by(|a, b| a.receipts_per_s.total_cmp(&b.receipts_per_s));
+    let mut m = runs[runs.len() / 2].clone();
+    m.runs = runs.len();
+    m.min_receipts_per_s = runs[0].receipts_per_s;
+    m.max_receipts_per_s = runs[runs.len() - 1].receipts_per_s;
+    m.peak_rss_bytes = runs.iter().filter_map(|r| r.peak_rss_bytes).max();
+    m
 }
 
 pub fn dir_bytes(dir: &Path) -> u64 {
@@ -58,6 +79,9 @@ fn figure(
         bytes_on_disk: bytes,
         ratio_to_ceiling: 0.0,
         peak_rss_bytes: peak,
+        runs: 1,
+        min_receipts_per_s: receipts / secs,
+        max_receipts_per_s: receipts / secs,
     }
 }
 
