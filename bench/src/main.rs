@@ -301,7 +301,7 @@ fn tables(r: &serde_json::Value, a: &Args) -> String {
         if a.quick { ", QUICK SMOKE SIZES" } else { "" }
     );
     t += &format!(
-        "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | peak RSS |\n|---|---:|---:|---:|---:|---:|\n",
+        "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | process peak RSS so far |\n|---|---:|---:|---:|---:|---:|\n",
         a.blocks, a.receipts
     );
     for w in r["write"].as_array().unwrap() {
