@@ -49,23 +49,29 @@ async fn time_opens(dir: &Path, c: &Config, runs: usize) -> (f64, usize, usize, 
     (median(times), pairs, blocks, receipts)
 }
 
-/// Open over `pairs` closed pairs of `receipts` receipts per block (window of 2 blocks).
-pub async fn many_pairs(dir: &Path, pairs: u64, receipts: u32, runs: usize) -> OpenFigure {
-    let mut c = Config::new(2, 1);
-    c.sync_policy = SyncPolicy::Never;
+/// Writes blocks `1..=blocks` of `receipts` receipts each into a store at `dir`.
+async fn write_chain(dir: &Path, c: &Config, blocks: u64, receipts: u32) -> Store<RealEnv> {
     let s = Store::open(RealEnv::default(), dir, c.clone())
         .await
         .unwrap();
-    let blocks = pairs * 2;
     for b in 1..=blocks {
         s.write_receipts(b, data::block(b, receipts, blocks))
             .await
             .unwrap();
     }
-    s.close().await.unwrap();
-    let (open_ms, closed_pairs, replayed, n) = time_opens(dir, &c, runs).await;
+    s
+}
+
+/// Times `runs` opens of `dir` and names the figure from what the opens found.
+async fn measure(
+    dir: &Path,
+    c: &Config,
+    runs: usize,
+    name: impl Fn(usize) -> String,
+) -> OpenFigure {
+    let (open_ms, closed_pairs, replayed, n) = time_opens(dir, c, runs).await;
     OpenFigure {
-        name: format!("open with {closed_pairs} closed pairs"),
+        name: name(closed_pairs),
         closed_pairs,
         blocks_replayed: replayed,
         receipts_replayed: n,
@@ -75,32 +81,31 @@ pub async fn many_pairs(dir: &Path, pairs: u64, receipts: u32, runs: usize) -> O
     }
 }
 
+/// Open over `pairs` closed pairs of `receipts` receipts per block (window of 2 blocks).
+pub async fn many_pairs(dir: &Path, pairs: u64, receipts: u32, runs: usize) -> OpenFigure {
+    let mut c = Config::new(2, 1);
+    c.sync_policy = SyncPolicy::Never;
+    write_chain(dir, &c, pairs * 2, receipts)
+        .await
+        .close()
+        .await
+        .unwrap();
+    measure(dir, &c, runs, |n| format!("open with {n} closed pairs")).await
+}
+
 /// Open after a crash with a full open window: `blocks` blocks of `receipts` receipts in the
 /// WAL, none in a closed pair (window of `blocks + 1`).
 pub async fn full_window_replay(dir: &Path, blocks: u64, receipts: u32, runs: usize) -> OpenFigure {
     let mut c = Config::new(blocks + 1, 1);
     c.sync_policy = SyncPolicy::Never;
-    let s = Store::open(RealEnv::default(), dir, c.clone())
-        .await
-        .unwrap();
-    for b in 1..=blocks {
-        s.write_receipts(b, data::block(b, receipts, blocks))
-            .await
-            .unwrap();
-    }
-    s.crash().await;
-    let (open_ms, closed_pairs, replayed, n) = time_opens(dir, &c, runs).await;
+    write_chain(dir, &c, blocks, receipts).await.crash().await;
+    let f = measure(dir, &c, runs, |_| {
+        format!("open replaying a {blocks}-block WAL window")
+    })
+    .await;
     assert_eq!(
-        replayed as u64, blocks,
+        f.blocks_replayed as u64, blocks,
         "every block comes back from the WAL"
     );
-    OpenFigure {
-        name: format!("open replaying a {blocks}-block WAL window"),
-        closed_pairs,
-        blocks_replayed: replayed,
-        receipts_replayed: n,
-        wal_bytes: wal_bytes(dir),
-        open_ms,
-        runs,
-    }
+    f
 }

@@ -6,7 +6,7 @@ use crate::env::Fs;
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
 use crate::parquet::index::FileIndex;
-use crate::parquet::reader::{logs_from, receipts_from, FileKind, ParquetFile};
+use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,8 @@ pub struct IndexCache {
     entries: BTreeMap<(u64, bool), (u64, Arc<FileIndex>)>,
     /// Bytes read from disk to build indexes, for tests and the benchmarks.
     pub index_bytes_read: u64,
-    /// Bytes of whole files read to answer queries.
+    /// Bytes of files read to answer queries (row groups, or whole files without row-group
+    /// checksums).
     pub data_bytes_read: u64,
 }
 
@@ -171,7 +172,7 @@ impl<F: Fs> Reader<'_, F> {
         must_match: &[(&str, &[&[u8]])],
     ) -> Result<Vec<RecordBatch>> {
         let idx = self.index(pair, kind).await?;
-        let groups = idx.candidate_groups(from, to, must_match);
+        let groups = candidate_groups(&idx.row_groups, from, to, must_match);
         if groups.is_empty() {
             return Ok(Vec::new());
         }

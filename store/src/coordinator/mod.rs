@@ -283,14 +283,15 @@ impl<E: Env> State<E> {
                     // counted: the open window can no longer be trusted, so the store poisons
                     // itself like a failed write (a retry would write rows twice).
                     let r = match self.check_usable() {
-                        Ok(()) => self.flush_open().await,
+                        Ok(()) => {
+                            let r = self.flush_open().await;
+                            if let Err(e) = &r {
+                                self.poison(e);
+                            }
+                            r
+                        }
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = &r {
-                        if !matches!(e, Error::Poisoned(_) | Error::Closed) {
-                            self.poison(e);
-                        }
-                    }
                     let _ = reply.send(r);
                 }
                 Request::Snapshot { reply } => {

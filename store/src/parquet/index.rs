@@ -2,9 +2,7 @@
 //! never a data page. Every bloom filter is verified against the crc32c our writer recorded in
 //! the footer, so a rotted filter is an error instead of a silent false negative.
 
-use super::reader::{
-    candidate_groups, decode_groups, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
-};
+use super::reader::{decode_groups, row_group_index, FileKind, RowGroupIndex, UNFINISHED};
 use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
@@ -238,16 +236,6 @@ impl FileIndex {
             bytes_read,
             metadata: arrow_meta,
         })
-    }
-
-    /// Row groups that may hold rows in `[from, to]` matching every `(column, values)` pair.
-    pub fn candidate_groups(
-        &self,
-        from: u64,
-        to: u64,
-        must_match: &[(&str, &[&[u8]])],
-    ) -> Vec<usize> {
-        candidate_groups(&self.row_groups, from, to, must_match)
     }
 
     /// Fetches only the bytes of `groups`, verifies each against its recorded checksum and

@@ -77,50 +77,22 @@ impl<F: Fs> FileWriter<F> {
 
     /// Appends everything the encoder produced since the last drain and returns the file
     /// offset at which those bytes start, their length and their crc32c. The encoder's buffer
-    /// is cleared, not replaced, so its capacity is reused by the next row group (a fresh
-    /// buffer per row group cost page faults on every flush).
+    /// is cleared, not replaced, so its capacity is reused by the next row group.
     async fn drain(&mut self) -> Result<(u64, usize, u32), Error> {
         // The encoder buffers internally; push everything down to our Vec first.
         self.encoder.sync().map_err(|e| Error::io(&self.path, e))?;
         let base = self.written;
         let bytes = self.encoder.inner_mut();
-        if bytes.is_empty() {
+        let (len, crc) = (bytes.len(), crc32c::crc32c(bytes));
+        if len == 0 {
             return Ok((base, 0, 0));
         }
-        let crc = crc32c::crc32c(bytes);
-        self.crc = crc32c::crc32c_combine(self.crc, crc, bytes.len());
-        self.written += bytes.len() as u64;
-        let len = bytes.len();
+        self.crc = crc32c::crc32c_combine(self.crc, crc, len);
+        self.written += len as u64;
         let r = self.file.append(bytes).await;
-        // Bloom filter checksums are taken from the buffer before it is cleared.
-        self.bloom_checksums(base, len);
         self.encoder.inner_mut().clear();
         r.map_err(|e| Error::io(&self.path, e))?;
         Ok((base, len, crc))
-    }
-
-    /// Records the checksum of every bloom filter that lies in the drained bytes `[base,
-    /// base + len)` (the encoder's buffer), so an index can be verified without data pages.
-    fn bloom_checksums(&mut self, base: u64, len: usize) {
-        let Some(rg) = self.encoder.flushed_row_groups().last() else {
-            return;
-        };
-        let mut found = Vec::new();
-        for col in rg.columns() {
-            if let (Some(off), Some(blen)) = (col.bloom_filter_offset(), col.bloom_filter_length())
-            {
-                let (off, blen) = (off as u64, blen as usize);
-                if off >= base && off + blen as u64 <= base + len as u64 {
-                    found.push((off, blen));
-                }
-            }
-        }
-        let buf = self.encoder.inner();
-        for (off, blen) in found {
-            let start = (off - base) as usize;
-            let crc = crc32c::crc32c(&buf[start..start + blen]);
-            self.bloom_crcs.push(format!("{off}:{blen}:{crc:08x}"));
-        }
     }
 
     async fn write_row_group(&mut self, batch: &arrow_array::RecordBatch) -> Result<(), Error> {
@@ -130,26 +102,29 @@ impl<F: Fs> FileWriter<F> {
         };
         self.encoder.write(batch).map_err(perr)?;
         self.encoder.flush().map_err(perr)?;
-        let before = self.bloom_crcs.len();
-        // One flush is one row group: the drained bytes are exactly that row group, its bloom
-        // filters (written right after it) and, before the first, the magic; their checksum
-        // lets a reader verify the row group alone.
-        let (base, len, crc) = self.drain().await?;
+        self.encoder.sync().map_err(|e| Error::io(&self.path, e))?;
+        // Bloom filters are written right after their row group, so they are in the encoder's
+        // buffer (which starts at file offset `written`): checksum each one so the index can be
+        // verified without reading data pages.
+        let (base, buf) = (self.written, self.encoder.inner());
         let rg = self
             .encoder
             .flushed_row_groups()
             .last()
             .expect("just flushed");
-        let blooms = rg
-            .columns()
-            .iter()
-            .filter(|c| c.bloom_filter_offset().is_some())
-            .count();
-        assert_eq!(
-            self.bloom_crcs.len() - before,
-            blooms,
-            "bloom filters are written with their row group"
-        );
+        for col in rg.columns() {
+            if let (Some(off), Some(len)) = (col.bloom_filter_offset(), col.bloom_filter_length()) {
+                let (off, len) = (off as u64, len as usize);
+                assert!(off >= base, "bloom filter written with its row group");
+                let start = (off - base) as usize;
+                let crc = crc32c::crc32c(&buf[start..start + len]);
+                self.bloom_crcs.push(format!("{off}:{len}:{crc:08x}"));
+            }
+        }
+        // One flush is one row group: the drained bytes are exactly that row group, its bloom
+        // filters and, before the first, the magic; their checksum lets a reader verify the
+        // row group alone.
+        let (base, len, crc) = self.drain().await?;
         self.row_group_crcs.push(format!("{base}:{len}:{crc:08x}"));
         Ok(())
     }
