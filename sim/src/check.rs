@@ -280,7 +280,7 @@ pub fn check_logs_read(
     let filtered: Vec<(usize, LogRecord)> = tagged
         .logs
         .into_iter()
-        .filter(|(_, l)| filter.matches(l))
+        .filter(|(_, l)| crate::model::log_matches(filter, l))
         .collect();
     let ok = (lo..=hi).any(|k| {
         let e: Vec<LogRecord> = filtered
@@ -311,7 +311,7 @@ pub fn check_logs_read(
 
 /// What a file under the data directory is.
 #[derive(Debug, PartialEq, Eq)]
-enum FileKind {
+pub enum FileKind {
     Receipts(u64),
     Logs(u64),
     WalSegment,
@@ -319,21 +319,37 @@ enum FileKind {
     Unknown,
 }
 
-fn classify(dir: &Path, path: &Path) -> FileKind {
+/// A decimal block number with nothing else around it (no sign, no spaces, fits a u64).
+fn block_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The directory layout, written here from the README and DESIGN (file names are a documented
+/// contract: DuckDB users glob on them) rather than taken from the store's own parsers, so a
+/// naming bug in the store cannot hide in the oracle. `sim/tests/layout.rs` checks the two
+/// grammars agree on a fixed list of names.
+pub fn classify(dir: &Path, path: &Path) -> FileKind {
     let Ok(rel) = path.strip_prefix(dir) else {
         return FileKind::Unknown;
     };
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     match parts.as_slice() {
-        [name] => match receipt_store::files::parse_pair_name(name) {
-            Some((receipt_store::parquet::reader::FileKind::Receipts, s)) => FileKind::Receipts(s),
-            Some((receipt_store::parquet::reader::FileKind::Logs, s)) => FileKind::Logs(s),
-            None => FileKind::Unknown,
-        },
-        ["wal", name] if receipt_store::wal::parse_segment_name(name).is_some() => {
-            FileKind::WalSegment
+        [name] => {
+            let stem = name.strip_suffix(".parquet");
+            match stem.and_then(|s| s.split_once('_')) {
+                Some(("receipts", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Receipts),
+                Some(("logs", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Logs),
+                _ => FileKind::Unknown,
+            }
         }
-        ["wal", "rewrite.tmp"] => FileKind::WalScratch,
+        ["wal", name] => match name.strip_suffix(".wal") {
+            Some(n) if n.len() == 20 && block_digits(n).is_some() => FileKind::WalSegment,
+            _ if *name == "rewrite.tmp" => FileKind::WalScratch,
+            _ => FileKind::Unknown,
+        },
         _ => FileKind::Unknown,
     }
 }

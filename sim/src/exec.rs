@@ -17,6 +17,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use receipt_store::{Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,9 @@ pub const DATA_DIR: &str = "/data";
 pub const MAX_READS_PER_READER: usize = 48;
 /// Scheduler yields a reader waits between two reads, at most (drawn per read).
 pub const MAX_YIELDS_BETWEEN_READS: u32 = 48;
+/// Virtual milliseconds a reader sleeps between two reads, at most, when it paces itself by the
+/// clock instead of yielding (drawn per read; half the reads).
+pub const MAX_READER_PAUSE_MS: u64 = 400;
 /// Scheduling rounds close waits for reader tasks to notice and finish.
 const MAX_DRAIN_ROUNDS: usize = 10_000;
 /// Opens attempted per recovery: an armed fault may fail the first one legitimately.
@@ -50,6 +54,8 @@ pub struct Outcome {
     pub reads: usize,
     pub trace_hash: u64,
     pub state_hash: u64,
+    /// Coverage marks the store hit during this run, with their hit counts.
+    pub marks: BTreeMap<String, u64>,
     #[serde(skip)]
     pub trace: Vec<String>,
     /// On a recovery mismatch: the state recovered and the nearest expected state.
@@ -120,6 +126,11 @@ struct Run<'p> {
     /// A write failed after validation, so the store is poisoned: it is restarted after this
     /// many more ops (a few, so reads and writes against a poisoned store are exercised too).
     restart_in: Option<u32>,
+    /// Whether the crash point armed inside an operation is a power loss.
+    crash_inside_power: bool,
+    /// A crash point reached outside an op's own crash handling (inside close or open) was a
+    /// power loss: the next recovery's lower bound is a power loss's.
+    lost_power_unchecked: bool,
 }
 
 pub fn config(plan: &Plan) -> Config {
@@ -214,7 +225,11 @@ impl Run<'_> {
     /// Opens the store. A failed open must leave no handle and no task; a failure an armed fault
     /// explains is retried once with every fault disarmed.
     async fn open(&mut self) -> Option<S> {
-        for attempt in 1..=MAX_OPEN_ATTEMPTS {
+        self.settle_crash_point();
+        let mut attempt = 0;
+        // Bounded: a crash point fires once per arming, so at most one extra round.
+        for _ in 0..MAX_OPEN_ATTEMPTS + 1 {
+            attempt += 1;
             let faults_before = self.faults();
             let hook: Arc<dyn FaultHook> = Arc::new(Hook(self.armed.clone()));
             let r =
@@ -229,6 +244,12 @@ impl Run<'_> {
                     self.log(format!("open failed: {e}"));
                     yield_now().await;
                     self.check_no_leftovers("a failed open");
+                    if self.settle_crash_point() {
+                        // The process died inside open (or replay): that is a crash, not a
+                        // failed attempt; the next open starts from the crashed image.
+                        attempt -= 1;
+                        continue;
+                    }
                     let injected = self.faults() > faults_before;
                     if attempt == MAX_OPEN_ATTEMPTS || !injected {
                         self.fail(Failure::new(
@@ -250,7 +271,22 @@ impl Run<'_> {
     async fn recover(&mut self, power_loss: bool) -> Option<S> {
         self.out.reopens += 1;
         self.restart_in = None;
-        let store = self.open().await?;
+        let store = loop {
+            let store = self.open().await?;
+            if !self.fs.is_dead() {
+                break store;
+            }
+            // The crash point fell in open's own work (after the coordinator started, say in
+            // the prune at open): kill this incarnation and open the crashed image again.
+            self.handle.abort_all();
+            yield_now().await;
+            drop(store);
+            self.settle_crash_point();
+        };
+        // A crash point not reached by now is forgotten: the checks below read the store, and a
+        // background prune tick must not kill it half way through them.
+        self.fs.disarm_crash();
+        let power_loss = power_loss || std::mem::take(&mut self.lost_power_unchecked);
         let status = match store.status().await {
             Ok(s) => s,
             Err(e) => {
@@ -259,6 +295,13 @@ impl Run<'_> {
             }
         };
         let files = self.fs.snapshot_files();
+        if self.trace_on {
+            let listing: Vec<String> = files
+                .iter()
+                .map(|(p, b)| format!("{}:{}", p.display(), b.len()))
+                .collect();
+            self.log(format!("files after open: {}", listing.join(" ")));
+        }
         let pruned = self.model().pruned.clone();
         for f in check::check_files(&files, Path::new(DATA_DIR), &status, &pruned) {
             self.fail(f);
@@ -331,6 +374,28 @@ impl Run<'_> {
         Some(again)
     }
 
+    /// When the armed crash point was reached, crashes the filesystem as armed (process crash or
+    /// power loss) and returns true. The store incarnation that was running must be gone.
+    fn settle_crash_point(&mut self) -> bool {
+        if !self.fs.is_dead() {
+            return false;
+        }
+        self.out.crashes += 1;
+        if self.crash_inside_power {
+            self.log("crash point reached: power loss".into());
+            self.out.power_losses += 1;
+            // The store is gone, so which pairs were durable is unknown here: nothing below is
+            // promised beyond what the sync policy promises by itself.
+            self.model().durable_below = 0;
+            self.lost_power_unchecked = true;
+            self.fs.power_loss(&mut self.fault_rng);
+        } else {
+            self.log("crash point reached: process crash".into());
+            self.fs.crash_process();
+        }
+        true
+    }
+
     fn spawn_readers(&mut self, store: &S) {
         self.stop_readers = Arc::new(AtomicBool::new(false));
         for r in 0..self.plan.swarm.readers {
@@ -338,6 +403,7 @@ impl Run<'_> {
                 self.plan.seed ^ READER_STREAM ^ ((r as u64) << 40) ^ self.out.reopens as u64,
             );
             let task = reader(
+                self.handle.clone(),
                 store.clone(),
                 self.model.clone(),
                 self.readers.clone(),
@@ -395,11 +461,12 @@ impl Run<'_> {
             }
         }
         drop(store);
+        // Readers may be asleep on the clock: wait in virtual time, not only in yields.
         for _ in 0..MAX_DRAIN_ROUNDS {
             if self.handle.live_tasks() == 0 {
                 break;
             }
-            yield_now().await;
+            self.handle.sleep(Duration::from_millis(1)).await;
         }
         self.check_no_leftovers("close");
         self.drain_reader_failures();
@@ -737,6 +804,29 @@ impl Run<'_> {
                     fault,
                     after,
                 } => *self.armed.fs.lock().unwrap() = Some((*fs_op, *fault, *after)),
+                Op::CrashInside {
+                    after_fs_calls,
+                    power_loss,
+                } => {
+                    self.crash_inside_power = *power_loss;
+                    self.fs.arm_crash_after(*after_fs_calls);
+                }
+                Op::AfterEnd { crashed } => {
+                    self.after_end(&store, *crashed).await;
+                    match self.recover(false).await {
+                        Some(s) => store = s,
+                        None => return,
+                    }
+                }
+            }
+            if self.fs.is_dead() {
+                // The armed crash point fell inside this op (or a background task of it).
+                let power = self.crash_inside_power;
+                self.fs.disarm_crash();
+                match self.crash(store, power).await {
+                    Some(s) => store = s,
+                    None => return,
+                }
             }
             self.drain_reader_failures();
             if !self.out.failures.is_empty() {
@@ -752,6 +842,7 @@ impl Run<'_> {
             }
         }
         // Final: a clean close, then a last recovery must give back everything acked.
+        self.fs.disarm_crash();
         self.close(store).await;
         self.armed.clear();
         if !self.out.failures.is_empty() {
@@ -760,6 +851,72 @@ impl Run<'_> {
         if let Some(s) = self.recover(false).await {
             self.close(s).await;
         }
+    }
+
+    /// Ends the store's life with `crash()` or `close()`, then checks every call answers the
+    /// matching error (`Crashed` after a crash, `Closed` after a close; a second close repeats
+    /// the first's answer) and that nothing is left running.
+    async fn after_end(&mut self, store: &S, crashed: bool) {
+        self.stop_readers.store(true, Ordering::Relaxed);
+        let first_close = if crashed {
+            store.crash().await;
+            None
+        } else {
+            let r = store.close().await;
+            self.log(format!("  close -> {r:?}"));
+            if let Err(e) = &r {
+                if !self.faulted_since_open() {
+                    self.fail(Failure::new(
+                        Check::Write,
+                        format!("close failed without an injected fault: {e}"),
+                    ));
+                }
+            }
+            Some(r.map_err(|e| e.to_string()))
+        };
+        let wanted = if crashed { "crashed" } else { "closed" };
+        let is_end = |e: &Error| {
+            if crashed {
+                matches!(e, Error::Crashed)
+            } else {
+                matches!(e, Error::Closed)
+            }
+        };
+        let hash = [0xAB; 32];
+        let answers: Vec<(&str, Result<(), Error>)> = vec![
+            ("write_receipts", store.write_receipts(u64::MAX / 2, vec![]).await),
+            ("get_receipt", store.get_receipt(&hash).await.map(|_| ())),
+            ("get_logs", store.get_logs(&LogFilter::default()).await.map(|_| ())),
+            ("status", store.status().await.map(|_| ())),
+            ("flush", store.flush().await),
+            ("prune_now", store.prune_now().await.map(|_| ())),
+            ("set_max_blocks_per_file", store.set_max_blocks_per_file(4).await),
+        ];
+        for (call, r) in answers {
+            match r {
+                Err(e) if is_end(&e) => {}
+                other => self.fail(Failure::new(
+                    Check::Write,
+                    format!("{call} after the store {wanted} answered {other:?}"),
+                )),
+            }
+        }
+        let again = store.close().await.map_err(|e| e.to_string());
+        let consistent = match &first_close {
+            Some(first) => &again == first,
+            None => again == Err(Error::Crashed.to_string()),
+        };
+        if !consistent {
+            self.fail(Failure::new(
+                Check::Write,
+                format!("close after the store {wanted} answered {again:?} (first close: {first_close:?})"),
+            ));
+        }
+        self.handle.abort_all();
+        yield_now().await;
+        self.check_no_leftovers(if crashed { "crash()" } else { "close" });
+        self.drain_reader_failures();
+        self.fs.crash_process();
     }
 
     /// (acked, issued) now: a read's answer must match a prefix between the acked count at its
@@ -772,6 +929,7 @@ impl Run<'_> {
 
 /// A reader task: reads at random moments while the writer proceeds, checking every answer.
 async fn reader(
+    clock: Handle,
     store: S,
     model: Arc<Mutex<Model>>,
     shared: Arc<Mutex<ReaderShared>>,
@@ -780,8 +938,13 @@ async fn reader(
     seed: u64,
 ) {
     for _ in 0..MAX_READS_PER_READER {
-        for _ in 0..rng.random_range(1..=MAX_YIELDS_BETWEEN_READS) {
-            yield_now().await;
+        if rng.random_bool(0.5) {
+            for _ in 0..rng.random_range(1..=MAX_YIELDS_BETWEEN_READS) {
+                yield_now().await;
+            }
+        } else {
+            let pause_ms = rng.random_range(1..=MAX_READER_PAUSE_MS);
+            clock.sleep(Duration::from_millis(pause_ms)).await;
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -852,7 +1015,10 @@ async fn reader(
 
 /// Runs `plan`; `trace_on` keeps a human-readable event trace.
 pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
+    // Marks are counted per thread: drop whatever an earlier run on this thread left.
+    receipt_store::marks::take();
     let mut rt = Runtime::new(plan.seed);
+    rt.set_time_jump_per_mille(plan.swarm.time_jump_per_mille);
     let handle = rt.handle();
     let fs = SimFs::new(plan.swarm.torn_bytes);
     let armed = Arc::new(Armed::default());
@@ -897,6 +1063,8 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
         stop_readers: Arc::new(AtomicBool::new(false)),
         faults_at_open: 0,
         restart_in: None,
+        crash_inside_power: false,
+        lost_power_unchecked: false,
     };
     let r = rt.block_on(run.exec());
     if let Err(e) = r {
@@ -906,6 +1074,10 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
         ));
     }
     run.out.faults = fs.stats().faults + armed.fired.load(Ordering::Relaxed);
+    run.out.marks = receipt_store::marks::take()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     run.out.trace_hash =
         rt.trace_hash() ^ run.trace_fnv.rotate_left(13) ^ run.out.state_hash.rotate_left(29);
     run.out

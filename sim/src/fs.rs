@@ -29,6 +29,25 @@ pub enum FsOp {
     Remove,
     List,
     SyncDir,
+    /// Asking an open file for its length.
+    Len,
+}
+
+impl FsOp {
+    /// Operations that change what is on disk or what survives a power loss: the points a crash
+    /// inside an operation is placed after.
+    pub fn has_effect(self) -> bool {
+        matches!(
+            self,
+            FsOp::Create
+                | FsOp::Append
+                | FsOp::Truncate
+                | FsOp::Sync
+                | FsOp::Rename
+                | FsOp::Remove
+                | FsOp::SyncDir
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -67,8 +86,18 @@ pub struct FsStats {
     pub process_crashes: u64,
 }
 
+/// A crash placed inside an operation: after `remaining` more effect calls the process is dead
+/// and every later call fails without doing anything, so the durable image is exactly the one
+/// after that call. The harness then crashes the filesystem (process or power) and recovers.
+#[derive(Default, Clone, Copy, Debug)]
+struct CrashPoint {
+    remaining: Option<u32>,
+    dead: bool,
+}
+
 #[derive(Default)]
 struct State {
+    crash: CrashPoint,
     inodes: BTreeMap<u64, Inode>,
     dirs: BTreeMap<PathBuf, Dir>,
     handles: BTreeMap<u64, (u64, PathBuf)>,
@@ -121,6 +150,34 @@ impl SimFs {
     }
 
     fn check(&self, op: FsOp, path: &Path) -> io::Result<Option<Fault>> {
+        {
+            let mut s = self.state.lock().unwrap();
+            if s.crash.dead {
+                s.stats.faults += 1;
+                return Err(err(
+                    io::ErrorKind::Other,
+                    "injected crash: the process is dead",
+                ));
+            }
+            if op.has_effect() {
+                match s.crash.remaining {
+                    // The crash point: every effect call before it happened, this one does not.
+                    Some(0) => {
+                        s.crash = CrashPoint {
+                            remaining: None,
+                            dead: true,
+                        };
+                        s.stats.faults += 1;
+                        return Err(err(
+                            io::ErrorKind::Other,
+                            "injected crash: the process is dead",
+                        ));
+                    }
+                    Some(n) => s.crash.remaining = Some(n - 1),
+                    None => {}
+                }
+            }
+        }
         match self.fault(op, path) {
             Some(Fault::Eio) => Err(err(io::ErrorKind::Other, "injected EIO")),
             Some(Fault::NoSpace) => Err(err(io::ErrorKind::StorageFull, "injected ENOSPC")),
@@ -142,6 +199,27 @@ impl SimFs {
             .collect()
     }
 
+    /// Places a crash after `effect_calls` more calls that change the disk (see
+    /// [`FsOp::has_effect`]): 0 means before the next one.
+    pub fn arm_crash_after(&self, effect_calls: u32) {
+        let mut s = self.state.lock().unwrap();
+        s.crash = CrashPoint {
+            remaining: Some(effect_calls),
+            dead: false,
+        };
+    }
+
+    /// The armed crash point was reached: the process is dead until the harness crashes the
+    /// filesystem ([`SimFs::crash_process`] or [`SimFs::power_loss`]).
+    pub fn is_dead(&self) -> bool {
+        self.state.lock().unwrap().crash.dead
+    }
+
+    /// Forgets an armed crash point that was not reached.
+    pub fn disarm_crash(&self) {
+        self.state.lock().unwrap().crash.remaining = None;
+    }
+
     pub fn stats(&self) -> FsStats {
         self.state.lock().unwrap().stats.clone()
     }
@@ -161,6 +239,7 @@ impl SimFs {
     /// A process crash: nothing written is lost; every open handle goes stale.
     pub fn crash_process(&self) {
         let mut s = self.state.lock().unwrap();
+        s.crash = CrashPoint::default();
         s.generation += 1;
         s.handles.clear();
         s.stats.process_crashes += 1;
@@ -170,6 +249,7 @@ impl SimFs {
     /// partly, or partly with a torn garbage tail. Handles go stale.
     pub fn power_loss(&self, rng: &mut impl Rng) {
         let mut s = self.state.lock().unwrap();
+        s.crash = CrashPoint::default();
         s.generation += 1;
         s.handles.clear();
         s.stats.power_losses += 1;
@@ -190,10 +270,17 @@ impl SimFs {
             let mut data = ino.durable.clone();
             if appended {
                 let tail = &ino.data[ino.durable.len()..];
-                match rng.random_range(0..4u8) {
+                match rng.random_range(0..5u8) {
                     0 => {}
                     1 => data.extend_from_slice(tail),
                     2 => data.extend_from_slice(&tail[..rng.random_range(0..=tail.len())]),
+                    3 => {
+                        // Every unsynced byte reached the disk but one bit near the end did not
+                        // come out right: a complete-looking last record with a bad checksum.
+                        data.extend_from_slice(tail);
+                        let near_end = data.len() - rng.random_range(1..=tail.len().min(32));
+                        data[near_end] ^= 1 << rng.random_range(0..8);
+                    }
                     _ => {
                         data.extend_from_slice(&tail[..rng.random_range(0..=tail.len())]);
                         let garbage = rng.random_range(1..=torn_max.max(1));
@@ -344,6 +431,7 @@ impl FsFile for SimFile {
         })
     }
     async fn len(&self) -> io::Result<u64> {
+        self.fs.check(FsOp::Len, &self.path)?;
         self.with(|ino, _| Ok(ino.data.len() as u64))
     }
     async fn truncate(&mut self, len: u64) -> io::Result<()> {
@@ -434,6 +522,9 @@ impl Fs for SimFs {
     /// open, before any data depends on them).
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         yield_now().await;
+        if self.is_dead() {
+            return Err(err(io::ErrorKind::Other, "injected crash: the process is dead"));
+        }
         let mut s = self.state.lock().unwrap();
         for a in dir.ancestors() {
             s.dirs.entry(a.to_path_buf()).or_default();

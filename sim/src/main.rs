@@ -58,6 +58,9 @@ enum Cmd {
         /// Report path (default reports/run-<scenario>-<seed>.json).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Print the table of coverage marks (seeds hitting each, share, hits).
+        #[arg(long)]
+        marks: bool,
     },
     /// Run one seed and print its full event trace.
     Repro {
@@ -209,6 +212,7 @@ fn campaign(
     check_determinism: bool,
     canary: Option<String>,
     report: Option<PathBuf>,
+    marks: bool,
 ) {
     let sc = load_scenario(&scenario).unwrap_or_else(|e| die(&e));
     let (k, n) = parse_shard(shard.as_deref());
@@ -269,7 +273,22 @@ fn campaign(
         summary.add(o);
     }
     summary.finish(started.elapsed().as_secs_f64());
+    summary.check_claims(&sc.claims);
     println!("{}", summary.table());
+    if marks {
+        let known: Vec<&str> = receipt_store::marks::ALL.iter().map(|(n, _)| *n).collect();
+        print!("{}", summary.marks_table(&known));
+    }
+    if !summary.unreached_claims.is_empty() {
+        println!(
+            "UNREACHED: {} of {} claimed mark(s) were hit by no seed: {}",
+            summary.unreached_claims.len(),
+            summary.claimed_marks.len(),
+            summary.unreached_claims.join(", ")
+        );
+    } else if !summary.claimed_marks.is_empty() {
+        println!("all {} claimed marks reached", summary.claimed_marks.len());
+    }
     if !summary.failures_by_check.is_empty() {
         println!("failing seeds by check: {:?}", summary.failures_by_check);
     }
@@ -296,7 +315,7 @@ fn campaign(
         Ok(()) => println!("report: {}", path.display()),
         Err(e) => eprintln!("could not write {}: {e}", path.display()),
     }
-    if summary.failures > 0 {
+    if summary.failures > 0 || !summary.unreached_claims.is_empty() {
         std::process::exit(1);
     }
 }
@@ -320,6 +339,7 @@ fn main() {
             check_determinism,
             canary,
             report,
+            marks,
         } => campaign(
             scenario,
             seeds,
@@ -329,6 +349,7 @@ fn main() {
             check_determinism,
             canary,
             report,
+            marks,
         ),
         Cmd::Repro {
             seed,

@@ -12,6 +12,21 @@ pub const ADDRESSES: [u8; 3] = [0xA0, 0xA1, 0xA2];
 /// Topics logs are drawn from.
 pub const TOPICS: [u8; 3] = [0x70, 0x71, 0x72];
 
+/// eth_getLogs matching, written from the spec (JSON-RPC `eth_getLogs`, receipt-store-spec 5.4)
+/// and never from the store's filter code: both block bounds inclusive and optional; an empty
+/// address set matches every address, otherwise the log's address must be in it; topic position
+/// `i` with an empty set is a wildcard, otherwise the log must have a topic at `i` and it must be
+/// in the set (a log with fewer topics than a constrained position never matches).
+pub fn log_matches(f: &receipt_store::LogFilter, l: &LogRecord) -> bool {
+    let after_from = f.from_block.is_none_or(|b| l.block_number >= b);
+    let before_to = f.to_block.is_none_or(|b| l.block_number <= b);
+    let address = f.addresses.is_empty() || f.addresses.iter().any(|a| *a == l.address);
+    let topics = f.topics.iter().enumerate().all(|(pos, wanted)| {
+        wanted.is_empty() || l.topics.get(pos).is_some_and(|t| wanted.contains(t))
+    });
+    after_from && before_to && address && topics
+}
+
 pub fn address(i: u8) -> [u8; 20] {
     [ADDRESSES[i as usize % ADDRESSES.len()]; 20]
 }

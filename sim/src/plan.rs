@@ -28,6 +28,9 @@ const PRUNE_CRASH_BIAS: f64 = 0.10;
 const MAX_HEIGHT_GAP: u64 = 4;
 /// Op-kind draws per op, at most (kinds that cannot apply yet are redrawn).
 const MAX_DRAWS_PER_OP: usize = 64;
+/// Disk-changing filesystem calls a crash inside an operation may follow, at most (a rotation
+/// with a flush makes about 20).
+pub const MAX_CRASH_POINT: u32 = 32;
 /// Transaction indices of stale writes start here, so their hashes never collide with real ones.
 pub const STALE_TX_BASE: u32 = 1_000;
 
@@ -58,6 +61,13 @@ pub struct Scenario {
     /// the rest by 1..=3, so some seeds hammer one fault and others see none of it.
     #[serde(default = "default_swarm_off")]
     pub swarm_off_probability: f64,
+    /// Range of the per-mille chance, per scheduler step, that virtual time jumps to the next
+    /// timer although tasks are ready (prune ticks landing inside reads and writes).
+    #[serde(default = "default_time_jump_per_mille")]
+    pub time_jump_per_mille: [u32; 2],
+    /// Coverage marks this scenario exists to reach: a campaign in which one is never hit fails.
+    #[serde(default)]
+    pub claims: Vec<String>,
 }
 
 fn default_prune_interval_ms() -> [u64; 2] {
@@ -70,6 +80,10 @@ fn default_torn_bytes() -> Vec<usize> {
 
 fn default_swarm_off() -> f64 {
     0.25
+}
+
+fn default_time_jump_per_mille() -> [u32; 2] {
+    [0, 40]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -90,6 +104,10 @@ pub enum OpKind {
     FsFault,
     Resize,
     Flush,
+    /// A crash or power loss after the k-th disk-changing filesystem call of what follows.
+    CrashInside,
+    /// API paths after the end of a store's life: calls after crash() and after close.
+    AfterEnd,
 }
 
 impl OpKind {
@@ -108,6 +126,8 @@ impl OpKind {
                 | OpKind::FsFault
                 | OpKind::Resize
                 | OpKind::Flush
+                | OpKind::CrashInside
+                | OpKind::AfterEnd
         )
     }
 }
@@ -128,6 +148,9 @@ pub struct Swarm {
     /// The filesystem faults this seed may arm.
     #[serde(default)]
     pub fs_faults: Vec<Fault>,
+    /// Per-mille chance per scheduler step that time jumps to the next timer (see runtime).
+    #[serde(default)]
+    pub time_jump_per_mille: u32,
 }
 
 /// A transaction a read looks for: its block and index (see [`crate::model::tx_hash`]).
@@ -209,6 +232,18 @@ pub enum Op {
     },
     /// Flush the open pair's buffered rows as a row group.
     Flush,
+    /// The process dies after `after_fs_calls` more disk-changing filesystem calls (whatever op
+    /// or background task makes them, open and replay included), with a power loss when
+    /// `power_loss`. The op that follows is chosen to be one worth crashing inside.
+    CrashInside {
+        after_fs_calls: u32,
+        power_loss: bool,
+    },
+    /// End the store's life (`crash()` when `crashed`, else `close()`), check that every call
+    /// then answers the matching error (close twice included), and reopen.
+    AfterEnd {
+        crashed: bool,
+    },
 }
 
 impl Op {
@@ -228,6 +263,8 @@ impl Op {
             Op::FsFault { .. } => "fs_fault",
             Op::Resize { .. } => "resize",
             Op::Flush => "flush",
+            Op::CrashInside { .. } => "crash_inside",
+            Op::AfterEnd { .. } => "after_end",
         }
     }
 }
@@ -369,7 +406,9 @@ pub fn draw_swarm(rng: &mut ChaCha8Rng, sc: &Scenario) -> Swarm {
     if fs_faults.is_empty() {
         weights.remove(&OpKind::FsFault);
     }
+    let time_jump_per_mille = pick(rng, sc.time_jump_per_mille).min(1000);
     Swarm {
+        time_jump_per_mille,
         max_blocks_per_file,
         block_flush_interval,
         keep_recent,
@@ -537,6 +576,49 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                 },
             },
             OpKind::Flush => Op::Flush,
+            OpKind::CrashInside => {
+                let power_loss = match (
+                    swarm.weights.contains_key(&OpKind::Crash),
+                    swarm.weights.contains_key(&OpKind::PowerLoss),
+                ) {
+                    (true, true) => rng.random_bool(0.5),
+                    (false, true) => true,
+                    _ => false,
+                };
+                ops.push(Op::CrashInside {
+                    after_fs_calls: rng.random_range(0..=MAX_CRASH_POINT),
+                    power_loss,
+                });
+                // Something worth crashing inside: a rotation (a write or an empty block at the
+                // next boundary), a prune, a flush, or a close and reopen (open and replay).
+                let mbf = swarm.max_blocks_per_file;
+                match rng.random_range(0..5u8) {
+                    0 | 1 => {
+                        let boundary = (cur.height / mbf + 1) * mbf;
+                        cur.height = boundary;
+                        cur.next_tx = 0;
+                        if rng.random_bool(0.7) {
+                            let receipts = rng.random_range(1..=4);
+                            cur.written.push((cur.height, 0, receipts));
+                            cur.next_tx = receipts;
+                            Op::Write {
+                                height: boundary,
+                                first_tx: 0,
+                                receipts,
+                                logs: rng.random_range(0..=3),
+                            }
+                        } else {
+                            Op::Empty { height: boundary }
+                        }
+                    }
+                    2 => Op::Prune { explicit: true },
+                    3 => Op::Flush,
+                    _ => Op::CloseReopen,
+                }
+            }
+            OpKind::AfterEnd => Op::AfterEnd {
+                crashed: rng.random_bool(0.5),
+            },
             _ => continue,
         };
         // Bias crash points to just after rotation (a write or empty block at a window

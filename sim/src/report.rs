@@ -34,7 +34,19 @@ pub struct Summary {
     /// Peak resident set size of the campaign process (Linux `VmHWM`), if known. Measurement
     /// only: it never feeds back into a simulation.
     pub peak_rss_bytes: Option<u64>,
+    /// Coverage marks hit during the campaign: seeds that hit each, and total hits.
+    pub marks: BTreeMap<String, MarkHits>,
+    /// The marks this scenario claims to reach (from its file).
+    pub claimed_marks: Vec<String>,
+    /// Claimed marks no seed of this campaign hit: the campaign fails when this is not empty.
+    pub unreached_claims: Vec<String>,
     pub failing: Vec<Failing>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct MarkHits {
+    pub seeds: usize,
+    pub hits: u64,
 }
 
 /// Peak resident set size of this process in bytes, read from `/proc/self/status` (Linux).
@@ -79,6 +91,11 @@ impl Summary {
         self.reopens += o.reopens;
         self.writes_acked += o.writes_acked;
         self.reads += o.reads;
+        for (name, &n) in &o.marks {
+            let m = self.marks.entry(name.clone()).or_default();
+            m.seeds += 1;
+            m.hits += n;
+        }
         if let Some(first) = o.failures.first() {
             self.failures += 1;
             let tag = Check::of(first).map_or("unknown", |c| c.tag()).to_string();
@@ -103,6 +120,45 @@ impl Summary {
         self.seeds_per_s = self.seeds as f64 / s;
         self.ops_per_s = self.ops as f64 / s;
         self.peak_rss_bytes = peak_rss_bytes();
+    }
+
+    /// Records the scenario's claimed marks and which of them no seed reached.
+    pub fn check_claims(&mut self, claims: &[String]) {
+        self.claimed_marks = claims.to_vec();
+        self.unreached_claims = claims
+            .iter()
+            .filter(|c| self.marks.get(*c).is_none_or(|m| m.seeds == 0))
+            .cloned()
+            .collect();
+    }
+
+    /// Fraction of seeds that hit `mark` (0 when none ran).
+    pub fn mark_rate(&self, mark: &str) -> f64 {
+        let seeds = self.marks.get(mark).map_or(0, |m| m.seeds);
+        seeds as f64 / self.seeds.max(1) as f64
+    }
+
+    /// A markdown table of every known mark: seeds hitting it (and the share), total hits, and
+    /// whether the scenario claims it. Marks never hit are listed too: that is the point.
+    pub fn marks_table(&self, known: &[&str]) -> String {
+        let mut out = String::from(
+            "| mark | claimed | seeds hitting | share | hits |\n|---|:-:|---:|---:|---:|\n",
+        );
+        for name in known {
+            let m = self.marks.get(*name).copied().unwrap_or_default();
+            let claimed = if self.claimed_marks.iter().any(|c| c == name) {
+                "yes"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "| {name} | {claimed} | {} | {:.1}% | {} |\n",
+                m.seeds,
+                100.0 * self.mark_rate(name),
+                m.hits
+            ));
+        }
+        out
     }
 
     /// A markdown table of the campaign.
@@ -185,6 +241,19 @@ pub fn line_diff(expected: &[String], got: &[String], context: usize) -> Vec<Str
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_claimed_mark_no_seed_hit_is_reported_unreached() {
+        let mut s = Summary::default();
+        let mut hit = Outcome::default();
+        hit.marks.insert("wal-roll".into(), 3);
+        s.add(&hit);
+        s.add(&Outcome::default());
+        s.check_claims(&["wal-roll".into(), "prune-deleted".into()]);
+        assert_eq!(s.unreached_claims, vec!["prune-deleted".to_string()]);
+        assert_eq!(s.marks["wal-roll"], MarkHits { seeds: 1, hits: 3 });
+        assert!((s.mark_rate("wal-roll") - 0.5).abs() < 1e-9);
+    }
+
     fn v(xs: &[&str]) -> Vec<String> {
         xs.iter().map(|s| s.to_string()).collect()
     }
@@ -213,6 +282,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.failures_by_check.get("recovery"), Some(&1));
+        assert!(s.failing[0].first_failure.starts_with("[recovery]"));
         assert_eq!(
             s.failing[0].repro,
             "cargo run --release -p receipt-sim -- repro --seed 9 --scenario steady"

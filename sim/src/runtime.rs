@@ -5,6 +5,11 @@
 //! a `--cfg madsim` build of the whole dependency graph, and `cargo run -p receipt-sim` just works.
 //! Each step polls a ready task chosen by a seeded ChaCha stream: that choice is how interleavings
 //! of the writer, readers and the prune ticker are explored.
+//!
+//! Virtual time also moves while tasks are runnable: before each poll, with a per-run seeded
+//! probability, the earliest timer fires first (as if the ready work took that long). Without
+//! it, time would stand still for as long as any task can run, so a prune tick could never land
+//! while a read holds its snapshot, nor a rotation race a reader that paces itself by sleeping.
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -145,6 +150,8 @@ pub async fn yield_now() {
 pub struct Runtime {
     handle: Handle,
     rng: ChaCha8Rng,
+    /// Per mille of polls before which the earliest timer fires although tasks are ready.
+    time_jump_per_mille: u32,
     trace: u64,
     polls: u64,
 }
@@ -156,6 +163,7 @@ impl Runtime {
                 shared: Arc::new(Mutex::new(Shared::default())),
             },
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5CED_0001),
+            time_jump_per_mille: 0,
             trace: 0xcbf2_9ce4_8422_2325,
             polls: 0,
         }
@@ -163,6 +171,13 @@ impl Runtime {
 
     pub fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// Lets virtual time jump to the next timer before `per_mille`/1000 of polls, even while
+    /// tasks are ready (0: time moves only when every task waits).
+    pub fn set_time_jump_per_mille(&mut self, per_mille: u32) {
+        assert!(per_mille <= 1000, "a probability in per mille is at most 1000");
+        self.time_jump_per_mille = per_mille;
     }
 
     /// A running FNV-style hash of (task polled, virtual time) for every poll.
@@ -196,7 +211,10 @@ impl Runtime {
             }
             let pick = {
                 let mut s = self.handle.shared.lock().unwrap();
-                if s.ready.is_empty() {
+                let jump = self.time_jump_per_mille > 0
+                    && !s.timers.is_empty()
+                    && self.rng.random_range(0..1000) < self.time_jump_per_mille;
+                if s.ready.is_empty() || jump {
                     match s.timers.keys().next().copied() {
                         Some(key) => {
                             let waker = s.timers.remove(&key).expect("just seen");
@@ -302,6 +320,7 @@ impl Env for SimEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn racing(seed: u64) -> (Vec<u32>, u64, Duration) {
         let mut rt = Runtime::new(seed);
@@ -356,6 +375,36 @@ mod tests {
         let mut rt = Runtime::new(1);
         let r = rt.block_on(std::future::pending::<()>());
         assert!(matches!(r, Err(SimError::Deadlock { .. })));
+    }
+
+    /// A task that never waits, and a timer: without time jumps the timer fires only after the
+    /// busy task is done; with them it fires while the busy task still runs.
+    fn timer_fires_during_busy_work(per_mille: u32, seed: u64) -> bool {
+        let mut rt = Runtime::new(seed);
+        rt.set_time_jump_per_mille(per_mille);
+        let h = rt.handle();
+        let busy_done = Arc::new(AtomicBool::new(false));
+        let fired_while_busy = Arc::new(AtomicBool::new(false));
+        let (b, f, h2) = (busy_done.clone(), fired_while_busy.clone(), h.clone());
+        rt.block_on(async move {
+            h.spawn(Box::pin(async move {
+                h2.sleep(Duration::from_millis(5)).await;
+                f.store(!b.load(Ordering::SeqCst), Ordering::SeqCst);
+            }));
+            for _ in 0..500 {
+                yield_now().await;
+            }
+            busy_done.store(true, Ordering::SeqCst);
+            h.sleep(Duration::from_millis(10)).await;
+        })
+        .unwrap();
+        fired_while_busy.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn time_stands_still_while_tasks_run_unless_jumps_are_on() {
+        assert!(!(0..8).any(|s| timer_fires_during_busy_work(0, s)));
+        assert!((0..8).all(|s| timer_fires_during_busy_work(50, s)));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod coordinator;
 pub mod env;
 pub mod error;
 pub mod files;
+#[cfg(feature = "marks")]
+pub mod marks;
 pub mod parquet;
 pub mod query;
 pub mod types;
@@ -43,6 +45,15 @@ macro_rules! planted {
     }};
 }
 pub(crate) use planted;
+
+/// Counts a hit of the named coverage mark (nothing without the `marks` feature); see `marks`.
+macro_rules! mark {
+    ($name:literal) => {{
+        #[cfg(feature = "marks")]
+        crate::marks::hit($name);
+    }};
+}
+pub(crate) use mark;
 
 pub use coordinator::{failpoints, FaultHook, Snapshot, Status};
 pub use error::{Error, Result};
@@ -124,7 +135,7 @@ impl<E: Env> Store<E> {
 
     fn gone(&self) -> Error {
         match &*self.ending.lock().unwrap() {
-            Some(Ending::Crashed) => Error::Closed,
+            Some(Ending::Crashed) => Error::Crashed,
             _ => Error::Closed,
         }
     }

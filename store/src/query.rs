@@ -129,6 +129,7 @@ impl IndexCache {
                 .min_by_key(|(_, (t, _))| *t)
                 .map(|(k, _)| *k)
                 .expect("non-empty");
+            crate::mark!("read-index-cache-evicted");
             self.entries.remove(&oldest);
         }
     }
@@ -173,6 +174,9 @@ impl<F: Fs> Reader<'_, F> {
     ) -> Result<Vec<RecordBatch>> {
         let idx = self.index(pair, kind).await?;
         let groups = candidate_groups(&idx.row_groups, from, to, must_match);
+        if groups.len() < idx.row_groups.len() {
+            crate::mark!("read-row-group-skipped");
+        }
         if groups.is_empty() {
             return Ok(Vec::new());
         }
@@ -218,6 +222,7 @@ impl<F: Fs> Reader<'_, F> {
             }
         }
         for chunk in snap.open.iter().filter(|c| c.overlaps(from, to)) {
+            crate::mark!("read-open-window");
             out.extend(
                 chunk
                     .receipts
@@ -306,6 +311,9 @@ impl<F: Fs> Reader<'_, F> {
                 .collect();
             sort(&mut found);
             out.extend(found);
+        }
+        if filter.limit.is_some_and(|l| out.len() >= l) {
+            crate::mark!("read-limit-reached");
         }
         out.truncate(limit);
         Ok(out)

@@ -188,7 +188,10 @@ impl<E: Env> State<E> {
 
     pub(crate) fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
-            Some(why) => Err(Error::Poisoned(why.clone())),
+            Some(why) => {
+                crate::mark!("poisoned-call-refused");
+                Err(Error::Poisoned(why.clone()))
+            }
             None => Ok(()),
         }
     }
@@ -284,8 +287,10 @@ impl<E: Env> State<E> {
                     // itself like a failed write (a retry would write rows twice).
                     let r = match self.check_usable() {
                         Ok(()) => {
+                            crate::mark!("flush-explicit");
                             let r = self.flush_open().await;
                             if let Err(e) = &r {
+                                crate::mark!("poison-flush");
                                 self.poison(e);
                             }
                             r

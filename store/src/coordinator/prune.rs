@@ -3,6 +3,7 @@
 use super::{failpoints as fp, State};
 use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
+use crate::mark;
 use std::sync::Arc;
 
 impl<E: Env> State<E> {
@@ -10,9 +11,15 @@ impl<E: Env> State<E> {
     /// deletes the files of untracked pairs no snapshot uses. The newest closed pair is always
     /// kept: it anchors the file start block after a reopen. Returns the pairs deleted.
     pub(crate) async fn prune(&mut self) -> Result<usize> {
-        if self.config.keep_recent == 0 || self.poisoned.is_some() {
+        if self.poisoned.is_some() {
+            mark!("prune-skipped-poisoned");
             return Ok(0);
         }
+        if self.config.keep_recent == 0 {
+            return Ok(0);
+        }
+        // Pairs already doomed by an earlier pass come first in `doomed`.
+        let carried_over = self.doomed.len();
         if let Some(latest) = self.latest {
             let prune_before = latest.saturating_sub(self.config.keep_recent);
             // Rotation fires only at exact boundary heights, so when writes skip a boundary a
@@ -27,20 +34,23 @@ impl<E: Env> State<E> {
                 .map(|w| w[0])
                 .collect();
             for s in eligible {
+                mark!("prune-untracked");
                 let pair = self.catalogue.remove(&s).expect("listed above");
                 self.doomed.push(pair);
             }
         }
-        self.delete_doomed().await
+        self.delete_doomed(carried_over).await
     }
 
-    async fn delete_doomed(&mut self) -> Result<usize> {
+    /// Deletes the doomed pairs no snapshot holds; the first `carried_over` were doomed earlier.
+    async fn delete_doomed(&mut self, carried_over: usize) -> Result<usize> {
         let fs = self.env.fs().clone();
         let mut deleted = 0;
         let mut errors = Vec::new();
         let mut keep = Vec::new();
-        for pair in std::mem::take(&mut self.doomed) {
+        for (i, pair) in std::mem::take(&mut self.doomed).into_iter().enumerate() {
             if Arc::strong_count(&pair) > 1 {
+                mark!("prune-deferred-for-snapshot");
                 keep.push(pair); // a live snapshot reads it; retry on a later tick
                 continue;
             }
@@ -63,8 +73,13 @@ impl<E: Env> State<E> {
                 }
             }
             if ok {
+                mark!("prune-deleted");
+                if i < carried_over {
+                    mark!("prune-delete-retried");
+                }
                 deleted += 1;
             } else {
+                mark!("prune-delete-failed");
                 keep.push(pair);
             }
         }

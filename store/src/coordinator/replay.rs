@@ -5,6 +5,7 @@ use super::{FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{group_listing, ClosedPair};
+use crate::mark;
 use crate::parquet::reader::{FileKind, ParquetFile, UNFINISHED};
 use crate::types::{Config, ReplayedBlock};
 use crate::wal::{Wal, WalRecord};
@@ -53,10 +54,22 @@ async fn remove_synced<F: Fs>(fs: &F, dir: &Path, paths: &[PathBuf]) -> Result<(
 /// Scans the directory: lone pair files are removed (a pair is only ever relied on once both of
 /// its files are durable), an unfinished trailing pair (no parseable footer) is removed (its rows
 /// are still in the WAL), and a finalized file whose checksum fails is an error naming it.
-async fn scan<F: Fs>(fs: &F, dir: &Path) -> Result<BTreeMap<u64, Arc<ClosedPair>>> {
+///
+/// A finished trailing pair whose every receipt the WAL still holds (`wal_receipts`: receipts per
+/// block in the WAL's records) is removed too: its closing rotation never got as far as dropping
+/// those records, so nothing proves its bytes ever reached the disk. After a process crash they
+/// can sit in the page cache, parse fine, and vanish at the next power loss (or, after a failed
+/// fsync, never reach the disk at all); replay rebuilds the pair from the WAL. When the WAL holds
+/// only some of them, a drop was under way, which only ever starts once the pair is durable.
+async fn scan<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    wal_receipts: &BTreeMap<u64, u64>,
+) -> Result<BTreeMap<u64, Arc<ClosedPair>>> {
     let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
     let listing = group_listing(&names);
     if !listing.lone.is_empty() {
+        mark!("open-lone-pair-file");
         let paths: Vec<PathBuf> = listing.lone.iter().map(|n| dir.join(n)).collect();
         remove_synced(fs, dir, &paths).await?;
     }
@@ -69,15 +82,40 @@ async fn scan<F: Fs>(fs: &F, dir: &Path) -> Result<BTreeMap<u64, Arc<ClosedPair>
         let trailing = ClosedPair::new(dir, last, None);
         match load_pair(fs, &trailing).await {
             Ok((r, _)) => {
-                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, r.max_block())));
+                let max_block = r.max_block();
+                let in_wal: u64 = wal_receipts
+                    .range(last..=max_block.unwrap_or(last))
+                    .map(|(_, n)| n)
+                    .sum();
+                if in_wal > 0 && in_wal >= r.num_rows() {
+                    mark!("open-unconfirmed-pair-rebuilt");
+                    let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
+                    remove_synced(fs, dir, &paths).await?;
+                    may_remove_unfinished = false;
+                    continue;
+                }
+                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, max_block)));
                 break;
+            }
+            // The newest pair torn by a power loss inside its finalize (footer bytes written but
+            // never synced) looks corrupt rather than unfinished; its closing rotation never
+            // dropped a WAL record, so the WAL still holds its window and replay rebuilds it.
+            Err(Error::CorruptFile { .. })
+                if may_remove_unfinished && wal_receipts.range(last..).next().is_some() =>
+            {
+                mark!("open-torn-pair-rebuilt");
+                let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
+                remove_synced(fs, dir, &paths).await?;
+                may_remove_unfinished = false;
             }
             Err(Error::CorruptFile { path, reason })
                 if !may_remove_unfinished || !reason.starts_with(UNFINISHED) =>
             {
+                mark!("open-corrupt-closed-file");
                 return Err(Error::CorruptFile { path, reason });
             }
             Err(Error::CorruptFile { .. }) => {
+                mark!("open-unfinished-pair-removed");
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                 remove_synced(fs, dir, &paths).await?;
                 may_remove_unfinished = false;
@@ -111,14 +149,6 @@ pub(crate) async fn open<E: Env>(
     fs.create_dir_all(&dir)
         .await
         .map_err(|e| Error::io(&dir, e))?;
-    let catalogue = scan(&fs, &dir).await?;
-    let (file_start_block, last_seen) = match catalogue.values().next_back() {
-        Some(t) => match t.max_block {
-            Some(m) => (m.saturating_add(1).max(t.start + 1), Some(m)),
-            None => (t.start + 1, None),
-        },
-        None => (0, None),
-    };
     let (wal, records) = Wal::open(
         fs.clone(),
         &dir,
@@ -126,6 +156,18 @@ pub(crate) async fn open<E: Env>(
         config.wal_segment_bytes,
     )
     .await?;
+    let mut wal_receipts: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in &records {
+        *wal_receipts.entry(r.height).or_default() += r.receipts.len() as u64;
+    }
+    let catalogue = scan(&fs, &dir, &wal_receipts).await?;
+    let (file_start_block, last_seen) = match catalogue.values().next_back() {
+        Some(t) => match t.max_block {
+            Some(m) => (m.saturating_add(1).max(t.start + 1), Some(m)),
+            None => (t.start + 1, None),
+        },
+        None => (0, None),
+    };
     let ending: SharedEnding = Arc::new(Mutex::new(None));
     let mut state = State {
         env: env.clone(),
@@ -149,6 +191,7 @@ pub(crate) async fn open<E: Env>(
     let replayed = match state.replay(records).await {
         Ok(r) => r,
         Err(e) => {
+            mark!("replay-failed-cleanup");
             let cleanup = state.discard_replay(&before).await;
             return Err(match cleanup {
                 Ok(()) => e,
@@ -181,7 +224,11 @@ impl<E: Env> State<E> {
             } else {
                 rec.height < self.file_start_block
             };
-            if rec.receipts.is_empty() || below {
+            if rec.receipts.is_empty() {
+                continue;
+            }
+            if below {
+                mark!("replay-record-below-floor-dropped");
                 continue;
             }
             if self.last_seen.is_some_and(|l| rec.height < l) {
@@ -196,8 +243,10 @@ impl<E: Env> State<E> {
                 && self.last_seen != Some(rec.height)
                 && rec.height % self.config.max_blocks_per_file == 0
             {
+                mark!("replay-rotated");
                 self.rotate(rec.height, None, false).await?;
             }
+            mark!("replay-applied");
             let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
             for r in rec.receipts {
                 self.apply(rec.height, r).await?;

@@ -5,6 +5,7 @@
 use super::{failpoints as fp, Chunk, OpenPair, State};
 use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
+use crate::mark;
 use crate::files::{log_file_name, receipt_file_name, ClosedPair};
 use crate::parquet::writer::PairWriter;
 use crate::types::{
@@ -17,6 +18,7 @@ use std::sync::Arc;
 pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
     for (i, r) in receipts.iter().enumerate() {
         if r.receipt_bytes.len() > MAX_RECEIPT_BYTES {
+            mark!("write-rejected-invalid");
             return Err(Error::InvalidInput(format!(
                 "receipt {i} is {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
                 r.receipt_bytes.len()
@@ -24,12 +26,14 @@ pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
         }
         for (j, log) in r.logs.iter().enumerate() {
             if log.topics.len() > MAX_TOPICS_PER_LOG {
+                mark!("write-rejected-invalid");
                 return Err(Error::InvalidInput(format!(
                     "receipt {i} log {j} has {} topics; at most {MAX_TOPICS_PER_LOG} allowed",
                     log.topics.len()
                 )));
             }
             if log.data.len() > MAX_LOG_DATA_BYTES {
+                mark!("write-rejected-invalid");
                 return Err(Error::InvalidInput(format!(
                     "receipt {i} log {j} data is over {MAX_LOG_DATA_BYTES} bytes"
                 )));
@@ -57,6 +61,7 @@ impl<E: Env> State<E> {
         }
         if let Some(last) = self.last_seen {
             if height < last {
+                mark!("write-rejected-non-monotonic");
                 return Err(Error::NonMonotonic {
                     height,
                     last_seen: last,
@@ -69,6 +74,7 @@ impl<E: Env> State<E> {
             .map(|o| o.writer.start)
             .unwrap_or(self.file_start_block);
         if height < floor {
+            mark!("write-rejected-sealed");
             return Err(Error::Sealed {
                 height,
                 sealed: floor - 1,
@@ -79,6 +85,7 @@ impl<E: Env> State<E> {
         let rotate = self.rotates_at(height);
         let r = self.write_logged(height, receipts, rotate).await;
         if let Err(e) = &r {
+            mark!("poison-write");
             self.poison(e);
         }
         r
@@ -99,6 +106,7 @@ impl<E: Env> State<E> {
         let seq = wal.append(height, &receipts).await?;
         self.failpoint(fp::AFTER_WAL_APPEND)?;
         if rotate {
+            mark!("rotate-on-write");
             self.rotate(height, Some(seq), true).await?;
         }
         for r in receipts {
@@ -111,14 +119,18 @@ impl<E: Env> State<E> {
     /// An empty block: moves the cursor forward and rotates on an empty boundary (spec 3.4).
     async fn observe(&mut self, height: u64) -> Result<()> {
         if self.last_seen.is_some_and(|l| height <= l) {
+            mark!("write-empty-block-stale");
             return Ok(());
         }
         if self.rotates_at(height) {
+            mark!("rotate-on-empty-boundary");
             if let Err(e) = self.rotate(height, None, true).await {
+                mark!("poison-empty-rotation");
                 self.poison(&e);
                 return Err(e);
             }
         }
+        mark!("write-empty-block-observed");
         self.last_seen = Some(height);
         Ok(())
     }
@@ -147,7 +159,10 @@ impl<E: Env> State<E> {
             self.last_seen = Some(block);
         }
         let mut log_index = match self.log_cursor {
-            Some((b, n)) if b == block => n,
+            Some((b, n)) if b == block => {
+                mark!("write-same-block-continues-log-index");
+                n
+            }
             _ => 0,
         };
         let open = self.open.as_mut().expect("opened above");
@@ -172,6 +187,7 @@ impl<E: Env> State<E> {
         self.log_cursor = Some((block, log_index));
         let bfi = self.config.block_flush_interval;
         if bfi > 0 && self.blocks_since_flush >= bfi {
+            mark!("flush-automatic");
             self.flush_open().await?;
             self.blocks_since_flush = 0;
         }
@@ -186,6 +202,7 @@ impl<E: Env> State<E> {
             start,
         )
         .await?;
+        mark!("pair-opened");
         self.open = Some(OpenPair {
             writer,
             buf_receipts: Vec::new(),
@@ -255,6 +272,7 @@ impl<E: Env> State<E> {
         }
         .await;
         if let Err(e) = finished {
+            mark!("finalize-failed-cleanup");
             let mut errors = vec![e];
             for p in [&rp, &lp] {
                 if let Err(e) = self.env.fs().remove(p).await {

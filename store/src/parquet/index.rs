@@ -264,6 +264,7 @@ impl FileIndex {
             let span = spans[g];
             let bytes = file.read_at(span.offset, span.len).await.map_err(io)?;
             if bytes.len() != span.len || crc32c::crc32c(&bytes) != span.crc {
+                crate::mark!("read-row-group-checksum-failed");
                 return Err(corrupt(
                     path,
                     format!("row group {g} checksum mismatch at offset {}", span.offset),

@@ -12,6 +12,7 @@ pub mod record;
 
 use crate::env::{Fs, FsFile};
 use crate::error::WalError;
+use crate::mark;
 use crate::types::{ReceiptInput, SyncPolicy};
 pub use record::WalRecord;
 use record::{
@@ -171,6 +172,7 @@ impl<F: Fs> Wal<F> {
             if let Some(offset) = scan.bad_offset {
                 let last = i + 1 == segment_count;
                 if !last || scan.valid_after_bad {
+                    mark!("wal-corrupt-record-refused");
                     return Err(WalError::Corrupt {
                         path: seg.path.clone(),
                         offset,
@@ -178,6 +180,7 @@ impl<F: Fs> Wal<F> {
                     });
                 }
                 // Torn tail: cut it so the next append starts on a record boundary.
+                mark!("wal-torn-tail-cut");
                 let mut f = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
                 f.truncate(scan.valid_len).await.map_err(io(&seg.path))?;
                 f.sync_all().await.map_err(io(&seg.path))?;
@@ -191,6 +194,7 @@ impl<F: Fs> Wal<F> {
                     Some(prev) if rec.seq <= prev.seq => {
                         let i = records.partition_point(|r| r.seq < rec.seq);
                         if records.get(i) != Some(&rec) {
+                            mark!("wal-corrupt-record-refused");
                             return Err(WalError::Corrupt {
                                 path: seg.path.clone(),
                                 offset: 0,
@@ -200,6 +204,7 @@ impl<F: Fs> Wal<F> {
                                 ),
                             });
                         }
+                        mark!("wal-duplicate-record-merged");
                     }
                     _ => records.push(rec),
                 }
@@ -215,6 +220,7 @@ impl<F: Fs> Wal<F> {
             // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
             // still be readable from the page cache although they will never reach the disk, and
             // a later fsync of the same file does not bring them back: only new writes do.
+            mark!("wal-rewritten-at-open");
             let first = records[0].seq;
             let tmp = dir.join(REWRITE_TMP);
             let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
@@ -332,6 +338,7 @@ impl<F: Fs> Wal<F> {
                 .await
                 .map_err(|source| WalError::Io { path, source })?;
         }
+        mark!("wal-roll");
         let path = self.dir.join(segment_name(self.next_seq));
         let io = |p: &Path| {
             let p = p.to_path_buf();
@@ -374,6 +381,7 @@ impl<F: Fs> Wal<F> {
             removed += 1;
         }
         if removed > 0 {
+            mark!("wal-segments-dropped");
             let dir = self.dir.clone();
             self.fs
                 .sync_dir(&dir)
