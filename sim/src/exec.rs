@@ -302,8 +302,7 @@ impl Run<'_> {
                 .collect();
             self.log(format!("files after open: {}", listing.join(" ")));
         }
-        let pruned = self.model().pruned.clone();
-        for f in check::check_files(&files, Path::new(DATA_DIR), &status, &pruned) {
+        for f in check::check_files(&files, Path::new(DATA_DIR), &status) {
             self.fail(f);
         }
         let got = match self.read_state_retrying(&store).await {
@@ -342,6 +341,10 @@ impl Run<'_> {
             }
         }
         for f in check::phantoms(&tagged, &got) {
+            self.fail(f);
+        }
+        let pruned = self.model().pruned.clone();
+        for f in check::resurrected(&got, &pruned) {
             self.fail(f);
         }
         // Invariant 4: the same durable image, recovered again, gives the same state.
@@ -725,9 +728,12 @@ impl Run<'_> {
                                 if let (Some(before), Ok(after)) = (before, store.status().await) {
                                     if after.pending_deletes == 0 {
                                         let mut m = self.model();
-                                        for s in before {
-                                            if !after.closed_pairs.contains(&s) {
-                                                m.pruned.insert(s);
+                                        for (i, s) in before.iter().enumerate() {
+                                            if !after.closed_pairs.contains(s) {
+                                                // The newest pair is never pruned, so a next
+                                                // start exists: the window ends there.
+                                                let end = before[i + 1..].first().copied();
+                                                m.pruned.insert(*s, end.expect("a newer pair"));
                                             }
                                         }
                                     }

@@ -5,7 +5,7 @@
 use receipt_store::{LogInput, LogRecord, ReceiptInput, ReceiptRecord, SyncPolicy};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// Addresses logs are drawn from (index into this in plans' filters).
 pub const ADDRESSES: [u8; 3] = [0xA0, 0xA1, 0xA2];
@@ -315,7 +315,7 @@ pub struct Model {
     /// loss; they must survive it even under sync policy `never`.
     pub durable_below: u64,
     /// Pair starts whose deletion by prune was made durable: they must never come back.
-    pub pruned: BTreeSet<u64>,
+    pub pruned: BTreeMap<u64, u64>,
 }
 
 impl Model {
@@ -327,7 +327,7 @@ impl Model {
             max_write_height: 0,
             max_seen: 0,
             durable_below: 0,
-            pruned: BTreeSet::new(),
+            pruned: BTreeMap::new(),
         }
     }
 

@@ -58,7 +58,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("open-torn-pair-rebuilt", "open rebuilds a newest pair whose footer a power loss tore, from the WAL"),
     ("open-unfinished-pair-removed", "open removes an unfinished trailing pair whose rows the WAL holds"),
     ("open-corrupt-closed-file", "open refuses a finalized pair file whose checksum fails"),
-    ("replay-record-below-floor-dropped", "replay drops a record already held by a closed pair"),
+    ("wal-records-below-floor-dropped", "open drops WAL records below the replay floor (held by closed pairs or pruned)"),
     ("replay-rotated", "replay crosses a window boundary and finalizes a pair"),
     ("replay-applied", "replay stages at least one record into the open window"),
     ("replay-failed-cleanup", "a failed replay removes everything it produced"),

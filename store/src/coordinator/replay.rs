@@ -65,7 +65,7 @@ async fn scan<F: Fs>(
     fs: &F,
     dir: &Path,
     wal_receipts: &BTreeMap<u64, u64>,
-) -> Result<BTreeMap<u64, Arc<ClosedPair>>> {
+) -> Result<Scanned> {
     let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
     let listing = group_listing(&names);
     if !listing.lone.is_empty() {
@@ -78,6 +78,7 @@ async fn scan<F: Fs>(
     // Only the newest pair can be unfinished (it was the open pair); it is removed and the pair
     // before it becomes the trailing one, which must then be finalized.
     let mut may_remove_unfinished = true;
+    let mut lowest_removed = None;
     while let Some(last) = starts.pop() {
         let trailing = ClosedPair::new(dir, last, None);
         match load_pair(fs, &trailing).await {
@@ -92,6 +93,7 @@ async fn scan<F: Fs>(
                     let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                     remove_synced(fs, dir, &paths).await?;
                     may_remove_unfinished = false;
+                    lowest_removed = Some(last);
                     continue;
                 }
                 catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, max_block)));
@@ -107,6 +109,7 @@ async fn scan<F: Fs>(
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                 remove_synced(fs, dir, &paths).await?;
                 may_remove_unfinished = false;
+                lowest_removed = Some(last);
             }
             Err(Error::CorruptFile { path, reason })
                 if !may_remove_unfinished || !reason.starts_with(UNFINISHED) =>
@@ -119,6 +122,7 @@ async fn scan<F: Fs>(
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                 remove_synced(fs, dir, &paths).await?;
                 may_remove_unfinished = false;
+                lowest_removed = Some(last);
             }
             Err(e) => return Err(e),
         }
@@ -126,7 +130,17 @@ async fn scan<F: Fs>(
     for s in starts {
         catalogue.insert(s, Arc::new(ClosedPair::new(dir, s, None)));
     }
-    Ok(catalogue)
+    Ok(Scanned {
+        catalogue,
+        lowest_removed,
+    })
+}
+
+/// What the startup scan keeps, and the start of the lowest pair it removed for replay to
+/// rebuild (records below it belong to windows that were closed and pruned).
+struct Scanned {
+    catalogue: BTreeMap<u64, Arc<ClosedPair>>,
+    lowest_removed: Option<u64>,
 }
 
 /// What `open` hands back besides the request channel.
@@ -149,25 +163,27 @@ pub(crate) async fn open<E: Env>(
     fs.create_dir_all(&dir)
         .await
         .map_err(|e| Error::io(&dir, e))?;
-    let (wal, records) = Wal::open(
-        fs.clone(),
-        &dir,
-        config.sync_policy,
-        config.wal_segment_bytes,
-    )
-    .await?;
+    let contents = Wal::read(fs.clone(), &dir).await?;
     let mut wal_receipts: BTreeMap<u64, u64> = BTreeMap::new();
-    for r in &records {
+    for r in &contents.records {
         *wal_receipts.entry(r.height).or_default() += r.receipts.len() as u64;
     }
-    let catalogue = scan(&fs, &dir, &wal_receipts).await?;
+    let Scanned {
+        catalogue,
+        lowest_removed,
+    } = scan(&fs, &dir, &wal_receipts).await?;
     let (file_start_block, last_seen) = match catalogue.values().next_back() {
         Some(t) => match t.max_block {
             Some(m) => (m.saturating_add(1).max(t.start + 1), Some(m)),
             None => (t.start + 1, None),
         },
-        None => (0, None),
+        // With every pair removed for replay to rebuild, the lowest one's start is the floor:
+        // WAL records below it belong to windows already pruned, which must not come back.
+        None => (lowest_removed.unwrap_or(0), None),
     };
+    let (wal, records) = contents
+        .open(config.sync_policy, config.wal_segment_bytes, file_start_block)
+        .await?;
     let ending: SharedEnding = Arc::new(Mutex::new(None));
     let mut state = State {
         env: env.clone(),
@@ -228,7 +244,6 @@ impl<E: Env> State<E> {
                 continue;
             }
             if below {
-                mark!("replay-record-below-floor-dropped");
                 continue;
             }
             if self.last_seen.is_some_and(|l| rec.height < l) {

@@ -136,14 +136,20 @@ pub struct Wal<F: Fs> {
     next_seq: u64,
 }
 
+/// Every valid record of a WAL directory, read at open before anything is rewritten: the caller
+/// decides which records are still needed (see [`WalContents::open`]).
+pub struct WalContents<F: Fs> {
+    fs: F,
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    /// Every valid record, in sequence order, duplicates merged.
+    pub records: Vec<WalRecord>,
+}
+
 impl<F: Fs> Wal<F> {
-    /// Opens (creating if needed) the WAL under `data_dir/wal` and returns every record in it.
-    pub async fn open(
-        fs: F,
-        data_dir: &Path,
-        policy: SyncPolicy,
-        segment_limit_bytes: u64,
-    ) -> Result<(Wal<F>, Vec<WalRecord>), WalError> {
+    /// Reads (creating the directory if needed) every record of the WAL under `data_dir/wal`,
+    /// cutting a torn tail. Nothing else is written until [`WalContents::open`].
+    pub async fn read(fs: F, data_dir: &Path) -> Result<WalContents<F>, WalError> {
         let dir = data_dir.join(WAL_DIR_NAME);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -211,10 +217,49 @@ impl<F: Fs> Wal<F> {
             }
         }
 
+        Ok(WalContents {
+            fs,
+            dir,
+            segments,
+            records,
+        })
+    }
+}
+
+impl<F: Fs> WalContents<F> {
+    /// Opens the WAL for appending, keeping only the records at or above block `floor` (those
+    /// below are held by durable closed pairs or were pruned with them) and returning them.
+    pub async fn open(
+        self,
+        policy: SyncPolicy,
+        segment_limit_bytes: u64,
+        floor: u64,
+    ) -> Result<(Wal<F>, Vec<WalRecord>), WalError> {
+        let WalContents {
+            fs,
+            dir,
+            mut segments,
+            records,
+        } = self;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::Io { path, source }
+        };
         let next_seq = records
             .last()
             .map(|r| r.seq + 1)
             .unwrap_or_else(|| segments.last().map(|s| s.first_seq).unwrap_or(1));
+        let read_count = records.len();
+        let records: Vec<WalRecord> = records.into_iter().filter(|r| r.height >= floor).collect();
+        if records.len() < read_count {
+            mark!("wal-records-below-floor-dropped");
+        }
+        if records.is_empty() && read_count > 0 {
+            // Nothing is needed any more: start afresh at the next sequence number.
+            for seg in segments.drain(..) {
+                fs.remove(&seg.path).await.map_err(io(&seg.path))?;
+            }
+        }
         if !records.is_empty() {
             // Rewrite every valid record into a fresh, fsynced segment before anything is
             // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
@@ -277,6 +322,9 @@ impl<F: Fs> Wal<F> {
         };
         Ok((wal, records))
     }
+}
+
+impl<F: Fs> Wal<F> {
 
     pub fn dir(&self) -> &Path {
         &self.dir
