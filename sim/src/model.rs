@@ -482,6 +482,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn log_indices_continue_across_writes_to_the_same_block() {

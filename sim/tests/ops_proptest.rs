@@ -110,6 +110,7 @@ fn plan(steps: &[Step], mbf: u64, keep_recent: u64, always: bool, readers: u32) 
             readers,
             weights: Default::default(),
             fs_faults: vec![],
+            time_jump_per_mille: 20,
         },
         ops,
         reason: String::new(),
