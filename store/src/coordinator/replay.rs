@@ -102,8 +102,10 @@ async fn scan<F: Fs>(
             // The newest pair torn by a power loss inside its finalize (footer bytes written but
             // never synced) looks corrupt rather than unfinished; its closing rotation never
             // dropped a WAL record, so the WAL still holds its window and replay rebuilds it.
-            Err(Error::CorruptFile { .. })
-                if may_remove_unfinished && wal_receipts.range(last..).next().is_some() =>
+            Err(Error::CorruptFile { ref reason, .. })
+                if may_remove_unfinished
+                    && !reason.starts_with(UNFINISHED)
+                    && wal_receipts.range(last..).next().is_some() =>
             {
                 mark!("open-torn-pair-rebuilt");
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
