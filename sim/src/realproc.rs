@@ -805,6 +805,14 @@ impl SeedRun<'_> {
                     deadline = Some(Instant::now() + k.delay);
                 }
             }
+            // Checked before reading: a child printing faster than we read must not outrun
+            // its kill.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // On Unix `Child::kill` sends SIGKILL. A child that exited meanwhile is a
+                // zombie until waited for, so the signal cannot reach another process.
+                let _ = child.kill();
+                return true;
+            }
             let wait = deadline.map_or(CHILD_SILENCE_MAX, |d| {
                 d.saturating_duration_since(Instant::now())
             });
@@ -817,14 +825,8 @@ impl SeedRun<'_> {
                         return false;
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => {
-                    let kind = self.doing.clone();
-                    // On Unix `Child::kill` sends SIGKILL. A child that exited meanwhile is a
-                    // zombie until waited for, so the signal cannot reach another process.
-                    let _ = child.kill();
-                    *self.out.kills_during.entry(kind).or_default() += 1;
-                    return true;
-                }
+                // The deadline passed: the check above kills.
+                Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     self.fail(Failure::new(
@@ -871,20 +873,13 @@ impl SeedRun<'_> {
                 return RunEnd::Failed;
             }
         };
-        // SIGKILL is signal 9 on every Unix.
+        // SIGKILL is signal 9 on every Unix. Otherwise the kill came too late: the child had
+        // ended on its own.
         if sent_kill && status.signal() == Some(9) {
             self.out.kills += 1;
+            // Every line it printed has been read: this is what it was doing when it died.
+            *self.out.kills_during.entry(self.doing.clone()).or_default() += 1;
             return RunEnd::Killed;
-        }
-        if sent_kill {
-            // The kill came too late: the child had already ended on its own.
-            let kind = self.doing.clone();
-            if let Some(n) = self.out.kills_during.get_mut(&kind) {
-                *n -= 1;
-                if *n == 0 {
-                    self.out.kills_during.remove(&kind);
-                }
-            }
         }
         if status.success() && self.closed {
             self.out.clean_closes += 1;
@@ -1077,10 +1072,13 @@ pub fn run_real_plan(
         scenario: plan.scenario.clone(),
         ..Default::default()
     };
-    let tmp = match tempfile::Builder::new()
-        .prefix(&format!("real-{}-{}-", plan.seed, out.policy))
-        .tempdir_in(&opts.work_dir)
-    {
+    // Absolute, so the child (and a kept directory's report line) names the same place.
+    let work_dir = std::path::absolute(&opts.work_dir).unwrap_or_else(|_| opts.work_dir.clone());
+    let tmp = match std::fs::create_dir_all(&work_dir).and_then(|()| {
+        tempfile::Builder::new()
+            .prefix(&format!("real-{}-{}-", plan.seed, out.policy))
+            .tempdir_in(&work_dir)
+    }) {
         Ok(t) => t,
         Err(e) => {
             out.failures.push(

@@ -235,3 +235,27 @@ fn a_failing_run_gets_a_one_line_reproduction() {
         "cargo run --release -p receipt-sim -- real --seed 12 --seeds 1 --policy never   # at commit abc123"
     );
 }
+
+// Harness strength on a real directory: a store bug, not only damage, is caught. The planted
+// replay bug skips the WAL record at the open window's first block; it is active on this
+// thread, where the parent opens and checks the directory after each kill (the children replay
+// correctly), and the check finds the acked block missing.
+#[cfg(feature = "canary")]
+#[test]
+fn a_replay_that_skips_the_window_start_record_is_caught_after_a_kill() {
+    use receipt_store::canary::{self, Canary};
+    canary::set(Some(Canary::ReplayBoundaryOffByOne));
+    let o = run_with(
+        &writes_plan(9, 40, 4),
+        4,
+        &|_: &Path, _: usize, _: &Model| {},
+    );
+    canary::set(None);
+    let first = o
+        .failures
+        .first()
+        .unwrap_or_else(|| panic!("not caught: {o:?}"));
+    eprintln!("caught after {} kill(s): {first}", o.kills);
+    assert!(o.kills > 0, "{o:?}");
+    assert!(first.starts_with("[recovery]"), "{first}");
+}
