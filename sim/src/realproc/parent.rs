@@ -39,8 +39,9 @@ pub struct RealOptions {
     pub keep_failed: bool,
 }
 
-/// Called after each kill with the data directory and the kill's number (from 1), before the
-/// parent reopens: tests damage the directory here to prove the checks catch it.
+/// Called after each kill with the data directory, the kill's number (from 1) and the model as
+/// the child's lines left it, before the parent reopens: tests damage the directory here to prove
+/// the checks catch it.
 pub type AfterKill<'a> = &'a (dyn Fn(&Path, usize, &Model) + Sync);
 
 /// The outcome of one seed under one sync policy.
