@@ -6,6 +6,7 @@ pub mod exec;
 pub mod fs;
 pub mod model;
 pub mod plan;
+pub mod realproc;
 pub mod report;
 pub mod runtime;
 pub mod shrink;

@@ -123,6 +123,45 @@ enum Cmd {
         #[arg(long)]
         canary: Option<String>,
     },
+    /// Real-process crash campaign: run plans in a child process on a real directory, SIGKILL
+    /// it at seeded points, reopen and check with the model; exits 1 on any failure.
+    Real {
+        /// Scenario name (a file in scenarios/).
+        #[arg(long, default_value = receipt_sim::realproc::DEFAULT_SCENARIO)]
+        scenario: String,
+        /// Number of seeds.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Base seed: the campaign runs seeds base..base+N.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Kills per seed (fewer when the plan ends first).
+        #[arg(long, default_value_t = receipt_sim::realproc::DEFAULT_KILLS)]
+        kills: usize,
+        /// Sync policy: always, never or both (each seed under each).
+        #[arg(long, default_value = "both")]
+        policy: String,
+        /// Seeds run at once (each a chain of child processes).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Where the per-run directories are made (default: the system temp dir); failing
+        /// runs' directories are kept.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Report path (default reports/real-<policy>-<seed>.json).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// The child of `real` (internal): runs a plan from an op on the store in a directory.
+    #[command(hide = true)]
+    Child {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        from_op: usize,
+    },
 }
 
 fn default_jobs() -> usize {
@@ -474,6 +513,42 @@ fn main() {
                 repro_command_with(seed, &scenario, canary.as_deref())
             );
             std::process::exit(1);
+        }
+        Cmd::Real {
+            scenario,
+            seeds,
+            seed,
+            kills,
+            policy,
+            jobs,
+            work_dir,
+            report,
+        } => {
+            let policies =
+                receipt_sim::realproc::parse_policies(&policy).unwrap_or_else(|e| die(&e));
+            let sc = load_scenario(&scenario).unwrap_or_else(|e| die(&e));
+            let exe = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
+            let c = receipt_sim::realproc::Campaign {
+                scenario,
+                seeds,
+                base_seed: seed,
+                policies,
+                jobs,
+                options: receipt_sim::realproc::RealOptions {
+                    exe,
+                    kills,
+                    work_dir: work_dir.unwrap_or_else(std::env::temp_dir),
+                    keep_failed: true,
+                },
+                commit: commit(),
+            };
+            let report = report
+                .unwrap_or_else(|| PathBuf::from(format!("reports/real-{policy}-{seed}.json")));
+            let failed = receipt_sim::realproc::run_campaign(&c, |s| generate(s, &sc), &report);
+            std::process::exit(i32::from(failed));
+        }
+        Cmd::Child { dir, plan, from_op } => {
+            std::process::exit(receipt_sim::realproc::child_main(&dir, &plan, from_op));
         }
     }
 }
