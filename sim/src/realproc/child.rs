@@ -83,11 +83,14 @@ async fn child_run(plan: &Plan, dir: &Path, from_op: usize) -> i32 {
                     if *n > 0 {
                         if let Ok(after) = store.status().await {
                             if after.pending_deletes == 0 {
-                                let starts = before
-                                    .into_iter()
-                                    .filter(|s| !after.closed_pairs.contains(s))
+                                // The newest pair is never pruned: each pruned window ends
+                                // where the next pair on the list before the prune starts.
+                                let windows = before
+                                    .windows(2)
+                                    .filter(|w| !after.closed_pairs.contains(&w[0]))
+                                    .map(|w| (w[0], w[1]))
                                     .collect();
-                                emit(&Msg::Pruned { op: i, starts });
+                                emit(&Msg::Pruned { op: i, windows });
                             }
                         }
                     }
@@ -125,6 +128,8 @@ async fn child_run(plan: &Plan, dir: &Path, from_op: usize) -> i32 {
             | Op::ReadLogs { .. }
             | Op::Crash
             | Op::PowerLoss
+            | Op::CrashInside { .. }
+            | Op::AfterEnd { .. }
             | Op::Failpoint { .. }
             | Op::FsFault { .. } => {}
         }

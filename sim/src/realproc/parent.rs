@@ -236,7 +236,7 @@ impl SeedRun<'_> {
                 }
             }
             Msg::Failed { op, kind, detail } => self.on_failed(op, kind, &detail),
-            Msg::Pruned { starts, .. } => self.model.pruned.extend(starts),
+            Msg::Pruned { windows, .. } => self.model.pruned.extend(windows),
             Msg::Closing { next_op } => {
                 self.resume = next_op;
                 self.doing = "close".into();
@@ -577,7 +577,6 @@ impl SeedRun<'_> {
                     &files,
                     &self.data,
                     &status,
-                    &self.model.pruned,
                 ));
             }
             (Err(e), _) => out.push(Failure::new(Check::Open, format!("status after open: {e}"))),
@@ -617,6 +616,7 @@ impl SeedRun<'_> {
             }
         }
         out.extend(check::phantoms(&tagged, &got));
+        out.extend(check::resurrected(&got, &self.model.pruned));
         let blocks: BTreeSet<u64> = got.receipts.iter().map(|r| r.block_number).collect();
         self.out.recovered_blocks += blocks.len();
         // `crash` drops the store as a kill would, leaving the image for the second open and

@@ -75,7 +75,8 @@ pub enum Msg {
     /// are durable and the windows must never come back.
     Pruned {
         op: usize,
-        starts: Vec<u64>,
+        /// (start, end exclusive) of each window whose deletion was made durable.
+        windows: Vec<(u64, u64)>,
     },
     /// The child is about to close the store cleanly; the next child starts at `next_op`.
     Closing {
@@ -107,10 +108,10 @@ impl fmt::Display for Msg {
             Msg::Failed { op, kind, detail } => {
                 write!(f, "failed {op} {} {}", kind.tag(), one_line(detail))
             }
-            Msg::Pruned { op, starts } => {
+            Msg::Pruned { op, windows } => {
                 write!(f, "pruned {op}")?;
-                for s in starts {
-                    write!(f, " {s}")?;
+                for (s, e) in windows {
+                    write!(f, " {s}-{e}")?;
                 }
                 Ok(())
             }
@@ -150,8 +151,13 @@ impl Msg {
             "pruned" => {
                 let mut it = rest.split(' ');
                 let op = num(it.next()?)?;
-                let starts = it.map(|s| s.parse().ok()).collect::<Option<Vec<u64>>>()?;
-                Msg::Pruned { op, starts }
+                let windows = it
+                    .map(|w| {
+                        let (s, e) = w.split_once('-')?;
+                        Some((s.parse().ok()?, e.parse().ok()?))
+                    })
+                    .collect::<Option<Vec<(u64, u64)>>>()?;
+                Msg::Pruned { op, windows }
             }
             "closing" => Msg::Closing {
                 next_op: num(rest)?,
@@ -192,11 +198,11 @@ mod tests {
             },
             Msg::Pruned {
                 op: 7,
-                starts: vec![0, 16],
+                windows: vec![(0, 16), (16, 32)],
             },
             Msg::Pruned {
                 op: 8,
-                starts: vec![],
+                windows: vec![],
             },
             Msg::Closing { next_op: 80 },
             Msg::Closed { next_op: 80 },
