@@ -56,6 +56,8 @@ pub struct Outcome {
     pub state_hash: u64,
     /// Coverage marks the store hit during this run, with their hit counts.
     pub marks: BTreeMap<String, u64>,
+    /// A hash of the on-disk image right after each crash or power loss, in order.
+    pub crash_images: Vec<u64>,
     #[serde(skip)]
     pub trace: Vec<String>,
     /// On a recovery mismatch: the state recovered and the nearest expected state.
@@ -396,6 +398,7 @@ impl Run<'_> {
             self.log("crash point reached: process crash".into());
             self.fs.crash_process();
         }
+        self.out.crash_images.push(self.fs.image_hash());
         true
     }
 
@@ -447,6 +450,7 @@ impl Run<'_> {
         } else {
             self.fs.crash_process();
         }
+        self.out.crash_images.push(self.fs.image_hash());
         self.recover(power_loss).await
     }
 
@@ -1062,7 +1066,9 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
             scenario: plan.scenario.clone(),
             ..Default::default()
         },
-        fault_rng: ChaCha8Rng::seed_from_u64(plan.seed ^ FAULT_STREAM),
+        fault_rng: ChaCha8Rng::seed_from_u64(
+            plan.seed ^ FAULT_STREAM ^ plan.fault_salt.rotate_left(17),
+        ),
         trace_on,
         trace_fnv: 0xcbf2_9ce4_8422_2325,
         readers: Arc::new(Mutex::new(ReaderShared::default())),

@@ -236,6 +236,20 @@ impl SimFs {
         out
     }
 
+    /// A hash of every directory entry and the bytes its file holds now: two images with the
+    /// same hash hold the same files with the same bytes.
+    pub fn image_hash(&self) -> u64 {
+        let s = self.state.lock().unwrap();
+        let mut h = crate::model::Fnv::default();
+        for (dir, d) in &s.dirs {
+            for (name, ino) in &d.entries {
+                h.bytes(dir.join(name).to_string_lossy().as_bytes());
+                h.bytes(&s.inodes[ino].data);
+            }
+        }
+        h.0
+    }
+
     /// A process crash: nothing written is lost; every open handle goes stale.
     pub fn crash_process(&self) {
         let mut s = self.state.lock().unwrap();

@@ -278,6 +278,14 @@ pub struct Plan {
     /// Why this plan is kept (corpus entries only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Mixed into the fault stream: the same ops with another salt see other power-loss images
+    /// and fault draws (how `explore` enumerates durable images).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fault_salt: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 impl Plan {
@@ -646,6 +654,7 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
         swarm,
         ops,
         reason: String::new(),
+        fault_salt: 0,
     }
 }
 
