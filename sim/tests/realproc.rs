@@ -94,6 +94,7 @@ fn writes_plan(seed: u64, writes: u64, window: u64) -> Plan {
             readers: 0,
             weights: Default::default(),
             fs_faults: vec![],
+            time_jump_per_mille: 0,
         },
         ops: (1..=writes)
             .map(|height| Op::Write {
