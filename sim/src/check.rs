@@ -316,6 +316,7 @@ enum FileKind {
     Logs(u64),
     WalSegment,
     WalScratch,
+    Quarantined,
     Unknown,
 }
 
@@ -325,11 +326,15 @@ fn classify(dir: &Path, path: &Path) -> FileKind {
     };
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     match parts.as_slice() {
-        [name] => match receipt_store::files::parse_pair_name(name) {
+        // A pair file under its final name or, while its pair is open, under the open name.
+        [name] => match receipt_store::files::parse_pair_name(name)
+            .or_else(|| receipt_store::files::parse_open_pair_name(name))
+        {
             Some((receipt_store::parquet::reader::FileKind::Receipts, s)) => FileKind::Receipts(s),
             Some((receipt_store::parquet::reader::FileKind::Logs, s)) => FileKind::Logs(s),
             None => FileKind::Unknown,
         },
+        ["quarantine", _] => FileKind::Quarantined,
         ["wal", name] if receipt_store::wal::parse_segment_name(name).is_some() => {
             FileKind::WalSegment
         }
@@ -353,7 +358,7 @@ pub fn check_files(
         match classify(dir, path) {
             FileKind::Receipts(s) => pairs.entry(s).or_default().0 = true,
             FileKind::Logs(s) => pairs.entry(s).or_default().1 = true,
-            FileKind::WalSegment | FileKind::WalScratch => {}
+            FileKind::WalSegment | FileKind::WalScratch | FileKind::Quarantined => {}
             FileKind::Unknown if path.starts_with(dir) => out.push(Failure::new(
                 Check::Files,
                 format!("unexpected file {} after open", path.display()),

@@ -170,6 +170,28 @@ impl<E: Env> Store<E> {
         self.call(|reply| Request::Prune { reply }).await
     }
 
+    /// Prunes every closed pair whose blocks are all below `block`, whatever `keep_recent` says;
+    /// returns the pairs deleted. The newest closed pair is always kept (it anchors the file
+    /// start and last seen block after a reopen), and a pair a live read still uses is deleted
+    /// once that read is done (it is no longer served from now on).
+    pub async fn prune_below(&self, block: u64) -> Result<usize> {
+        self.call(|reply| Request::PruneBelow { block, reply })
+            .await
+    }
+
+    /// The latest block (upstream's `LatestVersion`): the highest block written or observed
+    /// empty, remembered across reopens. `Ok(None)` before the first block.
+    pub async fn latest_version(&self) -> Result<Option<u64>> {
+        Ok(self.status().await?.latest_version)
+    }
+
+    /// The earliest block the store still holds a receipt for (closed files or the open
+    /// window); it moves up as pruning deletes windows. `Ok(None)` when it holds none.
+    pub async fn earliest_version(&self) -> Result<Option<u64>> {
+        let snap = self.snapshot().await?;
+        self.reader().earliest_block(&snap).await
+    }
+
     pub async fn status(&self) -> Result<Status> {
         self.call(|reply| Request::Status { reply }).await
     }
