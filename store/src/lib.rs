@@ -19,7 +19,10 @@
 //! * `get_receipt` returns the earliest block holding the hash (11.11); reads see the open
 //!   window without a separate cache (11.10, 11.12) and never run on the coordinator (11.19);
 //! * deletion failures are reported, never swallowed (11.3);
-//! * files carry a crc32c of their body in the footer metadata, verified on first open.
+//! * files carry a crc32c of their body in the footer metadata, verified on first open;
+//! * every `*.parquet` is a finished file (the open pair is written under hidden `.open` names),
+//!   and nothing the WAL does not cover is ever deleted: it goes to `quarantine/` (issue 9);
+//! * the last seen block survives a reopen (footer key) and empty blocks raise the latest block.
 
 #[cfg(feature = "canary")]
 pub mod canary;
@@ -45,7 +48,9 @@ macro_rules! planted {
 pub(crate) use planted;
 
 pub use coordinator::{failpoints, FaultHook, Snapshot, Status};
-pub use error::{Error, Result};
+pub use error::{Error, FilesError, Result};
+pub use files::{QuarantineReason, QuarantinedFile};
+pub use wal::{WalTailCut, WalTailKind};
 pub use query::LogFilter;
 pub use types::*;
 
@@ -80,8 +85,10 @@ impl<E: Env> Clone for Store<E> {
 }
 
 impl<E: Env> Store<E> {
-    /// Opens (creating if needed) the store in `dir`: scans closed pairs, removes an unfinished
-    /// trailing pair, replays the WAL into the open window and starts the coordinator.
+    /// Opens (creating if needed) the store in `dir`: scans closed pairs (completing a
+    /// finalization a crash interrupted, removing the open pair of a crashed store, moving what
+    /// it cannot use to `quarantine/`), replays the WAL into the open window and starts the
+    /// coordinator.
     pub async fn open(env: E, dir: impl AsRef<Path>, config: Config) -> Result<Self> {
         Self::open_with_hook(env, dir, config, None).await
     }

@@ -579,12 +579,16 @@ async fn an_open_named_file_below_a_closed_pair_is_quarantined() {
 
 /// The python with duckdb to run: `RECEIPT_STORE_PYTHON`, else the venv `target/duckdb-venv`
 /// (`python3 -m venv target/duckdb-venv && target/duckdb-venv/bin/pip install duckdb`), else
-/// `python3`. `Err` says why none can be used.
+/// the benchmark's `target/bench-venv`, else `python3`. `Err` says why none can be used.
 fn python_with_duckdb() -> Result<String, String> {
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/duckdb-venv/bin/python");
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
     let candidates: Vec<String> = std::env::var("RECEIPT_STORE_PYTHON")
         .into_iter()
-        .chain([venv.to_string(), "python3".to_string()])
+        .chain([
+            format!("{target}/duckdb-venv/bin/python"),
+            format!("{target}/bench-venv/bin/python"),
+            "python3".to_string(),
+        ])
         .collect();
     for py in &candidates {
         let ok = Command::new(py)

@@ -709,3 +709,156 @@ impl<F: Fs> Wal<F> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::record::encode_frame;
+    use super::*;
+    use crate::types::LogInput;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Part {
+        Intact,
+        Rotten,
+        /// Cut short: the append was torn inside this part.
+        Short,
+        /// Not written at all (only for the trailer).
+        Absent,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Verdict {
+        Valid,
+        Torn,
+        Corrupt,
+    }
+
+    fn receipts() -> Vec<ReceiptInput> {
+        vec![ReceiptInput {
+            tx_hash: [3; 32],
+            tx_index: 0,
+            receipt_bytes: vec![5; 40],
+            logs: vec![LogInput {
+                address: [1; 20],
+                topics: vec![[2; 32]],
+                data: vec![9; 7],
+            }],
+        }]
+    }
+
+    /// A segment of one good record and a last record whose header, payload and trailer are in
+    /// the given states; `None` when the combination cannot be written (nothing follows a part
+    /// cut short).
+    fn segment(h: Part, p: Part, t: Part) -> Option<Vec<u8>> {
+        let mut bytes = encode_frame(1, 10, &receipts());
+        let frame = encode_frame(2, 11, &receipts());
+        let payload_len = frame.len() - 2 * MARKER_BYTES;
+        let (head, rest) = frame.split_at(MARKER_BYTES);
+        let (payload, trailer) = rest.split_at(payload_len);
+        let rot = |b: &[u8], at: usize| {
+            let mut b = b.to_vec();
+            b[at] ^= 0x08;
+            b
+        };
+        let mut last = Vec::new();
+        match h {
+            Part::Intact => last.extend_from_slice(head),
+            Part::Rotten => last.extend(rot(head, 10)),
+            Part::Short => {
+                last.extend_from_slice(&head[..20]);
+                return (p == Part::Absent && t == Part::Absent).then(|| {
+                    bytes.extend(last);
+                    bytes
+                });
+            }
+            Part::Absent => return None,
+        }
+        match p {
+            Part::Intact => last.extend_from_slice(payload),
+            Part::Rotten => last.extend(rot(payload, payload_len / 2)),
+            Part::Short => {
+                last.extend_from_slice(&payload[..payload_len / 2]);
+                return (t == Part::Absent).then(|| {
+                    bytes.extend(last);
+                    bytes
+                });
+            }
+            Part::Absent => return None,
+        }
+        match t {
+            Part::Intact => last.extend_from_slice(trailer),
+            Part::Rotten => last.extend(rot(trailer, 10)),
+            Part::Short => last.extend_from_slice(&trailer[..MARKER_BYTES - 10]),
+            Part::Absent => {}
+        }
+        bytes.extend(last);
+        Some(bytes)
+    }
+
+    /// The table of the module doc, for the last record of the log: whole header and payload
+    /// make a valid record (the trailer is redundancy); otherwise a valid trailer means the
+    /// append completed and the record is corrupt; otherwise it is a torn append.
+    fn expected(h: Part, p: Part, t: Part) -> Verdict {
+        if h == Part::Intact && p == Part::Intact {
+            Verdict::Valid
+        } else if t == Part::Intact && p != Part::Short {
+            Verdict::Corrupt
+        } else {
+            Verdict::Torn
+        }
+    }
+
+    /// Every combination of header, payload and trailer state of the last record lands on
+    /// exactly one verdict, the one the table gives, and the bad bytes are one tail region.
+    #[test]
+    fn every_state_of_the_last_record_lands_on_one_verdict() {
+        use Part::*;
+        let mut seen = 0;
+        for h in [Intact, Rotten, Short, Absent] {
+            for p in [Intact, Rotten, Short, Absent] {
+                for t in [Intact, Rotten, Short, Absent] {
+                    let Some(bytes) = segment(h, p, t) else {
+                        continue;
+                    };
+                    seen += 1;
+                    let scan = scan_segment(&bytes, 1);
+                    let got = match (scan.records.len(), scan.tail()) {
+                        (2, None) if scan.bad.is_empty() => Verdict::Valid,
+                        (1, Some(b)) if scan.bad.len() == 1 && b.complete => Verdict::Corrupt,
+                        (1, Some(b)) if scan.bad.len() == 1 => Verdict::Torn,
+                        other => panic!("{h:?} {p:?} {t:?}: no single verdict: {other:?}"),
+                    };
+                    assert_eq!(got, expected(h, p, t), "{h:?} {p:?} {t:?}");
+                    if got != Verdict::Valid {
+                        let b = scan.tail().expect("a tail");
+                        assert_eq!(b.offset_bytes, scan.valid_len, "{h:?} {p:?} {t:?}");
+                        assert_eq!(b.end_bytes as usize, bytes.len());
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 2 * 2 * 4 + 2 + 1, "every writable combination was tried");
+    }
+
+    /// Rot in a record with valid records after it is a bad region in the middle, not a tail;
+    /// the scan resumes at the next record, which bounds the bad record's height.
+    #[test]
+    fn a_bad_record_in_the_middle_is_skipped_to_the_next_valid_one() {
+        let mut bytes = Vec::new();
+        for seq in 1..=4u64 {
+            bytes.extend(encode_frame(seq, 10 + seq, &receipts()));
+        }
+        let frame_len = bytes.len() / 4;
+        bytes[frame_len + MARKER_BYTES + 3] ^= 0x40;
+        let scan = scan_segment(&bytes, 1);
+        assert_eq!(
+            scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(scan.bad.len(), 1);
+        assert_eq!(scan.bad[0].offset_bytes as usize, frame_len);
+        assert_eq!(scan.bad[0].end_bytes as usize, 2 * frame_len);
+        assert_eq!(scan.bad[0].records_before, 1);
+        assert!(scan.valid_after_bad && scan.tail().is_none());
+    }
+}
