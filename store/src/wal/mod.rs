@@ -825,7 +825,7 @@ mod tests {
                     let got = match (scan.records.len(), scan.tail()) {
                         (2, None) if scan.bad.is_empty() => Verdict::Valid,
                         (1, Some(b)) if scan.bad.len() == 1 && b.complete => Verdict::Corrupt,
-                        (1, Some(b)) if scan.bad.len() == 1 => Verdict::Torn,
+                        (1, Some(_)) if scan.bad.len() == 1 => Verdict::Torn,
                         other => panic!("{h:?} {p:?} {t:?}: no single verdict: {other:?}"),
                     };
                     assert_eq!(got, expected(h, p, t), "{h:?} {p:?} {t:?}");
