@@ -342,6 +342,7 @@ pub enum FileKind {
     Logs(u64),
     WalSegment,
     WalScratch,
+    Quarantined,
     Unknown,
 }
 
@@ -364,13 +365,19 @@ pub fn classify(dir: &Path, path: &Path) -> FileKind {
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     match parts.as_slice() {
         [name] => {
-            let stem = name.strip_suffix(".parquet");
+            // Under its final name, or while its pair is open under the name globs skip.
+            let final_name = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".open"))
+                .unwrap_or(name);
+            let stem = final_name.strip_suffix(".parquet");
             match stem.and_then(|s| s.split_once('_')) {
                 Some(("receipts", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Receipts),
                 Some(("logs", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Logs),
                 _ => FileKind::Unknown,
             }
         }
+        ["quarantine", _] => FileKind::Quarantined,
         ["wal", name] => match name.strip_suffix(".wal") {
             Some(n) if n.len() == 20 && block_digits(n).is_some() => FileKind::WalSegment,
             _ if *name == "rewrite.tmp" => FileKind::WalScratch,
@@ -394,7 +401,7 @@ pub fn check_files(
         match classify(dir, path) {
             FileKind::Receipts(s) => pairs.entry(s).or_default().0 = true,
             FileKind::Logs(s) => pairs.entry(s).or_default().1 = true,
-            FileKind::WalSegment | FileKind::WalScratch => {}
+            FileKind::WalSegment | FileKind::WalScratch | FileKind::Quarantined => {}
             FileKind::Unknown if path.starts_with(dir) => out.push(Failure::new(
                 Check::Files,
                 format!("unexpected file {} after open", path.display()),

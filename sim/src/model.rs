@@ -391,10 +391,11 @@ impl Model {
     }
 
     /// Blocks pruning may have removed: every block below `latest - keep_recent`, with `latest`
-    /// bounded by the highest write ever issued (conservative: a block here may also survive).
+    /// bounded by the highest block ever issued, empty blocks included (they raise the store's
+    /// latest block too); conservative: a block here may also survive.
     pub fn prunable(&self) -> impl Fn(u64) -> bool + Send + 'static {
         let keep = self.keep_recent;
-        let before = self.max_write_height.saturating_sub(keep);
+        let before = self.max_seen.saturating_sub(keep);
         move |b| keep > 0 && b < before
     }
 

@@ -1,6 +1,7 @@
 //! Typed errors, one enum per layer. Texts that callers match on are stable and tested:
 //! `non-monotonic`, `store closed`, `max blocks per file must be greater than 0`, `corrupt`.
 
+pub use crate::files::FilesError;
 use std::io;
 use std::path::PathBuf;
 
@@ -17,6 +18,8 @@ pub enum WalError {
     },
     #[error("wal record too large: {len} bytes (limit {limit})")]
     RecordTooLarge { len: usize, limit: usize },
+    #[error(transparent)]
+    Files(#[from] FilesError),
 }
 
 /// Errors of the store's public API.
@@ -48,6 +51,8 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
     #[error("parquet error on {path}: {reason}")]
     Parquet { path: PathBuf, reason: String },
     #[error("corrupt file {path}: {reason}")]

@@ -19,7 +19,10 @@
 //! * `get_receipt` returns the earliest block holding the hash (11.11); reads see the open
 //!   window without a separate cache (11.10, 11.12) and never run on the coordinator (11.19);
 //! * deletion failures are reported, never swallowed (11.3);
-//! * files carry a crc32c of their body in the footer metadata, verified on first open.
+//! * files carry a crc32c of their body in the footer metadata, verified on first open;
+//! * every `*.parquet` is a finished file (the open pair is written under hidden `.open` names),
+//!   and nothing the WAL does not cover is ever deleted: it goes to `quarantine/` (issue 9);
+//! * the last seen block survives a reopen (footer key) and empty blocks raise the latest block.
 
 #[cfg(feature = "canary")]
 pub mod canary;
@@ -56,7 +59,9 @@ macro_rules! mark {
 pub(crate) use mark;
 
 pub use coordinator::{failpoints, FaultHook, Snapshot, Status};
-pub use error::{Error, Result};
+pub use error::{Error, FilesError, Result};
+pub use files::{QuarantineReason, QuarantinedFile};
+pub use wal::{WalTailCut, WalTailKind};
 pub use query::LogFilter;
 pub use types::*;
 
@@ -91,8 +96,10 @@ impl<E: Env> Clone for Store<E> {
 }
 
 impl<E: Env> Store<E> {
-    /// Opens (creating if needed) the store in `dir`: scans closed pairs, removes an unfinished
-    /// trailing pair, replays the WAL into the open window and starts the coordinator.
+    /// Opens (creating if needed) the store in `dir`: scans closed pairs (completing a
+    /// finalization a crash interrupted, removing the open pair of a crashed store, moving what
+    /// it cannot use to `quarantine/`), replays the WAL into the open window and starts the
+    /// coordinator.
     pub async fn open(env: E, dir: impl AsRef<Path>, config: Config) -> Result<Self> {
         Self::open_with_hook(env, dir, config, None).await
     }
@@ -179,6 +186,28 @@ impl<E: Env> Store<E> {
     /// Runs one prune pass now (the same as a prune tick); returns the pairs deleted.
     pub async fn prune_now(&self) -> Result<usize> {
         self.call(|reply| Request::Prune { reply }).await
+    }
+
+    /// Prunes every closed pair whose blocks are all below `block`, whatever `keep_recent` says;
+    /// returns the pairs deleted. The newest closed pair is always kept (it anchors the file
+    /// start and last seen block after a reopen), and a pair a live read still uses is deleted
+    /// once that read is done (it is no longer served from now on).
+    pub async fn prune_below(&self, block: u64) -> Result<usize> {
+        self.call(|reply| Request::PruneBelow { block, reply })
+            .await
+    }
+
+    /// The latest block (upstream's `LatestVersion`): the highest block written or observed
+    /// empty, remembered across reopens. `Ok(None)` before the first block.
+    pub async fn latest_version(&self) -> Result<Option<u64>> {
+        Ok(self.status().await?.latest_version)
+    }
+
+    /// The earliest block the store still holds a receipt for (closed files or the open
+    /// window); it moves up as pruning deletes windows. `Ok(None)` when it holds none.
+    pub async fn earliest_version(&self) -> Result<Option<u64>> {
+        let snap = self.snapshot().await?;
+        self.reader().earliest_block(&snap).await
     }
 
     pub async fn status(&self) -> Result<Status> {

@@ -192,6 +192,21 @@ impl<F: Fs> Reader<'_, F> {
         Ok(batches)
     }
 
+    /// The lowest block with a receipt: the first closed pair with rows (its index's row-group
+    /// statistics), else the open window's first row.
+    pub async fn earliest_block(&self, snap: &Snapshot) -> Result<Option<u64>> {
+        for pair in &snap.closed {
+            let idx = self.index(pair, FileKind::Receipts).await?;
+            if let Some(b) = idx.row_groups.iter().filter_map(|g| g.min_block).min() {
+                return Ok(Some(b));
+            }
+        }
+        Ok(snap
+            .open
+            .iter()
+            .find_map(|c| c.receipts.first().map(|r| r.block_number)))
+    }
+
     /// Receipts with `hash` (all, or only in `block`), earliest block first.
     pub async fn receipts_by_hash(
         &self,

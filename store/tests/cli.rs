@@ -176,7 +176,7 @@ async fn inspect_reports_closed_pairs_the_unfinished_pair_and_the_wal() {
         "blocks 8..=10",
         "open window (WAL records at or above block 8): blocks 8..=10, 8 receipts, 12 logs",
         "summary: 2 closed pairs, 1 unfinished, 1 WAL segments (4 records), 0 orphans, 0 unknown, \
-         0 problems",
+         0 quarantined, 0 problems",
     ] {
         assert!(out.contains(part), "inspect output lacks {part:?}:\n{out}");
     }
@@ -411,8 +411,9 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
         .expect("a WAL segment");
     let wal_bytes = std::fs::read(&segment).unwrap();
 
-    // Notes only: lone file, unknown entries, a torn tail (half of the last record's bytes).
-    std::fs::write(&segment, &wal_bytes[..wal_bytes.len() - 10]).unwrap();
+    // Notes only: lone file, unknown entries, a torn tail (the last record's trailer and the
+    // end of its payload missing).
+    std::fs::write(&segment, &wal_bytes[..wal_bytes.len() - 40]).unwrap();
     let before = tree(root);
     let r = run(&["inspect", arg(root)]);
     assert_eq!(r.code, 0, "notes are no problem:\n{}", r.stdout);
@@ -469,7 +470,7 @@ async fn the_cli_never_changes_the_directory() {
     let dir = arg(tmp.path());
     let before = tree(tmp.path());
     assert!(
-        before.keys().any(|p| p.ends_with("receipts_8.parquet")),
+        before.keys().any(|p| p.ends_with(".receipts_8.parquet.open")),
         "the unfinished pair a store would delete is there: {:?}",
         before.keys()
     );

@@ -79,7 +79,8 @@ async fn worked_example_rotates_at_boundaries_and_rejects_going_back() {
     }
     assert_eq!(
         names(tmp.path()),
-        vec!["logs_0.parquet", "receipts_0.parquet"]
+        vec![".logs_0.parquet.open", ".receipts_0.parquet.open"],
+        "the open pair is named so that `*.parquet` globs skip it"
     );
     s.write_receipts(4, vec![receipt(4, 0, 1)]).await.unwrap();
     let st = s.status().await.unwrap();
@@ -433,13 +434,14 @@ async fn replay_failure_leaves_no_files_and_no_open_handles() {
     for n in &before_names {
         std::fs::remove_file(tmp.path().join(n)).unwrap();
     }
-    std::fs::create_dir(tmp.path().join("receipts_8.parquet")).unwrap();
-    std::fs::write(tmp.path().join("receipts_8.parquet").join("x"), b"x").unwrap();
+    let blocker = tmp.path().join(".receipts_8.parquet.open");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
     let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1))
         .await
         .err()
         .expect("replay must fail");
-    assert!(err.to_string().contains("receipts_8.parquet"), "{err}");
+    assert!(err.to_string().contains(".receipts_8.parquet.open"), "{err}");
     assert_eq!(
         names(tmp.path()),
         Vec::<String>::new(),

@@ -620,7 +620,7 @@ async fn open_window_rows_are_readable_before_and_after_a_flush() {
             .await
             .unwrap();
     }
-    let open_file = tmp.path().join("receipts_0.parquet");
+    let open_file = tmp.path().join(".receipts_0.parquet.open");
     let size_buffered = std::fs::metadata(&open_file).map(|m| m.len()).unwrap_or(0);
     let expect_logs = |to: u64| -> Vec<(u64, u32, u32)> {
         (1..=to)
@@ -1049,21 +1049,20 @@ async fn reads_racing_writes_rotation_and_prune_never_fail_and_are_consistent() 
         pairs_closed - st.closed_pairs.len(),
         "every pruned pair was deleted exactly once"
     );
-    let on_disk = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "parquet")
-        })
-        .count();
-    assert_eq!(
-        on_disk,
-        2 * (st.closed_pairs.len() + 1),
-        "kept pairs plus the open pair"
-    );
+    let on_disk = |ext: &str| {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
+            .count()
+    };
+    assert_eq!(on_disk("parquet"), 2 * st.closed_pairs.len(), "kept pairs");
+    assert_eq!(on_disk("open"), 2, "and the open pair, under its open names");
     let latest = RACE_BLOCKS;
     for b in latest - RACE_KEEP_RECENT..=latest {
         assert_eq!(

@@ -13,7 +13,10 @@
 
 use clap::{Parser, Subcommand};
 use receipt_store::env::real::{read_whole, RealFs};
-use receipt_store::files::{group_listing, log_file_name, parse_pair_name, receipt_file_name};
+use receipt_store::files::{
+    group_listing, log_file_name, parse_open_pair_name, parse_pair_name, parse_quarantine_name,
+    receipt_file_name, QuarantineReason, QUARANTINE_DIR_NAME,
+};
 use receipt_store::parquet::index::FileIndex;
 use receipt_store::parquet::reader::{FileKind, ParquetFile, UNFINISHED};
 use receipt_store::query::MAX_TOPIC_POSITIONS;
@@ -172,6 +175,8 @@ struct Listing {
     files: Vec<String>,
     /// Whether `wal/` exists.
     has_wal: bool,
+    /// Whether `quarantine/` exists.
+    has_quarantine: bool,
     /// Entries that are neither pair files nor `wal/` (directories get a trailing `/`).
     unknown: Vec<String>,
 }
@@ -182,6 +187,7 @@ fn list_dir(dir: &Path) -> Result<Listing, String> {
     let mut listing = Listing {
         files: Vec::new(),
         has_wal: false,
+        has_quarantine: false,
         unknown: Vec::new(),
     };
     for entry in entries {
@@ -191,12 +197,14 @@ fn list_dir(dir: &Path) -> Result<Listing, String> {
             .file_type()
             .map_err(|e| format!("cannot stat {name}: {e}"))?;
         if kind.is_file() {
-            if parse_pair_name(&name).is_none() {
+            if parse_pair_name(&name).is_none() && parse_open_pair_name(&name).is_none() {
                 listing.unknown.push(name.clone());
             }
             listing.files.push(name);
         } else if kind.is_dir() && name == WAL_DIR_NAME {
             listing.has_wal = true;
+        } else if kind.is_dir() && name == QUARANTINE_DIR_NAME {
+            listing.has_quarantine = true;
         } else if kind.is_dir() {
             listing.unknown.push(format!("{name}/"));
         } else {
@@ -290,8 +298,11 @@ struct SegmentReport {
     records: Vec<WalRecord>,
     /// (offset, reason) of the first bad bytes.
     bad: Option<(u64, String)>,
-    /// The bad bytes are a torn tail (last segment, nothing valid after): the store cuts them.
+    /// The bad bytes are the tail (last segment, nothing valid after): the store cuts them.
     torn: bool,
+    /// The tail is a completely written record damaged since (its trailer is valid), not an
+    /// append a crash interrupted.
+    corrupt_tail: bool,
 }
 
 /// Everything under `wal/`, scanned, and the records a store would replay, in order.
@@ -337,6 +348,7 @@ fn read_wal(dir: &Path) -> Result<WalReport, String> {
             read_whole(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let scan = scan_segment(&bytes, first_seq);
         let torn = scan.bad_offset.is_some() && i + 1 == count && !scan.valid_after_bad;
+        let corrupt_tail = torn && scan.bad.first().is_some_and(|b| b.complete);
         if let (Some(offset), false) = (scan.bad_offset, torn) {
             report.problems.push(format!(
                 "{WAL_DIR_NAME}/{name}: corrupt at offset {offset}: {}",
@@ -363,6 +375,7 @@ fn read_wal(dir: &Path) -> Result<WalReport, String> {
             records: scan.records,
             bad: scan.bad_offset.map(|o| (o, scan.reason)),
             torn,
+            corrupt_tail,
         });
     }
     Ok(report)
@@ -759,6 +772,15 @@ fn inspect_wal(wal: &WalReport, floor: u64, f: &mut Findings) {
         };
         let state = match &seg.bad {
             None => "clean".to_string(),
+            Some((offset, reason)) if seg.corrupt_tail => {
+                f.problems.push(format!(
+                    "{WAL_DIR_NAME}/{}: the last record, completely written, is corrupt at \
+                     offset {offset} ({reason}); opening the store cuts it and keeps its bytes \
+                     in {QUARANTINE_DIR_NAME}/",
+                    seg.name
+                ));
+                format!("CORRUPT last record at offset {offset}: {reason}")
+            }
             Some((offset, reason)) if seg.torn => {
                 f.notes.push(format!(
                     "{WAL_DIR_NAME}/{}: torn tail at offset {offset} ({reason}); opening the \
@@ -806,6 +828,33 @@ fn inspect_wal(wal: &WalReport, floor: u64, f: &mut Findings) {
     }
 }
 
+/// Lists `quarantine/`: what earlier opens could not use. A torn WAL tail and corruption in
+/// records closed files cover are notes; everything else may be data no longer served.
+fn inspect_quarantine(dir: &Path, f: &mut Findings) -> Result<usize, String> {
+    let qdir = dir.join(QUARANTINE_DIR_NAME);
+    let mut names: Vec<(String, u64)> = Vec::new();
+    for entry in std::fs::read_dir(&qdir).map_err(|e| format!("cannot list {}: {e}", qdir.display()))? {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", qdir.display()))?;
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        names.push((entry.file_name().to_string_lossy().into_owned(), size));
+    }
+    names.sort();
+    println!("{QUARANTINE_DIR_NAME}/: {} files", names.len());
+    for (name, size) in &names {
+        let (original, tag) = parse_quarantine_name(name).map_or(("?", "?"), |(o, t, _)| (o, t));
+        println!("  {name}: {size} bytes, from {original} ({tag})");
+        let finding = format!("{QUARANTINE_DIR_NAME}/{name} ({tag}, from {original})");
+        if QuarantineReason::needs_attention(tag) {
+            f.problems.push(format!(
+                "{finding}: kept aside by an open; its data is not served"
+            ));
+        } else {
+            f.notes.push(format!("{finding}: kept aside by an open; nothing served was lost"));
+        }
+    }
+    Ok(names.len())
+}
+
 async fn cmd_inspect(dir: &Path) -> Result<ExitCode, String> {
     let listing = list_dir(dir)?;
     let grouped = group_listing(&listing.files);
@@ -825,6 +874,14 @@ async fn cmd_inspect(dir: &Path) -> Result<ExitCode, String> {
         }
     };
     inspect_pairs(dir, &grouped.pairs, &served, &mut f).await;
+    for (start, files) in &grouped.open {
+        println!("pair {start}: unfinished (the open pair, named so globs skip it)");
+        f.notes.push(format!(
+            "pair {start} is the open pair of a running or crashed store ({:?}); its rows are in \
+             the WAL",
+            files
+        ));
+    }
     for name in &grouped.lone {
         println!("orphan: {name} (its counterpart is missing)");
         f.notes.push(format!(
@@ -842,6 +899,11 @@ async fn cmd_inspect(dir: &Path) -> Result<ExitCode, String> {
         f.notes.push(format!("no {WAL_DIR_NAME}/ directory"));
     }
     inspect_wal(&wal, served.open_floor, &mut f);
+    let quarantined = if listing.has_quarantine {
+        inspect_quarantine(dir, &mut f)?
+    } else {
+        0
+    };
     for n in &f.notes {
         println!("note: {n}");
     }
@@ -850,9 +912,9 @@ async fn cmd_inspect(dir: &Path) -> Result<ExitCode, String> {
     }
     println!(
         "summary: {} closed pairs, {} unfinished, {} WAL segments ({} records), {} orphans, \
-         {} unknown, {} problems",
+         {} unknown, {quarantined} quarantined, {} problems",
         served.closed.len(),
-        usize::from(served.unfinished.is_some()),
+        usize::from(served.unfinished.is_some()) + grouped.open.len(),
         wal.segments.len(),
         wal.records.len(),
         grouped.lone.len(),

@@ -1,8 +1,9 @@
 //! Close and crash (spec 7.2, 7.3).
 
 use super::State;
-use crate::env::{Env, Fs};
+use crate::env::Env;
 use crate::error::{Error, Result};
+use crate::files::discard;
 use crate::mark;
 
 impl<E: Env> State<E> {
@@ -11,28 +12,27 @@ impl<E: Env> State<E> {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
-        let paths = [
-            open.writer.receipt_path().to_path_buf(),
-            open.writer.log_path().to_path_buf(),
-        ];
+        let paths = open.writer.all_paths();
         drop(open);
-        let fs = self.env.fs();
-        let mut errors = Vec::new();
-        for p in &paths {
-            if let Err(e) = fs.remove(p).await {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    errors.push(Error::io(p, e));
-                }
-            }
-        }
-        if let Err(e) = fs.sync_dir(&self.dir).await {
-            errors.push(Error::io(&self.dir, e));
-        }
-        Error::join(errors).map_or(Ok(()), Err)
+        Ok(discard(self.env.fs(), &self.dir, &paths).await?)
+    }
+
+    /// Drops every WAL segment once the closed pairs hold every block: at a clean close nothing
+    /// in the WAL is needed any more, and a segment left behind would only be a liability (rot
+    /// in it would have to be judged at the next open).
+    async fn drop_covered_wal(&mut self) -> Result<()> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(());
+        };
+        wal.roll().await?;
+        let keep_from = wal.next_seq();
+        wal.drop_before(keep_from).await?;
+        Ok(())
     }
 
     /// Finalizes the open pair (an empty one is discarded instead), or discards it when the
-    /// store is poisoned or flushing fails; then closes the WAL. Every error is kept and joined.
+    /// store is poisoned or flushing fails; then drops the WAL segments the closed pairs cover
+    /// (only when nothing failed) and closes the WAL. Every error is kept and joined.
     pub(crate) async fn close(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         if let Some(why) = self.poisoned.clone() {
@@ -46,30 +46,19 @@ impl<E: Env> State<E> {
             if let Err(e) = self.discard_open().await {
                 errors.push(e);
             }
-        } else {
-            match self.finalize_open().await {
-                Ok(Some(_)) => {
-                    // The pair is durable: the WAL records it covers are needed no more, and a
-                    // reopen should find no record of a window that is closed.
-                    if let Some(wal) = self.wal.as_mut() {
-                        let dropped = async {
-                            wal.roll().await?;
-                            let keep_from = wal.next_seq();
-                            wal.drop_before(keep_from).await
-                        };
-                        if let Err(e) = dropped.await {
-                            errors.push(e.into());
-                        }
-                    }
+        } else if self.open.is_some() {
+            let seen = self.last_seen.expect("an open pair with rows has seen a block");
+            if let Err(e) = self.finalize_open(seen).await {
+                mark!("close-discarded-after-failed-finalize");
+                errors.push(Error::Joined(format!("flush: {e}")));
+                if let Err(e) = self.discard_open().await {
+                    errors.push(e);
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    mark!("close-discarded-after-failed-finalize");
-                    errors.push(Error::Joined(format!("flush: {e}")));
-                    if let Err(e) = self.discard_open().await {
-                        errors.push(e);
-                    }
-                }
+            }
+        }
+        if errors.is_empty() {
+            if let Err(e) = self.drop_covered_wal().await {
+                errors.push(e);
             }
         }
         if errors.is_empty() {

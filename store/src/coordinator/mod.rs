@@ -11,10 +11,10 @@ pub(crate) use replay::open;
 
 use crate::env::{Clock, Env};
 use crate::error::{Error, Result};
-use crate::files::ClosedPair;
+use crate::files::{ClosedPair, QuarantinedFile};
 use crate::parquet::writer::PairWriter;
 use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
-use crate::wal::Wal;
+use crate::wal::{Wal, WalTailCut};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -96,6 +96,12 @@ pub struct Status {
     pub last_prune_error: Option<String>,
     /// Pruned pairs whose files are not deleted yet (in use by a snapshot, or a delete failed).
     pub pending_deletes: usize,
+    /// What the last open moved or copied to `<dir>/quarantine/` because it could not use it
+    /// (see `files::QuarantineReason`); earlier opens' files are still there, listed by
+    /// `receipt-store inspect`.
+    pub quarantined: Vec<QuarantinedFile>,
+    /// Bytes the last open cut from the end of the WAL (kept in quarantine), if any.
+    pub wal_tail_cut: Option<WalTailCut>,
 }
 
 pub(crate) enum Request {
@@ -122,6 +128,10 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<Status>>,
     },
     Prune {
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    PruneBelow {
+        block: u64,
         reply: oneshot::Sender<Result<usize>>,
     },
     Close {
@@ -172,6 +182,9 @@ pub(crate) struct State<E: Env> {
     pub doomed: Vec<Arc<ClosedPair>>,
     pub last_prune_error: Option<String>,
     pub ending: SharedEnding,
+    /// What open quarantined, and the WAL tail it cut: reported in `Status`.
+    pub quarantined: Vec<QuarantinedFile>,
+    pub wal_tail_cut: Option<WalTailCut>,
 }
 
 impl<E: Env> State<E> {
@@ -214,6 +227,8 @@ impl<E: Env> State<E> {
             max_blocks_per_file: self.config.max_blocks_per_file,
             last_prune_error: self.last_prune_error.clone(),
             pending_deletes: self.doomed.len(),
+            quarantined: self.quarantined.clone(),
+            wal_tail_cut: self.wal_tail_cut.clone(),
         }
     }
 
@@ -310,6 +325,10 @@ impl<E: Env> State<E> {
                 }
                 Request::Prune { reply } => {
                     let r = self.prune().await;
+                    let _ = reply.send(r);
+                }
+                Request::PruneBelow { block, reply } => {
+                    let r = self.prune_below(Some(block)).await;
                     let _ = reply.send(r);
                 }
                 Request::Close { reply } => {

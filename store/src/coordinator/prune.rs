@@ -3,13 +3,28 @@
 use super::{failpoints as fp, State};
 use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
+use crate::files::remove_if_present;
 use crate::mark;
 use std::sync::Arc;
 
+/// The closed pairs (by start) whose every block is below `prune_before`.
+///
+/// Rotation fires only at exact boundary heights, so when writes skip a boundary a pair holds
+/// blocks past its nominal window (`start + MBF`, upstream's rule, which would prune recent
+/// blocks). Every block of a pair is below the next pair's start: that bound must be at or below
+/// `prune_before`. The newest pair has no such bound and is never selected (it also anchors the
+/// file start block and the last seen block after a reopen).
+pub(crate) fn select(starts: &[u64], prune_before: u64) -> Vec<u64> {
+    debug_assert!(starts.windows(2).all(|w| w[0] < w[1]), "starts ascend");
+    starts
+        .windows(2)
+        .filter(|w| w[1] <= prune_before)
+        .map(|w| w[0])
+        .collect()
+}
+
 impl<E: Env> State<E> {
-    /// Untracks every closed pair whose whole window is older than `latest - keep_recent`, then
-    /// deletes the files of untracked pairs no snapshot uses. The newest closed pair is always
-    /// kept: it anchors the file start block after a reopen. Returns the pairs deleted.
+    /// A prune tick: prunes below `latest - keep_recent` (nothing when `keep_recent` is 0).
     pub(crate) async fn prune(&mut self) -> Result<usize> {
         if self.poisoned.is_some() {
             mark!("prune-skipped-poisoned");
@@ -18,22 +33,21 @@ impl<E: Env> State<E> {
         if self.config.keep_recent == 0 {
             return Ok(0);
         }
+        let prune_before = self
+            .latest
+            .map(|latest| latest.saturating_sub(self.config.keep_recent));
+        self.prune_below(prune_before).await
+    }
+
+    /// Untracks every closed pair whose blocks are all below `prune_before` (see [`select`]),
+    /// then deletes the files of untracked pairs no snapshot uses. Returns the pairs deleted.
+    pub(crate) async fn prune_below(&mut self, prune_before: Option<u64>) -> Result<usize> {
+        self.check_usable()?;
         // Pairs already doomed by an earlier pass come first in `doomed`.
         let carried_over = self.doomed.len();
-        if let Some(latest) = self.latest {
-            let prune_before = latest.saturating_sub(self.config.keep_recent);
-            // Rotation fires only at exact boundary heights, so when writes skip a boundary a
-            // pair holds blocks past its nominal window (`start + MBF`, upstream's rule, which
-            // would prune recent blocks). Every block of a pair is below the next pair's start:
-            // that bound must be at or below `prune_before`. The newest pair has no such bound
-            // and is never pruned (it also anchors the file start block after a reopen).
+        if let Some(prune_before) = prune_before {
             let starts: Vec<u64> = self.catalogue.keys().copied().collect();
-            let eligible: Vec<u64> = starts
-                .windows(2)
-                .filter(|w| w[1] <= prune_before)
-                .map(|w| w[0])
-                .collect();
-            for s in eligible {
+            for s in select(&starts, prune_before) {
                 mark!("prune-untracked");
                 let pair = self.catalogue.remove(&s).expect("listed above");
                 self.doomed.push(pair);
@@ -63,13 +77,10 @@ impl<E: Env> State<E> {
                         break;
                     }
                 }
-                match fs.remove(p).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        errors.push(Error::io(p, e));
-                        ok = false;
-                    }
+                // One directory sync for the whole pass, below: prune batches its deletions.
+                if let Err(e) = remove_if_present(&fs, p).await {
+                    errors.push(e.into());
+                    ok = false;
                 }
             }
             if ok {
@@ -97,5 +108,19 @@ impl<E: Env> State<E> {
             }
         }
         Error::join(errors).map_or(Ok(deleted), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select;
+
+    #[test]
+    fn a_pair_goes_only_when_the_next_one_starts_at_or_below_the_bound() {
+        let starts = [0, 4, 8, 12];
+        assert_eq!(select(&starts, 7), vec![0]);
+        assert_eq!(select(&starts, 8), vec![0, 4]);
+        assert_eq!(select(&starts, u64::MAX), vec![0, 4, 8], "the newest pair stays");
+        assert_eq!(select(&[5], u64::MAX), Vec::<u64>::new());
     }
 }

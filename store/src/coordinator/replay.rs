@@ -1,11 +1,15 @@
 //! Open: startup scan, seeding, and WAL replay (spec 2.5, 2.6, 4.6), with replay failure
 //! discarding everything replay produced (spec 4.8).
 
-use super::{FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
+use super::{prune, FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
-use crate::files::{group_listing, ClosedPair};
 use crate::mark;
+use crate::files::{
+    discard, final_file_name, group_listing, open_file_name, parse_pair_name, quarantine,
+    ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile,
+};
+use crate::parquet::index::FileIndex;
 use crate::parquet::reader::{FileKind, ParquetFile, UNFINISHED};
 use crate::types::{Config, ReplayedBlock};
 use crate::wal::{Wal, WalRecord};
@@ -40,109 +44,239 @@ pub(crate) async fn load_pair<F: Fs>(
     Ok((r, l))
 }
 
-async fn remove_synced<F: Fs>(fs: &F, dir: &Path, paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        match fs.remove(p).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(p, e)),
-        }
-    }
-    fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e))
+fn is_unfinished(e: &Error) -> bool {
+    matches!(e, Error::CorruptFile { reason, .. } if reason.starts_with(UNFINISHED))
 }
 
-/// Scans the directory: lone pair files are removed (a pair is only ever relied on once both of
-/// its files are durable), an unfinished trailing pair (no parseable footer) is removed (its rows
-/// are still in the WAL), and a finalized file whose checksum fails is an error naming it.
+fn kind_of(name: &str) -> FileKind {
+    parse_pair_name(name).map_or(FileKind::Receipts, |(k, _)| k)
+}
+
+/// What the startup scan decided: the closed pairs, the last seen block they record, and what it
+/// moved to quarantine.
+struct Scan {
+    catalogue: BTreeMap<u64, Arc<ClosedPair>>,
+    seen: Option<u64>,
+    quarantined: Vec<QuarantinedFile>,
+}
+
+/// The startup scan. Every file that looks like a pair file ends in exactly one of these rows:
 ///
-/// A finished trailing pair whose every receipt the WAL still holds (`wal_receipts`: receipts per
-/// block in the WAL's records) is removed too: its closing rotation never got as far as dropping
-/// those records, so nothing proves its bytes ever reached the disk. After a process crash they
-/// can sit in the page cache, parse fine, and vanish at the next power loss (or, after a failed
-/// fsync, never reach the disk at all); replay rebuilds the pair from the WAL. When the WAL holds
-/// only some of them, a drop was under way, which only ever starts once the pair is durable.
-async fn scan<F: Fs>(
+/// | files of a start                               | action                                       |
+/// |------------------------------------------------|----------------------------------------------|
+/// | both final, the newest, no parquet footer      | deleted (a store before issue 9 crashed with it open; its rows are in the WAL), the one before becomes the newest |
+/// | both final, the newest, footer but bad checksum | error naming the file: nothing is deleted   |
+/// | both final                                      | tracked as a closed pair                     |
+/// | one final, one open-named and finished          | the rename is completed (a crash between the two renames of a finalization) |
+/// | both open-named, or one open-named alone        | deleted: the open pair of a crashed store; its rows are in the WAL, whose segments are dropped only after both renames are durable |
+/// | open-named below the newest closed pair, or beside a complete final pair | quarantined (no crash leaves one) |
+/// | one final, partner missing, no footer           | deleted (the open pair of a store before issue 9; its rows are in the WAL) |
+/// | one final, partner missing, in a window prune would delete | deleted, as prune would (a prune interrupted between its two deletes leaves one) |
+/// | one final, partner missing, otherwise           | quarantined: its rows are in no WAL record    |
+async fn scan<F: Fs>(fs: &F, dir: &Path, config: &Config) -> Result<Scan> {
+    let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
+    let mut listing = group_listing(&names);
+    let mut quarantined = Vec::new();
+    let newest_final = listing.pairs.last().copied();
+    let mut renamed = false;
+    for (&start, files) in &listing.open {
+        let stray = newest_final.is_some_and(|n| start < n);
+        match (files.receipts, files.logs) {
+            (Some(Named::Open), Some(Named::Final)) | (Some(Named::Final), Some(Named::Open))
+                if !stray =>
+            {
+                let open_kind = if files.receipts == Some(Named::Open) {
+                    FileKind::Receipts
+                } else {
+                    FileKind::Logs
+                };
+                if complete_rename(fs, dir, start, open_kind).await? {
+                    mark!("open-rename-completed");
+                    listing.pairs.push(start);
+                    renamed = true;
+                } else {
+                    let final_kind = match open_kind {
+                        FileKind::Receipts => FileKind::Logs,
+                        FileKind::Logs => FileKind::Receipts,
+                    };
+                    listing.lone.push(final_file_name(final_kind, start));
+                }
+            }
+            _ if stray => {
+                for (kind, named) in named_files(files) {
+                    match named {
+                        Named::Open => {
+                            mark!("open-stray-open-file-quarantined");
+                            let path = dir.join(open_file_name(kind, start));
+                            let q = quarantine(
+                                fs,
+                                dir,
+                                Evidence::File(&path),
+                                QuarantineReason::StrayOpenPairFile,
+                            )
+                            .await?;
+                            quarantined.push(q);
+                        }
+                        Named::Final => listing.lone.push(final_file_name(kind, start)),
+                    }
+                }
+            }
+            _ => {
+                mark!("open-open-pair-discarded");
+                let paths: Vec<PathBuf> = named_files(files)
+                    .map(|(kind, _)| dir.join(open_file_name(kind, start)))
+                    .collect();
+                discard(fs, dir, &paths).await?;
+            }
+        }
+    }
+    for name in &listing.stray_open {
+        mark!("open-stray-open-file-quarantined");
+        let path = dir.join(name);
+        let q = quarantine(
+            fs,
+            dir,
+            Evidence::File(&path),
+            QuarantineReason::StrayOpenPairFile,
+        )
+        .await?;
+        quarantined.push(q);
+    }
+    if renamed {
+        fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
+    }
+    listing.pairs.sort_unstable();
+    listing.lone.sort();
+    let (catalogue, seen) = closed_pairs(fs, dir, listing.pairs).await?;
+    for name in &listing.lone {
+        if let Some(q) = lone_file(fs, dir, name, &catalogue, seen, config).await? {
+            quarantined.push(q);
+        }
+    }
+    Ok(Scan {
+        catalogue,
+        seen,
+        quarantined,
+    })
+}
+
+/// The files of a listed start and how each is named.
+fn named_files(files: &PairFiles) -> impl Iterator<Item = (FileKind, Named)> {
+    [
+        (FileKind::Receipts, files.receipts),
+        (FileKind::Logs, files.logs),
+    ]
+    .into_iter()
+    .filter_map(|(k, n)| n.map(|n| (k, n)))
+}
+
+/// Completes a finalization a crash interrupted between its two renames: the file still under
+/// the open pair's name is renamed to its final name if it is a finished, verified file (both
+/// files were fsynced before the first rename). Returns false, after deleting it, when it is
+/// unfinished (then no finalization reached the renames; its rows are in the WAL).
+async fn complete_rename<F: Fs>(fs: &F, dir: &Path, start: u64, kind: FileKind) -> Result<bool> {
+    let from = dir.join(open_file_name(kind, start));
+    match ParquetFile::open(&from, kind, read_file(fs, &from).await?) {
+        Ok(_) => {
+            let to = dir.join(final_file_name(kind, start));
+            fs.rename(&from, &to).await.map_err(|e| Error::io(&from, e))?;
+            Ok(true)
+        }
+        Err(e) if is_unfinished(&e) => {
+            discard(fs, dir, &[from]).await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Verifies the newest pair (an unfinished one is deleted and the one before it becomes the
+/// newest) and seeds the last seen block: the newest pair's footer records it; pairs written
+/// before that key existed give their highest block, taken from the newest pair with rows.
+async fn closed_pairs<F: Fs>(
     fs: &F,
     dir: &Path,
-    wal_receipts: &BTreeMap<u64, u64>,
-) -> Result<Scanned> {
-    let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
-    let listing = group_listing(&names);
-    if !listing.lone.is_empty() {
-        mark!("open-lone-pair-file");
-        let paths: Vec<PathBuf> = listing.lone.iter().map(|n| dir.join(n)).collect();
-        remove_synced(fs, dir, &paths).await?;
-    }
+    mut starts: Vec<u64>,
+) -> Result<(BTreeMap<u64, Arc<ClosedPair>>, Option<u64>)> {
     let mut catalogue = BTreeMap::new();
-    let mut starts = listing.pairs;
+    let mut seen = None;
     // Only the newest pair can be unfinished (it was the open pair); it is removed and the pair
     // before it becomes the trailing one, which must then be finalized.
     let mut may_remove_unfinished = true;
-    let mut lowest_removed = None;
     while let Some(last) = starts.pop() {
         let trailing = ClosedPair::new(dir, last, None);
         match load_pair(fs, &trailing).await {
             Ok((r, _)) => {
-                let max_block = r.max_block();
-                let in_wal: u64 = wal_receipts
-                    .range(last..=max_block.unwrap_or(last))
-                    .map(|(_, n)| n)
-                    .sum();
-                if in_wal > 0 && in_wal >= r.num_rows() {
-                    mark!("open-unconfirmed-pair-rebuilt");
-                    let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
-                    remove_synced(fs, dir, &paths).await?;
-                    may_remove_unfinished = false;
-                    lowest_removed = Some(last);
-                    continue;
-                }
-                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, max_block)));
+                seen = r.last_seen_block.max(r.max_block());
+                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, r.max_block())));
                 break;
             }
-            // The newest pair torn by a power loss inside its finalize (footer bytes written but
-            // never synced) looks corrupt rather than unfinished; its closing rotation never
-            // dropped a WAL record, so the WAL still holds its window and replay rebuilds it.
-            Err(Error::CorruptFile { ref reason, .. })
-                if may_remove_unfinished
-                    && !reason.starts_with(UNFINISHED)
-                    && wal_receipts.range(last..).next().is_some() =>
-            {
-                mark!("open-torn-pair-rebuilt");
-                let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
-                remove_synced(fs, dir, &paths).await?;
-                may_remove_unfinished = false;
-                lowest_removed = Some(last);
-            }
-            Err(Error::CorruptFile { path, reason })
-                if !may_remove_unfinished || !reason.starts_with(UNFINISHED) =>
-            {
-                mark!("open-corrupt-closed-file");
-                return Err(Error::CorruptFile { path, reason });
-            }
-            Err(Error::CorruptFile { .. }) => {
+            Err(e) if may_remove_unfinished && is_unfinished(&e) => {
                 mark!("open-unfinished-pair-removed");
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
-                remove_synced(fs, dir, &paths).await?;
+                discard(fs, dir, &paths).await?;
                 may_remove_unfinished = false;
-                lowest_removed = Some(last);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if matches!(e, Error::CorruptFile { .. }) {
+                    mark!("open-corrupt-closed-file");
+                }
+                return Err(e);
+            }
         }
+    }
+    for s in starts.iter().rev() {
+        if seen.is_some() {
+            break;
+        }
+        let path = dir.join(final_file_name(FileKind::Receipts, *s));
+        let index = FileIndex::load(fs, &path, FileKind::Receipts).await?;
+        let max_block = index.row_groups.iter().filter_map(|g| g.max_block).max();
+        seen = index.last_seen_block.max(max_block);
     }
     for s in starts {
         catalogue.insert(s, Arc::new(ClosedPair::new(dir, s, None)));
     }
-    Ok(Scanned {
-        catalogue,
-        lowest_removed,
-    })
+    Ok((catalogue, seen))
 }
 
-/// What the startup scan keeps, and the start of the lowest pair it removed for replay to
-/// rebuild (records below it belong to windows that were closed and pruned).
-struct Scanned {
-    catalogue: BTreeMap<u64, Arc<ClosedPair>>,
-    lowest_removed: Option<u64>,
+/// Decides the fate of a final-named pair file whose partner is missing (see [`scan`]).
+async fn lone_file<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    name: &str,
+    catalogue: &BTreeMap<u64, Arc<ClosedPair>>,
+    seen: Option<u64>,
+    config: &Config,
+) -> Result<Option<QuarantinedFile>> {
+    mark!("open-lone-pair-file");
+    let path = dir.join(name);
+    let start = parse_pair_name(name).map_or(0, |(_, s)| s);
+    let unfinished = match ParquetFile::open(&path, kind_of(name), read_file(fs, &path).await?) {
+        Ok(_) => false,
+        Err(e) => is_unfinished(&e),
+    };
+    let prunable = config.keep_recent > 0
+        && seen.is_some_and(|latest| {
+            let mut starts: Vec<u64> = catalogue.keys().copied().collect();
+            starts.push(start);
+            starts.sort_unstable();
+            starts.dedup();
+            prune::select(&starts, latest.saturating_sub(config.keep_recent)).contains(&start)
+        });
+    if unfinished || prunable {
+        discard(fs, dir, &[path]).await?;
+        return Ok(None);
+    }
+    mark!("open-lone-pair-file-quarantined");
+    let q = quarantine(
+        fs,
+        dir,
+        Evidence::File(&path),
+        QuarantineReason::LonePairFile,
+    )
+    .await?;
+    Ok(Some(q))
 }
 
 /// What `open` hands back besides the request channel.
@@ -165,27 +299,28 @@ pub(crate) async fn open<E: Env>(
     fs.create_dir_all(&dir)
         .await
         .map_err(|e| Error::io(&dir, e))?;
-    let contents = Wal::read(fs.clone(), &dir).await?;
-    let mut wal_receipts: BTreeMap<u64, u64> = BTreeMap::new();
-    for r in &contents.records {
-        *wal_receipts.entry(r.height).or_default() += r.receipts.len() as u64;
-    }
-    let Scanned {
+    let Scan {
         catalogue,
-        lowest_removed,
-    } = scan(&fs, &dir, &wal_receipts).await?;
-    let (file_start_block, last_seen) = match catalogue.values().next_back() {
+        seen: last_seen,
+        mut quarantined,
+    } = scan(&fs, &dir, &config).await?;
+    let file_start_block = match catalogue.values().next_back() {
         Some(t) => match t.max_block {
-            Some(m) => (m.saturating_add(1).max(t.start + 1), Some(m)),
-            None => (t.start + 1, None),
+            Some(m) => m.saturating_add(1).max(t.start + 1),
+            None => t.start + 1,
         },
-        // With every pair removed for replay to rebuild, the lowest one's start is the floor:
-        // WAL records below it belong to windows already pruned, which must not come back.
-        None => (lowest_removed.unwrap_or(0), None),
+        None => 0,
     };
-    let (wal, records) = contents
+    // The pairs trusted above may have reached their final names in a finalization a crash cut
+    // before its directory sync: make the directory durable before the WAL rewrite drops the
+    // records those pairs hold (found by crash points inside close: a power loss after such an
+    // open undid the renames, and the WAL no longer held the blocks).
+    fs.sync_dir(&dir).await.map_err(|e| Error::io(&dir, e))?;
+    let (wal, records, wal_report) = Wal::read(fs.clone(), &dir)
+        .await?
         .open(config.sync_policy, config.wal_segment_bytes, file_start_block)
         .await?;
+    quarantined.extend(wal_report.quarantined);
     let ending: SharedEnding = Arc::new(Mutex::new(None));
     let mut state = State {
         env: env.clone(),
@@ -204,6 +339,8 @@ pub(crate) async fn open<E: Env>(
         doomed: Vec::new(),
         last_prune_error: None,
         ending: ending.clone(),
+        quarantined,
+        wal_tail_cut: wal_report.tail_cut,
     };
     let before: Vec<u64> = state.catalogue.keys().copied().collect();
     let replayed = match state.replay(records).await {
@@ -242,10 +379,7 @@ impl<E: Env> State<E> {
             } else {
                 rec.height < self.file_start_block
             };
-            if rec.receipts.is_empty() {
-                continue;
-            }
-            if below {
+            if rec.receipts.is_empty() || below {
                 continue;
             }
             if self.last_seen.is_some_and(|l| rec.height < l) {
@@ -286,8 +420,7 @@ impl<E: Env> State<E> {
         let fs = self.env.fs().clone();
         let mut paths = Vec::new();
         if let Some(open) = self.open.take() {
-            paths.push(open.writer.receipt_path().to_path_buf());
-            paths.push(open.writer.log_path().to_path_buf());
+            paths.extend(open.writer.all_paths());
             if crate::planted!(LeakHandleOnFailedOpen) {
                 std::mem::forget(open);
             } else {
@@ -306,6 +439,6 @@ impl<E: Env> State<E> {
             paths.push(p.log_path.clone());
         }
         self.wal = None;
-        remove_synced(&fs, &self.dir, &paths).await
+        Ok(discard(&fs, &self.dir, &paths).await?)
     }
 }

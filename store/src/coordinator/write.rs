@@ -5,8 +5,8 @@
 use super::{failpoints as fp, Chunk, OpenPair, State};
 use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
+use crate::files::{discard, ClosedPair};
 use crate::mark;
-use crate::files::{log_file_name, receipt_file_name, ClosedPair};
 use crate::parquet::writer::PairWriter;
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
@@ -132,6 +132,8 @@ impl<E: Env> State<E> {
         }
         mark!("write-empty-block-observed");
         self.last_seen = Some(height);
+        // Empty blocks move the latest block too: a quiet chain must keep pruning.
+        self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
     }
 
@@ -195,13 +197,7 @@ impl<E: Env> State<E> {
     }
 
     async fn open_pair(&mut self, start: u64) -> Result<()> {
-        let writer = PairWriter::create(
-            self.env.fs(),
-            self.dir.join(receipt_file_name(start)),
-            self.dir.join(log_file_name(start)),
-            start,
-        )
-        .await?;
+        let writer = PairWriter::create(self.env.fs(), &self.dir, start).await?;
         mark!("pair-opened");
         self.open = Some(OpenPair {
             writer,
@@ -241,9 +237,12 @@ impl<E: Env> State<E> {
         Ok(())
     }
 
-    /// Finalizes the open pair and makes it durable (data and directory entry), then tracks it.
-    /// On failure the half-finished files are removed so nothing untracked survives.
-    pub(crate) async fn finalize_open(&mut self) -> Result<Option<Arc<ClosedPair>>> {
+    /// Finalizes the open pair and makes it durable (data, final names, directory entries), then
+    /// tracks it. `seen` is the last seen block to record in its footer: the block whose arrival
+    /// closes the window, or the last seen block at close. On failure the pair's files, under
+    /// whichever names they have, are removed so nothing untracked survives (their rows are in
+    /// the WAL: segments are dropped only after a pair is durable).
+    pub(crate) async fn finalize_open(&mut self, seen: u64) -> Result<Option<Arc<ClosedPair>>> {
         self.flush_open().await?;
         let Some(open) = self.open.take() else {
             return Ok(None);
@@ -255,12 +254,9 @@ impl<E: Env> State<E> {
             .flat_map(|c| c.receipts.last())
             .map(|r| r.block_number)
             .max();
-        let (rp, lp) = (
-            open.writer.receipt_path().to_path_buf(),
-            open.writer.log_path().to_path_buf(),
-        );
+        let paths = open.writer.all_paths();
         let finished = async {
-            open.writer.finish().await?;
+            open.writer.finish(seen).await?;
             if crate::planted!(SkipRotationDirSync) {
                 return Ok(());
             }
@@ -274,12 +270,8 @@ impl<E: Env> State<E> {
         if let Err(e) = finished {
             mark!("finalize-failed-cleanup");
             let mut errors = vec![e];
-            for p in [&rp, &lp] {
-                if let Err(e) = self.env.fs().remove(p).await {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        errors.push(Error::io(p, e));
-                    }
-                }
+            if let Err(d) = discard(self.env.fs(), &self.dir, &paths).await {
+                errors.push(d.into());
             }
             return Err(Error::join(errors).expect("at least one error"));
         }
@@ -299,7 +291,7 @@ impl<E: Env> State<E> {
         if self.open.is_none() {
             return Ok(());
         }
-        self.finalize_open().await?;
+        self.finalize_open(new_start).await?;
         self.failpoint(fp::AFTER_CLOSE_WRITERS)?;
         self.file_start_block = new_start;
         self.blocks_since_flush = 0;

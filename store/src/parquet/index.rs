@@ -2,7 +2,9 @@
 //! never a data page. Every bloom filter is verified against the crc32c our writer recorded in
 //! the footer, so a rotted filter is an error instead of a silent false negative.
 
-use super::reader::{decode_groups, row_group_index, FileKind, RowGroupIndex, UNFINISHED};
+use super::reader::{
+    decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
+};
 use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
@@ -84,6 +86,8 @@ pub struct FileIndex {
     pub spans: Option<Vec<RowGroupSpan>>,
     /// Bytes read to build this index (footer and bloom filters).
     pub bytes_read: u64,
+    /// The store's last seen block when the file was finalized (absent in older files).
+    pub last_seen_block: Option<u64>,
     /// The decoded footer, reused by every ranged read of this file.
     metadata: ArrowReaderMetadata,
 }
@@ -141,6 +145,7 @@ impl FileIndex {
             kv.and_then(|kv| kv.iter().find(|e| e.key == k))
                 .and_then(|e| e.value.clone())
         };
+        let last_seen_block = footer_facts(path, &find)?;
         let ours = find(BODY_CRC_KEY).is_some();
         let mut bloom_crcs: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
         for entry in find(BLOOM_CRC_KEY)
@@ -234,6 +239,7 @@ impl FileIndex {
             row_groups,
             spans,
             bytes_read,
+            last_seen_block,
             metadata: arrow_meta,
         })
     }

@@ -22,6 +22,15 @@ pub const BLOOM_CRC_KEY: &str = "receipt_store.bloom_crc32c";
 /// bloom filters, plus the leading magic for the first), in row-group order, so a read can fetch
 /// and verify only the row groups it needs instead of the whole file.
 pub const ROW_GROUP_CRC_KEY: &str = "receipt_store.row_group_crc32c";
+/// Footer key: the file layout version ([`LAYOUT_VERSION`]). Files without it are version 1.
+pub const LAYOUT_VERSION_KEY: &str = "receipt_store.layout_version";
+/// Version 1: these schemas, the footer keys above, data pages v1, the sort order declared in
+/// `sorting_columns`. A file with a higher version is refused with a clear error.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Footer key: the store's last seen block when the file was finalized: the highest block
+/// written or observed empty, including the block whose arrival closed the window. Open seeds
+/// the last seen and latest block from it, so empty blocks that closed windows are remembered.
+pub const LAST_SEEN_BLOCK_KEY: &str = "receipt_store.last_seen_block";
 
 pub fn receipt_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();

@@ -3,6 +3,7 @@
 
 use super::{
     batch_to_logs_where, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
+    LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
 };
 use crate::error::Error;
 use crate::types::{LogRecord, ReceiptRecord, TxHash};
@@ -68,6 +69,8 @@ pub struct ParquetFile {
     pub row_groups: Vec<RowGroupIndex>,
     /// Whether the body checksum was present and matched (false for foreign files without one).
     pub checksummed: bool,
+    /// The store's last seen block when the file was finalized (absent in older files).
+    pub last_seen_block: Option<u64>,
 }
 
 const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
@@ -78,6 +81,36 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::CorruptFile {
         path: path.to_path_buf(),
         reason: reason.into(),
+    }
+}
+
+/// Checks the layout version and reads the last seen block from a footer's key-value entries.
+/// A file of a newer layout is refused (not called corrupt: a newer store wrote it).
+pub(crate) fn footer_facts(
+    path: &Path,
+    find: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<u64>, Error> {
+    if let Some(v) = find(LAYOUT_VERSION_KEY) {
+        match v.parse::<u32>() {
+            Ok(n) if n <= LAYOUT_VERSION => {}
+            Ok(n) => {
+                return Err(Error::Parquet {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "written by a newer store: layout version {n}, this store reads up to \
+                         {LAYOUT_VERSION}"
+                    ),
+                })
+            }
+            Err(_) => return Err(corrupt(path, format!("unreadable layout version {v:?}"))),
+        }
+    }
+    match find(LAST_SEEN_BLOCK_KEY) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| corrupt(path, format!("unreadable last seen block {v:?}"))),
     }
 }
 
@@ -109,6 +142,7 @@ impl ParquetFile {
             kv.and_then(|kv| kv.iter().find(|e| e.key == k))
                 .and_then(|e| e.value.clone())
         };
+        let last_seen_block = footer_facts(path, &find)?;
         // Verify the body before decoding a single page: rot is an error, not wrong data.
         let checksummed = match (find(BODY_CRC_KEY), find(BODY_LEN_KEY)) {
             (Some(crc), Some(len)) => {
@@ -145,6 +179,7 @@ impl ParquetFile {
             metadata,
             row_groups,
             checksummed,
+            last_seen_block,
         })
     }
 

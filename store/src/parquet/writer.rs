@@ -5,18 +5,22 @@
 //! tear) every write. A running crc32c of the bytes becomes footer metadata at finish, because
 //! parquet-rs writes no page checksums.
 
+use super::reader::FileKind;
 use super::{
     log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
-    BODY_LEN_KEY, ROW_GROUP_CRC_KEY,
+    BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
+use crate::files::{discard, final_file_name, open_file_name};
 use crate::types::{LogRecord, ReceiptRecord};
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{
+    BloomFilterPosition, EnabledStatistics, WriterProperties, WriterVersion,
+};
 use parquet::schema::types::ColumnPath;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +29,36 @@ use std::path::{Path, PathBuf};
 pub const BLOOM_MAX_NDV: u64 = 16_384;
 pub const BLOOM_FPP: f64 = 0.01;
 
+/// Data pages: format v1 (`WriterVersion::PARQUET_1_0`), the one every reader of parquet
+/// decodes; v2 pages buy little for these columns (no nulls, no dictionaries) and some readers
+/// still skip or mishandle them.
+pub const WRITER_VERSION: WriterVersion = WriterVersion::PARQUET_1_0;
+/// Page size and row limits, spelled out so a dependency bump cannot change our files.
+pub const DATA_PAGE_SIZE_LIMIT_BYTES: usize = 1024 * 1024;
+pub const DATA_PAGE_ROW_COUNT_LIMIT: usize = 20_000;
+
+/// The order rows are written in, as parquet `sorting_columns` (column indices in the schema):
+/// receipts by `block_number`; logs by `block_number`, then `log_index` (block-wide, so it also
+/// orders transactions as the caller gave them). `tx_index` is not declared: the store keeps the
+/// caller's transaction order and does not check that tx indices increase.
+pub fn sorting_columns(kind: FileKind) -> Vec<SortingColumn> {
+    let col = |column_idx| SortingColumn {
+        column_idx,
+        descending: false,
+        nulls_first: false,
+    };
+    match kind {
+        FileKind::Receipts => vec![col(1)],
+        FileKind::Logs => vec![col(0), col(3)],
+    }
+}
+
 pub fn properties(bloom_columns: &[&str]) -> WriterProperties {
     let mut b = WriterProperties::builder()
+        .set_writer_version(WRITER_VERSION)
+        .set_data_page_size_limit(DATA_PAGE_SIZE_LIMIT_BYTES)
+        .set_data_page_row_count_limit(DATA_PAGE_ROW_COUNT_LIMIT)
+        .set_bloom_filter_position(BloomFilterPosition::AfterRowGroup)
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(None)
@@ -42,9 +74,23 @@ pub fn properties(bloom_columns: &[&str]) -> WriterProperties {
     b.build()
 }
 
-/// One parquet file being written through the `Fs`.
+/// The writer properties of one kind of file: [`properties`] plus its sort order.
+pub fn properties_for(kind: FileKind) -> WriterProperties {
+    let bloom: &[&str] = match kind {
+        FileKind::Receipts => &["tx_hash"],
+        FileKind::Logs => &["tx_hash", "address", "topic0"],
+    };
+    properties(bloom)
+        .into_builder()
+        .set_sorting_columns(Some(sorting_columns(kind)))
+        .build()
+}
+
+/// One parquet file being written through the `Fs`, under the open pair's name (`path`) until
+/// [`PairWriter::finish`] renames it to `final_path`.
 struct FileWriter<F: Fs> {
     path: PathBuf,
+    final_path: PathBuf,
     encoder: ArrowWriter<Vec<u8>>,
     file: F::File,
     crc: u32,
@@ -56,16 +102,21 @@ struct FileWriter<F: Fs> {
 }
 
 impl<F: Fs> FileWriter<F> {
-    fn new(path: PathBuf, file: F::File, schema: SchemaRef, bloom: &[&str]) -> Result<Self, Error> {
-        let encoder =
-            ArrowWriter::try_new(Vec::new(), schema, Some(properties(bloom))).map_err(|e| {
-                Error::Parquet {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
+    fn new(
+        path: PathBuf,
+        final_path: PathBuf,
+        file: F::File,
+        schema: SchemaRef,
+        kind: FileKind,
+    ) -> Result<Self, Error> {
+        let encoder = ArrowWriter::try_new(Vec::new(), schema, Some(properties_for(kind)))
+            .map_err(|e| Error::Parquet {
+                path: path.clone(),
+                reason: e.to_string(),
             })?;
         Ok(FileWriter {
             path,
+            final_path,
             encoder,
             file,
             crc: 0,
@@ -129,8 +180,9 @@ impl<F: Fs> FileWriter<F> {
         Ok(())
     }
 
-    /// Writes the footer (with the body checksum) and fsyncs the file.
-    async fn finish(mut self) -> Result<(), Error> {
+    /// Writes the footer (with the body checksum, the layout version and the store's last seen
+    /// block) and fsyncs the file.
+    async fn finish(mut self, last_seen_block: u64) -> Result<(), Error> {
         // The body is everything written so far: magic, row groups and their bloom filters.
         self.drain().await?;
         let (crc, len) = (self.crc, self.written);
@@ -148,6 +200,14 @@ impl<F: Fs> FileWriter<F> {
             ROW_GROUP_CRC_KEY.to_string(),
             self.row_group_crcs.join(","),
         ));
+        self.encoder.append_key_value_metadata(KeyValue::new(
+            LAYOUT_VERSION_KEY.to_string(),
+            LAYOUT_VERSION.to_string(),
+        ));
+        self.encoder.append_key_value_metadata(KeyValue::new(
+            LAST_SEEN_BLOCK_KEY.to_string(),
+            last_seen_block.to_string(),
+        ));
         self.encoder.finish().map_err(|e| Error::Parquet {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -163,60 +223,79 @@ impl<F: Fs> FileWriter<F> {
     }
 }
 
-/// The writer of the open pair `receipts_<start>.parquet` / `logs_<start>.parquet`.
+/// The writer of the open pair: `.receipts_<start>.parquet.open` / `.logs_<start>.parquet.open`
+/// while it is written, `receipts_<start>.parquet` / `logs_<start>.parquet` once finished.
 pub struct PairWriter<F: Fs> {
     pub start: u64,
+    fs: F,
     receipts: FileWriter<F>,
     logs: FileWriter<F>,
     row_groups: usize,
 }
 
 impl<F: Fs> PairWriter<F> {
-    /// Creates (truncating) both files. If the logs file cannot be created the receipts handle is
-    /// dropped (closed) before returning the error.
-    pub async fn create(
-        fs: &F,
-        receipt_path: PathBuf,
-        log_path: PathBuf,
-        start: u64,
-    ) -> Result<Self, Error> {
+    /// Creates (truncating) both files under the open pair's names in `dir`. If the logs file
+    /// cannot be created, the receipts file just created is removed again (its removal error,
+    /// if any, is reported with the creation error).
+    pub async fn create(fs: &F, dir: &Path, start: u64) -> Result<Self, Error> {
+        let open_path = |kind| dir.join(open_file_name(kind, start));
+        let final_path = |kind| dir.join(final_file_name(kind, start));
+        let receipt_path = open_path(FileKind::Receipts);
+        let log_path = open_path(FileKind::Logs);
         let rf = fs
             .create(&receipt_path)
             .await
             .map_err(|e| Error::io(&receipt_path, e))?;
-        let lf = fs
-            .create(&log_path)
-            .await
-            .map_err(|e| Error::io(&log_path, e))?;
-        let receipts = FileWriter::new(receipt_path, rf, receipt_schema(), &["tx_hash"])?;
+        let lf = match fs.create(&log_path).await {
+            Ok(f) => f,
+            Err(e) => {
+                drop(rf);
+                let created = Error::io(&log_path, e);
+                return Err(match discard(fs, dir, &[receipt_path]).await {
+                    Ok(()) => created,
+                    Err(d) => Error::join(vec![created, d.into()]).expect("two errors"),
+                });
+            }
+        };
+        let receipts = FileWriter::new(
+            receipt_path,
+            final_path(FileKind::Receipts),
+            rf,
+            receipt_schema(),
+            FileKind::Receipts,
+        )?;
         let logs = FileWriter::new(
             log_path,
+            final_path(FileKind::Logs),
             lf,
             log_schema(),
-            &["tx_hash", "address", "topic0"],
+            FileKind::Logs,
         )?;
         Ok(PairWriter {
             start,
+            fs: fs.clone(),
             receipts,
             logs,
             row_groups: 0,
         })
     }
 
-    pub fn receipt_path(&self) -> &Path {
-        &self.receipts.path
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.logs.path
+    /// Every name the pair's files may have: while open and once finished. Discarding the pair
+    /// removes all four (a finalization that failed between its renames leaves a mix).
+    pub fn all_paths(&self) -> [PathBuf; 4] {
+        [
+            self.receipts.path.clone(),
+            self.logs.path.clone(),
+            self.receipts.final_path.clone(),
+            self.logs.final_path.clone(),
+        ]
     }
 
     pub fn row_groups(&self) -> usize {
         self.row_groups
     }
 
-    /// Writes one row group to the receipts file (and one to the logs file when there are logs).
-    /// `between` runs after the receipt row group: the store's failpoint hook.
+    /// Writes one row group to the receipts file.
     pub async fn write_receipt_row_group(
         &mut self,
         receipts: &[ReceiptRecord],
@@ -232,6 +311,7 @@ impl<F: Fs> PairWriter<F> {
         Ok(())
     }
 
+    /// Writes one row group to the logs file (nothing when there are no logs).
     pub async fn write_log_row_group(&mut self, logs: &[LogRecord]) -> Result<(), Error> {
         if logs.is_empty() {
             return Ok(());
@@ -239,9 +319,21 @@ impl<F: Fs> PairWriter<F> {
         self.logs.write_row_group(&logs_to_batch(logs)).await
     }
 
-    /// Finalizes both files: footers, then fsync, receipts first. Does not sync the directory.
-    pub async fn finish(self) -> Result<(), Error> {
-        self.receipts.finish().await?;
-        self.logs.finish().await
+    /// Finalizes both files: footers (recording `last_seen_block`), fsync, receipts first; then
+    /// renames both to their final names, receipts first. Both files are durable before either
+    /// rename, so a crash between the renames leaves two finished files that open completes.
+    /// Does not sync the directory: the caller does, before relying on the renames.
+    pub async fn finish(self, last_seen_block: u64) -> Result<(), Error> {
+        let fs = self.fs;
+        let names = [
+            (self.receipts.path.clone(), self.receipts.final_path.clone()),
+            (self.logs.path.clone(), self.logs.final_path.clone()),
+        ];
+        self.receipts.finish(last_seen_block).await?;
+        self.logs.finish(last_seen_block).await?;
+        for (from, to) in &names {
+            fs.rename(from, to).await.map_err(|e| Error::io(from, e))?;
+        }
+        Ok(())
     }
 }

@@ -5,24 +5,36 @@
 //! segment at a time: before a rotation's boundary record is appended the coordinator rolls to a
 //! fresh segment, so once the closed pair is durable every older segment can simply be removed.
 //!
-//! On open, a record that fails its checksum in the last segment with no valid record after it is
-//! a torn tail and is cut off; any other bad record is an error naming the file and offset.
+//! Open reads every segment and decides, once, what each bad stretch of bytes is:
+//!
+//! | bad bytes                                   | record blocks (next valid record's height) | action                                      |
+//! |---------------------------------------------|--------------------------------------------|---------------------------------------------|
+//! | a valid record follows (anywhere in the log) | below the floor (all in closed files)      | segment copied to quarantine, open goes on  |
+//! | a valid record follows                      | at or above the floor, or unknown           | error naming the file and offset            |
+//! | nothing valid follows (the tail), no valid trailer | -                                   | torn append: bytes quarantined, then cut    |
+//! | nothing valid follows, a valid trailer      | -                                           | corrupt record: bytes quarantined, then cut |
+//!
+//! The floor is the first block not in a closed file: records below it are not needed, and the
+//! rewrite at open (see [`Wal::open`]) keeps only the records at or above it.
 
 pub mod record;
 
 use crate::env::{Fs, FsFile};
 use crate::error::WalError;
 use crate::mark;
+use crate::files::{quarantine, Evidence, QuarantineReason, QuarantinedFile};
 use crate::types::{ReceiptInput, SyncPolicy};
 pub use record::WalRecord;
 use record::{
-    decode_header, decode_payload, encode_frame, FRAME_HEADER_BYTES, MAX_RECORD_PAYLOAD_BYTES,
+    decode_marker, decode_payload, decode_v1_header, encode_frame, starts_v2,
+    FRAME_V1_HEADER_BYTES, HEAD_MAGIC, MARKER_BYTES, MAX_RECORD_PAYLOAD_BYTES, TAIL_MAGIC,
 };
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub const WAL_DIR_NAME: &str = "wal";
 /// Scratch file of the rewrite at open; never parsed as a segment.
-const REWRITE_TMP: &str = "rewrite.tmp";
+pub const REWRITE_TMP: &str = "rewrite.tmp";
 const SEGMENT_SUFFIX: &str = ".wal";
 
 fn segment_name(first_seq: u64) -> String {
@@ -44,67 +56,244 @@ struct Segment {
     path: PathBuf,
 }
 
+/// What bytes cut from the end of the WAL were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalTailKind {
+    /// An append that never completed (no valid trailer): under sync policy `always` it was never
+    /// acknowledged; under `never` it may have been.
+    Torn,
+    /// A completely written record (its trailer is valid) whose header or payload no longer
+    /// matches its checksum: damaged after it was written.
+    Corrupt,
+}
+
+/// The bytes open cut from the end of the WAL, reported in `Status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WalTailCut {
+    pub segment: PathBuf,
+    pub offset_bytes: u64,
+    pub bytes: u64,
+    pub kind: WalTailKind,
+    /// The cut record's block (read from its valid header or trailer) is in a closed file:
+    /// nothing was lost.
+    pub covered: bool,
+    /// Where the cut bytes are kept.
+    pub quarantined: PathBuf,
+}
+
+/// What open did besides reading records: reported in `Status`.
+#[derive(Clone, Debug, Default)]
+pub struct WalOpenReport {
+    pub tail_cut: Option<WalTailCut>,
+    pub quarantined: Vec<QuarantinedFile>,
+}
+
+/// A stretch of bytes in a segment that is no valid record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRegion {
+    pub offset_bytes: u64,
+    pub end_bytes: u64,
+    pub reason: String,
+    /// A valid trailer shows the record there was completely written (so it is corrupt, not
+    /// torn). Only v2 frames have trailers.
+    pub complete: bool,
+    /// The record's height, when its header or trailer is valid.
+    pub height: Option<u64>,
+    /// Valid records of the segment before this region.
+    pub records_before: usize,
+}
+
 /// What a scan of one segment found.
 #[derive(Debug, Default)]
 pub struct SegmentScan {
+    /// Every valid record, in order, including those after a bad region.
     pub records: Vec<WalRecord>,
-    /// Byte length of the valid prefix.
+    /// Byte length of the valid prefix (up to the first bad region).
     pub valid_len: u64,
-    /// Set when bytes after `valid_len` were not a valid record.
+    /// Offset of the first bad region.
     pub bad_offset: Option<u64>,
-    /// Set when a valid record was found after the bad one (so it is not a torn tail).
+    /// Set when a valid record was found after the first bad region (so it is not a torn tail).
     pub valid_after_bad: bool,
+    /// Why the first bad region is bad.
     pub reason: String,
+    /// Every bad region, in order.
+    pub bad: Vec<BadRegion>,
 }
 
-/// Scans a segment's bytes. Pure: used by open and by the read-only inspector.
+impl SegmentScan {
+    /// The bad region at the end of the segment, if no valid record follows it.
+    pub fn tail(&self) -> Option<&BadRegion> {
+        self.bad
+            .last()
+            .filter(|b| b.records_before == self.records.len())
+    }
+}
+
+/// One frame's verdict.
+enum Frame {
+    Valid(WalRecord, usize),
+    Bad {
+        reason: String,
+        complete: bool,
+        height: Option<u64>,
+    },
+}
+
+/// Scans a segment's bytes. Pure: used by open and by the read-only inspector. After a bad
+/// frame the scan looks for the next valid frame (a sequence number not below the expected one)
+/// and goes on from there; the look-ahead is bounded by the segment's length.
 pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
     let mut scan = SegmentScan::default();
+    // v1 frames carry no magic, so the look-ahead tries them only in segments written in v1.
+    let allow_v1 = !starts_v2(bytes);
     let mut pos = 0usize;
     let mut next_seq = expected_first_seq;
     while pos < bytes.len() {
-        match parse_frame_at(bytes, pos, Some(next_seq)) {
-            Ok((rec, end)) => {
+        match parse_frame_at(bytes, pos, Some(next_seq), allow_v1) {
+            Frame::Valid(rec, end) => {
                 next_seq = rec.seq + 1;
                 scan.records.push(rec);
                 pos = end;
             }
-            Err(reason) => {
-                scan.bad_offset = Some(pos as u64);
-                scan.reason = reason;
-                // A torn tail has no valid record after it; look for one (bounded by the rest
-                // of this segment, only on this error path).
-                scan.valid_after_bad = (pos + 1..bytes.len())
-                    .any(|p| matches!(parse_frame_at(bytes, p, None), Ok((rec, _)) if rec.seq >= next_seq));
-                break;
+            Frame::Bad {
+                reason,
+                complete,
+                height,
+            } => {
+                let resume = (pos + 1..bytes.len()).find_map(|p| {
+                    match parse_frame_at(bytes, p, None, allow_v1) {
+                        Frame::Valid(rec, _) if rec.seq >= next_seq => Some((p, rec.seq)),
+                        _ => None,
+                    }
+                });
+                let end = resume.map_or(bytes.len(), |(p, _)| p);
+                if let Some((_, seq)) = resume {
+                    next_seq = seq;
+                }
+                if scan.bad.is_empty() {
+                    scan.valid_len = pos as u64;
+                    scan.bad_offset = Some(pos as u64);
+                    scan.valid_after_bad = resume.is_some();
+                    scan.reason = reason.clone();
+                }
+                scan.bad.push(BadRegion {
+                    offset_bytes: pos as u64,
+                    end_bytes: end as u64,
+                    reason,
+                    complete,
+                    height,
+                    records_before: scan.records.len(),
+                });
+                pos = end;
             }
         }
     }
-    scan.valid_len = pos as u64;
+    if scan.bad.is_empty() {
+        scan.valid_len = pos as u64;
+    }
     scan
 }
 
+/// Whether the segment's last bytes are a valid trailer of a record starting at `pos` (with
+/// sequence number `want_seq`, when given): the record was completely written.
+fn trailer_at_end(bytes: &[u8], pos: usize, want_seq: Option<u64>) -> Option<u64> {
+    let start = bytes.len().checked_sub(MARKER_BYTES)?;
+    let t = decode_marker(&bytes[start..], TAIL_MAGIC)?;
+    let frame_len = t.payload_len.checked_add(2 * MARKER_BYTES)?;
+    (pos.checked_add(frame_len) == Some(bytes.len()) && want_seq.is_none_or(|w| w == t.seq))
+        .then_some(t.height)
+}
+
 /// Parses the frame at `pos`; with `want_seq`, a frame with another sequence number is invalid.
-fn parse_frame_at(
-    bytes: &[u8],
-    pos: usize,
-    want_seq: Option<u64>,
-) -> Result<(WalRecord, usize), String> {
+fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: bool) -> Frame {
     let rest = &bytes[pos..];
-    if rest.len() < FRAME_HEADER_BYTES {
+    let bad = |reason: String| {
+        let height = trailer_at_end(bytes, pos, want_seq);
+        Frame::Bad {
+            reason,
+            complete: height.is_some(),
+            height,
+        }
+    };
+    if !starts_v2(rest) {
+        if !allow_v1 {
+            return bad("no frame header".to_string());
+        }
+        return match parse_v1_frame(rest, want_seq) {
+            Ok((rec, len)) => Frame::Valid(rec, pos + len),
+            Err(reason) => bad(reason),
+        };
+    }
+    let Some(h) = decode_marker(rest, HEAD_MAGIC) else {
+        return bad(if rest.len() < MARKER_BYTES {
+            format!("short frame header ({} bytes)", rest.len())
+        } else {
+            "frame header checksum mismatch".to_string()
+        });
+    };
+    if h.payload_len > MAX_RECORD_PAYLOAD_BYTES {
+        return bad(format!("frame length {} over the limit", h.payload_len));
+    }
+    let frame_len = 2 * MARKER_BYTES + h.payload_len;
+    if rest.len() < MARKER_BYTES + h.payload_len {
+        return Frame::Bad {
+            reason: format!(
+                "frame of {} bytes runs past the end of the segment",
+                frame_len
+            ),
+            complete: false,
+            height: Some(h.height),
+        };
+    }
+    let payload = &rest[MARKER_BYTES..MARKER_BYTES + h.payload_len];
+    if record::checksum(h.seq, payload) != h.payload_crc {
+        let trailer = rest
+            .get(MARKER_BYTES + h.payload_len..frame_len)
+            .and_then(|t| decode_marker(t, TAIL_MAGIC));
+        return Frame::Bad {
+            reason: "payload checksum mismatch".to_string(),
+            complete: trailer == Some(h),
+            height: Some(h.height),
+        };
+    }
+    if let Some(want) = want_seq.filter(|&w| w != h.seq) {
+        return Frame::Bad {
+            reason: format!("sequence {} where {want} was expected", h.seq),
+            complete: true,
+            height: Some(h.height),
+        };
+    }
+    match decode_payload(h.seq, payload) {
+        Ok(rec) if rec.height == h.height => Frame::Valid(rec, pos + frame_len.min(rest.len())),
+        Ok(rec) => Frame::Bad {
+            reason: format!("payload height {} under header height {}", rec.height, h.height),
+            complete: true,
+            height: Some(h.height),
+        },
+        Err(e) => Frame::Bad {
+            reason: format!("checksummed payload does not decode: {e}"),
+            complete: true,
+            height: Some(h.height),
+        },
+    }
+}
+
+fn parse_v1_frame(rest: &[u8], want_seq: Option<u64>) -> Result<(WalRecord, usize), String> {
+    if rest.len() < FRAME_V1_HEADER_BYTES {
         return Err(format!("short frame header ({} bytes)", rest.len()));
     }
-    let h = decode_header(rest);
+    let h = decode_v1_header(rest);
     if h.len > MAX_RECORD_PAYLOAD_BYTES {
         return Err(format!("frame length {} over the limit", h.len));
     }
-    if rest.len() - FRAME_HEADER_BYTES < h.len {
+    if rest.len() - FRAME_V1_HEADER_BYTES < h.len {
         return Err(format!(
             "frame of {} bytes runs past the end of the segment",
             h.len
         ));
     }
-    let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.len];
+    let payload = &rest[FRAME_V1_HEADER_BYTES..FRAME_V1_HEADER_BYTES + h.len];
     if record::checksum(h.seq, payload) != h.crc {
         return Err("checksum mismatch".to_string());
     }
@@ -113,7 +302,7 @@ fn parse_frame_at(
     }
     let rec = decode_payload(h.seq, payload)
         .map_err(|e| format!("checksummed payload does not decode: {e}"))?;
-    Ok((rec, pos + FRAME_HEADER_BYTES + h.len))
+    Ok((rec, FRAME_V1_HEADER_BYTES + h.len))
 }
 
 async fn read_all<F: Fs>(fs: &F, path: &Path) -> Result<Vec<u8>, std::io::Error> {
@@ -136,19 +325,28 @@ pub struct Wal<F: Fs> {
     next_seq: u64,
 }
 
-/// Every valid record of a WAL directory, read at open before anything is rewritten: the caller
-/// decides which records are still needed (see [`WalContents::open`]).
+/// One segment as read at open.
+struct Scanned {
+    seg: Segment,
+    bytes: Vec<u8>,
+    scan: SegmentScan,
+}
+
+/// A WAL directory read at open, before anything in it is written: every valid record, and what
+/// each segment held. The caller decides the floor (see [`WalContents::open`]).
 pub struct WalContents<F: Fs> {
     fs: F,
+    data_dir: PathBuf,
     dir: PathBuf,
     segments: Vec<Segment>,
+    scanned: Vec<Scanned>,
     /// Every valid record, in sequence order, duplicates merged.
     pub records: Vec<WalRecord>,
 }
 
 impl<F: Fs> Wal<F> {
-    /// Reads (creating the directory if needed) every record of the WAL under `data_dir/wal`,
-    /// cutting a torn tail. Nothing else is written until [`WalContents::open`].
+    /// Reads (creating the directory if needed) every segment of the WAL under `data_dir/wal`.
+    /// Nothing is written until [`WalContents::open`].
     pub async fn read(fs: F, data_dir: &Path) -> Result<WalContents<F>, WalError> {
         let dir = data_dir.join(WAL_DIR_NAME);
         let io = |path: &Path| {
@@ -169,40 +367,30 @@ impl<F: Fs> Wal<F> {
             })
             .collect();
         segments.sort_by_key(|s| s.first_seq);
-
-        let mut records: Vec<WalRecord> = Vec::new();
-        let segment_count = segments.len();
-        for (i, seg) in segments.iter().enumerate() {
+        let mut scanned = Vec::with_capacity(segments.len());
+        for seg in &segments {
             let bytes = read_all(&fs, &seg.path).await.map_err(io(&seg.path))?;
             let scan = scan_segment(&bytes, seg.first_seq);
-            if let Some(offset) = scan.bad_offset {
-                let last = i + 1 == segment_count;
-                if !last || scan.valid_after_bad {
-                    mark!("wal-corrupt-record-refused");
-                    return Err(WalError::Corrupt {
-                        path: seg.path.clone(),
-                        offset,
-                        reason: scan.reason,
-                    });
-                }
-                // Torn tail: cut it so the next append starts on a record boundary.
-                mark!("wal-torn-tail-cut");
-                let mut f = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
-                f.truncate(scan.valid_len).await.map_err(io(&seg.path))?;
-                f.sync_all().await.map_err(io(&seg.path))?;
-            }
-            // Segments left behind by an undone removal can precede a gap; they are older than
-            // everything after them and replay skips what is already in closed files. A rewrite
-            // interrupted between its rename and its removals leaves the same records in two
-            // segments: identical records under one sequence number are one record.
-            for rec in scan.records {
+            scanned.push(Scanned {
+                seg: seg.clone(),
+                bytes,
+                scan,
+            });
+        }
+        // Segments left behind by an undone removal can precede a gap; they are older than
+        // everything after them and replay skips what is already in closed files. A rewrite
+        // interrupted between its rename and its removals leaves the same records in two
+        // segments: identical records under one sequence number are one record.
+        let mut records: Vec<WalRecord> = Vec::new();
+        for s in &scanned {
+            for rec in &s.scan.records {
                 match records.last() {
                     Some(prev) if rec.seq <= prev.seq => {
                         let i = records.partition_point(|r| r.seq < rec.seq);
-                        if records.get(i) != Some(&rec) {
+                        if records.get(i) != Some(rec) {
                             mark!("wal-corrupt-record-refused");
                             return Err(WalError::Corrupt {
-                                path: seg.path.clone(),
+                                path: s.seg.path.clone(),
                                 offset: 0,
                                 reason: format!(
                                     "record {} differs from the one already read",
@@ -212,61 +400,66 @@ impl<F: Fs> Wal<F> {
                         }
                         mark!("wal-duplicate-record-merged");
                     }
-                    _ => records.push(rec),
+                    _ => records.push(rec.clone()),
                 }
             }
         }
-
         Ok(WalContents {
             fs,
+            data_dir: data_dir.to_path_buf(),
             dir,
             segments,
+            scanned,
             records,
         })
     }
 }
 
 impl<F: Fs> WalContents<F> {
-    /// Opens the WAL for appending, keeping only the records at or above block `floor` (those
-    /// below are held by durable closed pairs or were pruned with them) and returning them.
+    /// Opens the WAL for appending and returns the records at or above `floor`, the first block
+    /// not in a closed file (records below it are not needed and are dropped by the rewrite).
+    /// Bad bytes are handled as the table in the module doc says.
     pub async fn open(
         self,
         policy: SyncPolicy,
         segment_limit_bytes: u64,
         floor: u64,
-    ) -> Result<(Wal<F>, Vec<WalRecord>), WalError> {
+    ) -> Result<(Wal<F>, Vec<WalRecord>, WalOpenReport), WalError> {
         let WalContents {
             fs,
+            data_dir,
             dir,
             mut segments,
-            records,
+            scanned,
+            mut records,
         } = self;
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| WalError::Io { path, source }
         };
+        let mut report = WalOpenReport::default();
+        Wal::handle_bad_regions(&fs, &data_dir, &scanned, floor, &mut report).await?;
+        drop(scanned);
+
         let next_seq = records
             .last()
             .map(|r| r.seq + 1)
             .unwrap_or_else(|| segments.last().map(|s| s.first_seq).unwrap_or(1));
+        let read_any = !records.is_empty();
         let read_count = records.len();
-        let records: Vec<WalRecord> = records.into_iter().filter(|r| r.height >= floor).collect();
+        records.retain(|r| r.height >= floor);
         if records.len() < read_count {
             mark!("wal-records-below-floor-dropped");
         }
-        if records.is_empty() && read_count > 0 {
-            // Nothing is needed any more: start afresh at the next sequence number.
-            for seg in segments.drain(..) {
-                fs.remove(&seg.path).await.map_err(io(&seg.path))?;
-            }
-        }
-        if !records.is_empty() {
-            // Rewrite every valid record into a fresh, fsynced segment before anything is
+        if read_any {
+            // Rewrite every needed record into a fresh, fsynced segment before anything is
             // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
             // still be readable from the page cache although they will never reach the disk, and
             // a later fsync of the same file does not bring them back: only new writes do.
+            // Records below the floor are in closed files: they are left out, so no segment of
+            // records that closed files cover outlives an open.
             mark!("wal-rewritten-at-open");
-            let first = records[0].seq;
+            let first = records.first().map_or(next_seq, |r| r.seq);
             let tmp = dir.join(REWRITE_TMP);
             let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
             for r in &records {
@@ -320,11 +513,136 @@ impl<F: Fs> WalContents<F> {
             active_len,
             next_seq,
         };
-        Ok((wal, records))
+        Ok((wal, records, report))
     }
 }
 
 impl<F: Fs> Wal<F> {
+
+    /// Applies the decision table of the module doc to every bad region: refuses to open over
+    /// records that may be needed, keeps everything else it cannot use in quarantine, and cuts
+    /// the tail (after keeping its bytes) so the next append starts on a record boundary. All
+    /// decisions are made before anything is written, so a refusal changes nothing.
+    async fn handle_bad_regions(
+        fs: &F,
+        data_dir: &Path,
+        scanned: &[Scanned],
+        floor: u64,
+        report: &mut WalOpenReport,
+    ) -> Result<(), WalError> {
+        // The first valid record after segment `i` (in later segments): bounds what a bad region
+        // at the end of segment `i` held, since heights never decrease along the log.
+        let next_height_after = |i: usize| {
+            scanned[i + 1..]
+                .iter()
+                .find_map(|s| s.scan.records.first().map(|r| r.height))
+        };
+        // (segment, first covered region) to copy to quarantine; (segment, region) to cut.
+        let mut covered: Vec<(&Scanned, &BadRegion)> = Vec::new();
+        // Regions with nothing valid after them. One in a log that crashes tore; more (garbage
+        // in an earlier segment and a later one) are cut all the same: nothing valid follows.
+        let mut tails: Vec<(&Scanned, &BadRegion)> = Vec::new();
+        for (i, s) in scanned.iter().enumerate() {
+            for bad in &s.scan.bad {
+                let bound = s
+                    .scan
+                    .records
+                    .get(bad.records_before)
+                    .map(|r| r.height)
+                    .or_else(|| next_height_after(i));
+                match bound {
+                    Some(next) if next < floor => {
+                        if !covered.iter().any(|(c, _)| std::ptr::eq(*c, s)) {
+                            covered.push((s, bad));
+                        }
+                    }
+                    Some(_) => {
+                        mark!("wal-corrupt-record-refused");
+                        return Err(WalError::Corrupt {
+                            path: s.seg.path.clone(),
+                            offset: bad.offset_bytes,
+                            reason: bad.reason.clone(),
+                        })
+                    }
+                    None => tails.push((s, bad)),
+                }
+            }
+        }
+        for (s, bad) in covered {
+            mark!("wal-covered-corruption-quarantined");
+            let q = quarantine(
+                fs,
+                data_dir,
+                Evidence::Bytes {
+                    original: &s.seg.path,
+                    bytes: &s.bytes,
+                },
+                QuarantineReason::CoveredWalCorruption {
+                    offset_bytes: bad.offset_bytes,
+                },
+            )
+            .await?;
+            report.quarantined.push(q);
+        }
+        for (s, bad) in tails.into_iter().rev() {
+            Self::cut_tail(fs, data_dir, s, bad, floor, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes of the WAL's bad tail in quarantine, then truncates them away.
+    async fn cut_tail(
+        fs: &F,
+        data_dir: &Path,
+        s: &Scanned,
+        bad: &BadRegion,
+        floor: u64,
+        report: &mut WalOpenReport,
+    ) -> Result<(), WalError> {
+        let kind = if bad.complete {
+            mark!("wal-corrupt-tail-quarantined");
+            WalTailKind::Corrupt
+        } else {
+            mark!("wal-torn-tail-cut");
+            WalTailKind::Torn
+        };
+        let covered = bad.height.is_some_and(|h| h < floor);
+        let offset_bytes = bad.offset_bytes;
+        let reason = match (kind, covered) {
+            (WalTailKind::Corrupt, true) => QuarantineReason::CoveredWalCorruption { offset_bytes },
+            (WalTailKind::Corrupt, false) => QuarantineReason::CorruptWalTail { offset_bytes },
+            (WalTailKind::Torn, _) => QuarantineReason::TornWalTail { offset_bytes },
+        };
+        let cut = &s.bytes[offset_bytes as usize..];
+        let q = quarantine(
+            fs,
+            data_dir,
+            Evidence::Bytes {
+                original: &s.seg.path,
+                bytes: cut,
+            },
+            reason,
+        )
+        .await?;
+        let path = &s.seg.path;
+        let io = |source| WalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = fs.open_append(path).await.map_err(io)?;
+        f.truncate(offset_bytes).await.map_err(io)?;
+        f.sync_all().await.map_err(io)?;
+        report.tail_cut = Some(WalTailCut {
+            segment: path.clone(),
+            offset_bytes,
+            bytes: cut.len() as u64,
+            kind,
+            covered,
+            quarantined: q.path.clone(),
+        });
+        report.quarantined.push(q);
+        Ok(())
+    }
 
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -343,7 +661,7 @@ impl<F: Fs> Wal<F> {
     ) -> Result<u64, WalError> {
         let seq = self.next_seq;
         let frame = encode_frame(seq, height, receipts);
-        if frame.len() - FRAME_HEADER_BYTES > MAX_RECORD_PAYLOAD_BYTES {
+        if frame.len() - 2 * MARKER_BYTES > MAX_RECORD_PAYLOAD_BYTES {
             return Err(WalError::RecordTooLarge {
                 len: frame.len(),
                 limit: MAX_RECORD_PAYLOAD_BYTES,
@@ -442,5 +760,159 @@ impl<F: Fs> Wal<F> {
     /// Number of segment files, active included.
     pub fn segment_count(&self) -> usize {
         self.sealed.len() + 1
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::record::encode_frame;
+    use super::*;
+    use crate::types::LogInput;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Part {
+        Intact,
+        Rotten,
+        /// Cut short: the append was torn inside this part.
+        Short,
+        /// Not written at all (only for the trailer).
+        Absent,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Verdict {
+        Valid,
+        Torn,
+        Corrupt,
+    }
+
+    fn receipts() -> Vec<ReceiptInput> {
+        vec![ReceiptInput {
+            tx_hash: [3; 32],
+            tx_index: 0,
+            receipt_bytes: vec![5; 40],
+            logs: vec![LogInput {
+                address: [1; 20],
+                topics: vec![[2; 32]],
+                data: vec![9; 7],
+            }],
+        }]
+    }
+
+    /// A segment of one good record and a last record whose header, payload and trailer are in
+    /// the given states; `None` when the combination cannot be written (nothing follows a part
+    /// cut short).
+    fn segment(h: Part, p: Part, t: Part) -> Option<Vec<u8>> {
+        let mut bytes = encode_frame(1, 10, &receipts());
+        let frame = encode_frame(2, 11, &receipts());
+        let payload_len = frame.len() - 2 * MARKER_BYTES;
+        let (head, rest) = frame.split_at(MARKER_BYTES);
+        let (payload, trailer) = rest.split_at(payload_len);
+        let rot = |b: &[u8], at: usize| {
+            let mut b = b.to_vec();
+            b[at] ^= 0x08;
+            b
+        };
+        let mut last = Vec::new();
+        match h {
+            Part::Intact => last.extend_from_slice(head),
+            Part::Rotten => last.extend(rot(head, 10)),
+            Part::Short => {
+                last.extend_from_slice(&head[..20]);
+                return (p == Part::Absent && t == Part::Absent).then(|| {
+                    bytes.extend(last);
+                    bytes
+                });
+            }
+            Part::Absent => return None,
+        }
+        match p {
+            Part::Intact => last.extend_from_slice(payload),
+            Part::Rotten => last.extend(rot(payload, payload_len / 2)),
+            Part::Short => {
+                last.extend_from_slice(&payload[..payload_len / 2]);
+                return (t == Part::Absent).then(|| {
+                    bytes.extend(last);
+                    bytes
+                });
+            }
+            Part::Absent => return None,
+        }
+        match t {
+            Part::Intact => last.extend_from_slice(trailer),
+            Part::Rotten => last.extend(rot(trailer, 10)),
+            Part::Short => last.extend_from_slice(&trailer[..MARKER_BYTES - 10]),
+            Part::Absent => {}
+        }
+        bytes.extend(last);
+        Some(bytes)
+    }
+
+    /// The table of the module doc, for the last record of the log: whole header and payload
+    /// make a valid record (the trailer is redundancy); otherwise a valid trailer means the
+    /// append completed and the record is corrupt; otherwise it is a torn append.
+    fn expected(h: Part, p: Part, t: Part) -> Verdict {
+        if h == Part::Intact && p == Part::Intact {
+            Verdict::Valid
+        } else if t == Part::Intact && p != Part::Short {
+            Verdict::Corrupt
+        } else {
+            Verdict::Torn
+        }
+    }
+
+    /// Every combination of header, payload and trailer state of the last record lands on
+    /// exactly one verdict, the one the table gives, and the bad bytes are one tail region.
+    #[test]
+    fn every_state_of_the_last_record_lands_on_one_verdict() {
+        use Part::*;
+        let mut seen = 0;
+        for h in [Intact, Rotten, Short, Absent] {
+            for p in [Intact, Rotten, Short, Absent] {
+                for t in [Intact, Rotten, Short, Absent] {
+                    let Some(bytes) = segment(h, p, t) else {
+                        continue;
+                    };
+                    seen += 1;
+                    let scan = scan_segment(&bytes, 1);
+                    let got = match (scan.records.len(), scan.tail()) {
+                        (2, None) if scan.bad.is_empty() => Verdict::Valid,
+                        (1, Some(b)) if scan.bad.len() == 1 && b.complete => Verdict::Corrupt,
+                        (1, Some(_)) if scan.bad.len() == 1 => Verdict::Torn,
+                        other => panic!("{h:?} {p:?} {t:?}: no single verdict: {other:?}"),
+                    };
+                    assert_eq!(got, expected(h, p, t), "{h:?} {p:?} {t:?}");
+                    if got != Verdict::Valid {
+                        let b = scan.tail().expect("a tail");
+                        assert_eq!(b.offset_bytes, scan.valid_len, "{h:?} {p:?} {t:?}");
+                        assert_eq!(b.end_bytes as usize, bytes.len());
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 2 * 2 * 4 + 2 + 1, "every writable combination was tried");
+    }
+
+    /// Rot in a record with valid records after it is a bad region in the middle, not a tail;
+    /// the scan resumes at the next record, which bounds the bad record's height.
+    #[test]
+    fn a_bad_record_in_the_middle_is_skipped_to_the_next_valid_one() {
+        let mut bytes = Vec::new();
+        for seq in 1..=4u64 {
+            bytes.extend(encode_frame(seq, 10 + seq, &receipts()));
+        }
+        let frame_len = bytes.len() / 4;
+        bytes[frame_len + MARKER_BYTES + 3] ^= 0x40;
+        let scan = scan_segment(&bytes, 1);
+        assert_eq!(
+            scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(scan.bad.len(), 1);
+        assert_eq!(scan.bad[0].offset_bytes as usize, frame_len);
+        assert_eq!(scan.bad[0].end_bytes as usize, 2 * frame_len);
+        assert_eq!(scan.bad[0].records_before, 1);
+        assert!(scan.valid_after_bad && scan.tail().is_none());
     }
 }

@@ -1,19 +1,50 @@
 //! The WAL record codec. Hand-written: the payload is a small fixed binary layout and no crate
 //! gives us a checksummed, length-prefixed framing with exactly these guarantees.
 //!
-//! Frame (little-endian): `len u32 | crc32c u32 | seq u64 | payload[len]`, where the checksum
-//! covers `seq` and the payload, so a record copied to the wrong position is detected too.
+//! Frame v2 (little-endian), written since issue 9:
 //!
-//! Payload v1: `version u8 | height u64 | n u32 | n × receipt`; a receipt is
-//! `tx_hash [32] | tx_index u32 | len u32 | receipt_bytes | nlogs u32 | nlogs × log`; a log is
+//! ```text
+//! header  : HEAD_MAGIC u32 | payload_len u32 | seq u64 | height u64 | payload_crc u32 | marker_crc u32
+//! payload : payload_len bytes
+//! trailer : TAIL_MAGIC u32 | payload_len u32 | seq u64 | height u64 | payload_crc u32 | marker_crc u32
+//! ```
+//!
+//! `payload_crc` is the crc32c of `seq` and the payload (so a record copied to the wrong position
+//! is detected too); `marker_crc` is the crc32c of the marker's first 28 bytes. The trailer is a
+//! redundant header written last, in the same append: a valid trailer proves the append was
+//! completed, which tells a torn, in-flight append (no valid trailer) from a completely written
+//! record damaged afterwards (valid trailer, bad header or payload). The header alone decides
+//! whether a record is valid; a damaged trailer after a valid header and payload loses nothing.
+//!
+//! Frame v1 (read only, written before issue 9): `len u32 | crc32c(seq, payload) u32 | seq u64 |
+//! payload`. A v2 frame's first field, `HEAD_MAGIC`, is above `MAX_RECORD_PAYLOAD_BYTES`, the
+//! bound on a v1 frame's first field, so the two are told apart by their first four bytes.
+//!
+//! Payload (both frame versions): `version u8 (1) | height u64 | n u32 | n × receipt`; a receipt
+//! is `tx_hash [32] | tx_index u32 | len u32 | receipt_bytes | nlogs u32 | nlogs × log`; a log is
 //! `address [20] | ntopics u8 | ntopics × [32] | len u32 | data`.
 
 use crate::types::{LogInput, ReceiptInput, MAX_TOPICS_PER_LOG};
 
-pub const FRAME_HEADER_BYTES: usize = 16;
+/// Header (and trailer) size of a v2 frame.
+pub const MARKER_BYTES: usize = 32;
+/// Header size of a v1 frame.
+pub const FRAME_V1_HEADER_BYTES: usize = 16;
 /// Upper bound on one record's payload: a block of a few thousand receipts is far below it.
 pub const MAX_RECORD_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
+/// First field of a v2 header (`RSW2`).
+pub const HEAD_MAGIC: u32 = u32::from_le_bytes(*b"RSW2");
+/// First field of a v2 trailer (`RSWE`).
+pub const TAIL_MAGIC: u32 = u32::from_le_bytes(*b"RSWE");
 const PAYLOAD_VERSION: u8 = 1;
+
+const _: () = assert!(MARKER_BYTES == 4 + 4 + 8 + 8 + 4 + 4, "marker fields add up");
+const _: () = assert!(FRAME_V1_HEADER_BYTES == 4 + 4 + 8, "v1 header fields add up");
+const _: () = assert!(
+    HEAD_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES && TAIL_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES,
+    "a v2 marker never reads as a v1 length"
+);
+const _: () = assert!(HEAD_MAGIC != TAIL_MAGIC, "a header never reads as a trailer");
 
 /// One decoded WAL record: one `write_receipts` call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,8 +59,7 @@ pub fn checksum(seq: u64, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, payload)
 }
 
-/// Encodes a whole frame for `seq`.
-pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
+fn encode_payload(height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(
         64 + receipts
             .iter()
@@ -59,7 +89,78 @@ pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8>
             payload.extend_from_slice(&log.data);
         }
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    payload
+}
+
+/// The fields a header and a trailer share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub payload_len: usize,
+    pub seq: u64,
+    pub height: u64,
+    pub payload_crc: u32,
+}
+
+fn encode_marker(magic: u32, m: &Marker) -> [u8; MARKER_BYTES] {
+    let mut b = [0u8; MARKER_BYTES];
+    b[0..4].copy_from_slice(&magic.to_le_bytes());
+    b[4..8].copy_from_slice(&(m.payload_len as u32).to_le_bytes());
+    b[8..16].copy_from_slice(&m.seq.to_le_bytes());
+    b[16..24].copy_from_slice(&m.height.to_le_bytes());
+    b[24..28].copy_from_slice(&m.payload_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+/// Decodes a marker with `magic`; `None` unless the magic and the marker's checksum match.
+pub fn decode_marker(b: &[u8], magic: u32) -> Option<Marker> {
+    let b = b.get(..MARKER_BYTES)?;
+    if le_u32(b) != magic || le_u32(&b[28..]) != crc32c::crc32c(&b[..28]) {
+        return None;
+    }
+    Some(Marker {
+        payload_len: le_u32(&b[4..]) as usize,
+        seq: le_u64(&b[8..]),
+        height: le_u64(&b[16..]),
+        payload_crc: le_u32(&b[24..]),
+    })
+}
+
+/// Whether `b` starts like a v2 frame (its first field is the header magic).
+pub fn starts_v2(b: &[u8]) -> bool {
+    b.len() >= 4 && le_u32(b) == HEAD_MAGIC
+}
+
+/// Encodes a whole v2 frame for `seq`.
+pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
+    let payload = encode_payload(height, receipts);
+    let m = Marker {
+        payload_len: payload.len(),
+        seq,
+        height,
+        payload_crc: checksum(seq, &payload),
+    };
+    let mut frame = Vec::with_capacity(2 * MARKER_BYTES + payload.len());
+    frame.extend_from_slice(&encode_marker(HEAD_MAGIC, &m));
+    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
+    frame
+}
+
+/// Encodes a v1 frame, as stores before issue 9 wrote them; kept so tests can build old
+/// segments and prove they still open.
+pub fn encode_frame_v1(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
+    let payload = encode_payload(height, receipts);
+    let mut frame = Vec::with_capacity(FRAME_V1_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&checksum(seq, &payload).to_le_bytes());
     frame.extend_from_slice(&seq.to_le_bytes());
@@ -67,19 +168,19 @@ pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8>
     frame
 }
 
-/// Frame header fields.
-pub struct FrameHeader {
+/// v1 frame header fields.
+pub struct FrameV1Header {
     pub len: usize,
     pub crc: u32,
     pub seq: u64,
 }
 
-pub fn decode_header(b: &[u8]) -> FrameHeader {
-    assert!(b.len() >= FRAME_HEADER_BYTES);
-    FrameHeader {
-        len: u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize,
-        crc: u32::from_le_bytes(b[4..8].try_into().unwrap()),
-        seq: u64::from_le_bytes(b[8..16].try_into().unwrap()),
+pub fn decode_v1_header(b: &[u8]) -> FrameV1Header {
+    assert!(b.len() >= FRAME_V1_HEADER_BYTES, "caller checks the length");
+    FrameV1Header {
+        len: le_u32(b) as usize,
+        crc: le_u32(&b[4..]),
+        seq: le_u64(&b[8..]),
     }
 }
 
@@ -189,11 +290,14 @@ mod tests {
     #[test]
     fn frame_round_trips_every_field() {
         let frame = encode_frame(42, 1000, &sample());
-        let h = decode_header(&frame);
-        assert_eq!(h.seq, 42);
-        assert_eq!(h.len, frame.len() - FRAME_HEADER_BYTES);
-        let payload = &frame[FRAME_HEADER_BYTES..];
-        assert_eq!(h.crc, checksum(42, payload));
+        let h = decode_marker(&frame, HEAD_MAGIC).unwrap();
+        assert_eq!((h.seq, h.height), (42, 1000));
+        assert_eq!(h.payload_len, frame.len() - 2 * MARKER_BYTES);
+        let payload = &frame[MARKER_BYTES..MARKER_BYTES + h.payload_len];
+        assert_eq!(h.payload_crc, checksum(42, payload));
+        let t = decode_marker(&frame[MARKER_BYTES + h.payload_len..], TAIL_MAGIC).unwrap();
+        assert_eq!(t, h, "the trailer repeats the header");
+        assert!(decode_marker(&frame, TAIL_MAGIC).is_none(), "a header is no trailer");
         let rec = decode_payload(42, payload).unwrap();
         assert_eq!(
             rec,
@@ -206,15 +310,25 @@ mod tests {
     }
 
     #[test]
+    fn every_flipped_bit_of_a_marker_fails_its_checksum() {
+        let frame = encode_frame(7, 9, &sample());
+        for bit in 0..MARKER_BYTES * 8 {
+            let mut b = frame[..MARKER_BYTES].to_vec();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_marker(&b, HEAD_MAGIC).is_none(), "bit {bit}");
+        }
+    }
+
+    #[test]
     fn checksum_binds_the_sequence_number() {
-        let frame = encode_frame(1, 5, &sample());
+        let frame = encode_frame_v1(1, 5, &sample());
         assert_ne!(checksum(1, &frame[16..]), checksum(2, &frame[16..]));
     }
 
     #[test]
     fn truncated_payload_is_an_error_not_a_panic() {
-        let frame = encode_frame(1, 5, &sample());
-        let payload = &frame[FRAME_HEADER_BYTES..];
+        let frame = encode_frame_v1(1, 5, &sample());
+        let payload = &frame[FRAME_V1_HEADER_BYTES..];
         for cut in 0..payload.len() {
             assert!(decode_payload(1, &payload[..cut]).is_err(), "cut {cut}");
         }
