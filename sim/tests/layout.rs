@@ -23,6 +23,12 @@ const NAMES: &[&str] = &[
     "logs_1_2.parquet",
     "other.parquet",
     "README",
+    ".receipts_5.parquet.open",
+    ".logs_0.parquet.open",
+    ".logs_x.parquet.open",
+    "receipts_5.parquet.open",
+    ".receipts_5.parquet",
+    "..receipts_5.parquet.open",
 ];
 
 const WAL_NAMES: &[&str] = &[
@@ -41,7 +47,8 @@ fn the_simulators_pair_name_grammar_agrees_with_the_stores() {
     let dir = Path::new("/data");
     for name in NAMES {
         let ours = classify(dir, &dir.join(name));
-        let theirs = receipt_store::files::parse_pair_name(name);
+        let theirs = receipt_store::files::parse_pair_name(name)
+            .or_else(|| receipt_store::files::parse_open_pair_name(name));
         let agree = match (&ours, theirs) {
             (FileKind::Receipts(a), Some((receipt_store::parquet::reader::FileKind::Receipts, b))) => *a == b,
             (FileKind::Logs(a), Some((receipt_store::parquet::reader::FileKind::Logs, b))) => *a == b,
