@@ -187,7 +187,7 @@ pub fn phantoms(tagged: &Tagged, got: &State) -> Vec<Failure> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for r in &got.receipts {
-        if !seen.insert(r.tx_hash) {
+        if !seen.insert((r.tx_hash, r.block_number)) {
             out.push(Failure::new(
                 Check::Phantom,
                 format!("receipt recovered twice in block {}", r.block_number),
@@ -254,8 +254,38 @@ pub fn check_receipt_read(
     hi: usize,
 ) -> Result<(), Failure> {
     let prunable = model.prunable();
-    let found = model.find(hash);
+    let all = model.find_all(hash);
+    // The answer is the earliest block holding the hash among those the read may see: an
+    // earlier occurrence may be missing only when it may have been pruned or was not yet acked
+    // at the call. With `asked_block`, only that block's occurrence counts.
+    let candidates: Vec<_> = all
+        .iter()
+        .filter(|(_, h, _)| asked_block.is_none_or(|b| b == *h))
+        .copied()
+        .collect();
+    let found = match got {
+        Some(r) => candidates
+            .iter()
+            .find(|(_, h, _)| *h == r.block_number)
+            .or(candidates.first())
+            .copied(),
+        None => candidates
+            .iter()
+            .find(|(w, h, _)| *w < lo && !prunable(*h))
+            .copied(),
+    };
     let fail = |d: String| Err(Failure::new(Check::Read, d));
+    if let Some(r) = got {
+        if let Some((w, h, _)) = candidates
+            .iter()
+            .find(|(w, h, _)| *h < r.block_number && *w < lo && !prunable(*h))
+        {
+            return fail(format!(
+                "get_receipt returned block {} but the hash is in block {h} too (write {w}, acked before the call)",
+                r.block_number
+            ));
+        }
+    }
     match (got, found) {
         (Some(r), None) => fail(format!(
             "get_receipt returned a receipt in block {} that was never written",

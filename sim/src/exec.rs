@@ -11,11 +11,14 @@
 use crate::check::{self, Check, Failure};
 use crate::fs::{Fault, FsOp, SimFs};
 use crate::model::{self, receipts_for, tx_hash, Model, State};
-use crate::plan::{Op, Plan, FAULT_STREAM, READER_STREAM, STALE_TX_BASE};
+use crate::plan::{Limit, Op, Plan, FAULT_STREAM, READER_STREAM, STALE_TX_BASE};
 use crate::runtime::{yield_now, Handle, Runtime, SimEnv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use receipt_store::{Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store};
+use receipt_store::{
+    Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, MAX_LOG_DATA_BYTES,
+    MAX_RECEIPT_BYTES, MAX_TOPICS_PER_LOG,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -143,6 +146,7 @@ pub fn config(plan: &Plan) -> Config {
     c.prune_interval = Duration::from_millis(s.prune_interval_ms.max(1));
     c.sync_policy = s.sync_policy;
     c.wal_segment_bytes = 4096;
+    c.index_cache_files = s.index_cache_files;
     c
 }
 
@@ -590,13 +594,8 @@ impl Run<'_> {
             self.out.ops += 1;
             self.log(format!("op {i}: {op:?}"));
             match op {
-                Op::Write {
-                    height,
-                    first_tx,
-                    receipts,
-                    logs,
-                } => {
-                    let rs = receipts_for(seed, *height, *first_tx, *receipts, *logs);
+                Op::Write { height, .. } => {
+                    let rs = model::write_inputs(seed, op).expect("a write op");
                     self.write(&store, *height, rs, "write").await;
                 }
                 Op::Empty { height } => {
@@ -620,23 +619,35 @@ impl Run<'_> {
                     let rs = receipts_for(seed, *height, STALE_TX_BASE + i as u32, 1, 1);
                     self.write(&store, *height, rs, "stale").await;
                 }
-                Op::Oversized { height } => {
+                Op::Oversized { height, limit } => {
+                    // One step past the limit (the limits themselves, in `write_inputs`, are
+                    // accepted).
+                    let (receipt_bytes, topics, data, what) = match limit {
+                        Limit::Topics => (1, MAX_TOPICS_PER_LOG + 1, 0, "a log with five topics"),
+                        Limit::ReceiptBytes => (
+                            MAX_RECEIPT_BYTES + 1,
+                            0,
+                            0,
+                            "receipt bytes one over the limit",
+                        ),
+                        Limit::LogData => (1, 0, MAX_LOG_DATA_BYTES + 1, "log data one over the limit"),
+                    };
                     let bad = ReceiptInput {
                         tx_hash: [0xFF; 32],
                         tx_index: 0,
-                        receipt_bytes: vec![1],
+                        receipt_bytes: vec![1; receipt_bytes],
                         logs: vec![LogInput {
                             address: [0; 20],
-                            topics: vec![[0; 32]; 5],
-                            data: vec![],
+                            topics: vec![[0; 32]; topics],
+                            data: vec![0; data],
                         }],
                     };
                     let r = store.write_receipts(*height, vec![bad]).await;
-                    self.log(format!("  -> {r:?}"));
+                    self.log(format!("  -> {:?}", r.as_ref().map_err(|e| e.to_string())));
                     match r {
                         Ok(()) => self.fail(Failure::new(
                             Check::Write,
-                            "a log with five topics was accepted",
+                            format!("{what} was accepted"),
                         )),
                         Err(e) if rejected(&e) => {}
                         Err(Error::Poisoned(_)) if self.faulted_since_open() => {}

@@ -50,6 +50,39 @@ pub fn tx_hash(seed: u64, height: u64, tx: u32) -> [u8; 32] {
     h
 }
 
+/// The receipts a write op sends: [`receipts_for`] with the op's edge values applied (an earlier
+/// transaction's hash on the first receipt; the first receipt's bytes and first log's data
+/// exactly at the size limits). None for other ops.
+pub fn write_inputs(seed: u64, op: &crate::plan::Op) -> Option<Vec<ReceiptInput>> {
+    let crate::plan::Op::Write {
+        height,
+        first_tx,
+        receipts,
+        logs,
+        dup_hash_of,
+        at_limit,
+    } = op
+    else {
+        return None;
+    };
+    let mut rs = receipts_for(seed, *height, *first_tx, *receipts, *logs);
+    if let (Some(of), Some(first)) = (dup_hash_of, rs.first_mut()) {
+        first.tx_hash = tx_hash(seed, of.height, of.tx);
+    }
+    if let (true, Some(first)) = (*at_limit, rs.first_mut()) {
+        first.receipt_bytes.resize(receipt_store::MAX_RECEIPT_BYTES, b'.');
+        if first.logs.is_empty() {
+            first.logs.push(LogInput {
+                address: address(0),
+                topics: vec![topic(0); receipt_store::MAX_TOPICS_PER_LOG],
+                data: Vec::new(),
+            });
+        }
+        first.logs[0].data.resize(receipt_store::MAX_LOG_DATA_BYTES, 7);
+    }
+    Some(rs)
+}
+
 /// Deterministic receipts `first_tx..first_tx + n` of block `height`: small receipt bytes and
 /// 0..=3 logs each with 0..=4 topics from the small alphabets, so filters find matches.
 pub fn receipts_for(seed: u64, height: u64, first_tx: u32, n: u32, logs: u32) -> Vec<ReceiptInput> {
@@ -471,12 +504,22 @@ impl Model {
 
     /// The write holding `hash`: (index, height, receipt).
     pub fn find(&self, hash: &[u8; 32]) -> Option<(usize, u64, &ReceiptInput)> {
-        self.issued.iter().enumerate().find_map(|(i, w)| {
-            w.receipts
-                .iter()
-                .find(|r| &r.tx_hash == hash)
-                .map(|r| (i, w.height, r))
-        })
+        self.find_all(hash).into_iter().next()
+    }
+
+    /// Every write holding `hash` (a hash may recur in later blocks), oldest first:
+    /// (index, height, receipt).
+    pub fn find_all(&self, hash: &[u8; 32]) -> Vec<(usize, u64, &ReceiptInput)> {
+        self.issued
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| {
+                w.receipts
+                    .iter()
+                    .filter(move |r| &r.tx_hash == hash)
+                    .map(move |r| (i, w.height, r))
+            })
+            .collect()
     }
 }
 

@@ -31,6 +31,12 @@ const MAX_DRAWS_PER_OP: usize = 64;
 /// Disk-changing filesystem calls a crash inside an operation may follow, at most (a rotation
 /// with a flush makes about 20).
 pub const MAX_CRASH_POINT: u32 = 32;
+/// Probability that a plan's first write lands on block 0.
+const FIRST_WRITE_AT_ZERO: f64 = 0.3;
+/// Probability that a write's first receipt reuses an earlier block's tx hash.
+const DUPLICATE_HASH: f64 = 0.05;
+/// Probability that an empty block is at or below the last height (a no-op).
+const STALE_EMPTY: f64 = 0.15;
 /// Transaction indices of stale writes start here, so their hashes never collide with real ones.
 pub const STALE_TX_BASE: u32 = 1_000;
 
@@ -68,6 +74,10 @@ pub struct Scenario {
     /// Coverage marks this scenario exists to reach: a campaign in which one is never hit fails.
     #[serde(default)]
     pub claims: Vec<String>,
+    /// Probability that a write carries a receipt exactly at the size limits (8 MiB: rare, as
+    /// every read check copies the model's state).
+    #[serde(default)]
+    pub at_limit_probability: f64,
 }
 
 fn default_prune_interval_ms() -> [u64; 2] {
@@ -151,6 +161,23 @@ pub struct Swarm {
     /// Per-mille chance per scheduler step that time jumps to the next timer (see runtime).
     #[serde(default)]
     pub time_jump_per_mille: u32,
+    /// File indexes the store caches (small values make reads evict).
+    #[serde(default = "default_index_cache_files")]
+    pub index_cache_files: usize,
+}
+
+fn default_index_cache_files() -> usize {
+    receipt_store::Config::default().index_cache_files
+}
+
+/// Which input limit an oversized write crosses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    #[default]
+    Topics,
+    ReceiptBytes,
+    LogData,
 }
 
 /// A transaction a read looks for: its block and index (see [`crate::model::tx_hash`]).
@@ -171,6 +198,13 @@ pub enum Op {
         first_tx: u32,
         receipts: u32,
         logs: u32,
+        /// The first receipt reuses the hash of an earlier transaction (the same tx hash in two
+        /// blocks: `get_receipt` must answer the earliest).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dup_hash_of: Option<TxRef>,
+        /// The first receipt's bytes and its first log's data are exactly at the size limits.
+        #[serde(default, skip_serializing_if = "is_false")]
+        at_limit: bool,
     },
     /// An empty block: moves the store's cursor (and may rotate) without a receipt.
     Empty {
@@ -180,9 +214,12 @@ pub enum Op {
     Stale {
         height: u64,
     },
-    /// A receipt whose log has five topics: must be rejected.
+    /// A receipt one step past a limit (five topics, or receipt bytes or log data one byte
+    /// over): must be rejected.
     Oversized {
         height: u64,
+        #[serde(default)]
+        limit: Limit,
     },
     /// Read one receipt by hash (an unknown hash when `target` is None); with `in_block`, ask
     /// for it in a given block (its own, or the next one when `wrong_block`).
@@ -282,6 +319,10 @@ pub struct Plan {
     /// and fault draws (how `explore` enumerates durable images).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fault_salt: u64,
+}
+
+fn is_false(x: &bool) -> bool {
+    !*x
 }
 
 fn is_zero(x: &u64) -> bool {
@@ -415,7 +456,13 @@ pub fn draw_swarm(rng: &mut ChaCha8Rng, sc: &Scenario) -> Swarm {
         weights.remove(&OpKind::FsFault);
     }
     let time_jump_per_mille = pick(rng, sc.time_jump_per_mille).min(1000);
+    let index_cache_files = if rng.random_bool(0.5) {
+        rng.random_range(1..=4)
+    } else {
+        default_index_cache_files()
+    };
     Swarm {
+        index_cache_files,
         time_jump_per_mille,
         max_blocks_per_file,
         block_flush_interval,
@@ -434,6 +481,8 @@ pub fn draw_swarm(rng: &mut ChaCha8Rng, sc: &Scenario) -> Swarm {
 struct Cursor {
     height: u64,
     next_tx: u32,
+    /// Whether anything was written yet (the first write may land on block 0).
+    started: bool,
     /// Every (height, first tx, count) written so far, for reads to aim at.
     written: Vec<(u64, u32, u32)>,
 }
@@ -485,7 +534,10 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             .0;
         let op = match kind {
             OpKind::Write | OpKind::SameBlockWrite => {
-                if kind == OpKind::Write || cur.height == 0 {
+                if !cur.started && rng.random_bool(FIRST_WRITE_AT_ZERO) {
+                    // Block 0 is a height like any other (no zero sentinel).
+                    cur.next_tx = 0;
+                } else if kind == OpKind::Write || !cur.started {
                     cur.height += if rng.random_bool(0.8) {
                         1
                     } else {
@@ -493,27 +545,52 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                     };
                     cur.next_tx = 0;
                 }
+                cur.started = true;
                 let receipts = rng.random_range(1..=4);
+                // The same tx hash in two blocks: reuse an earlier block's transaction.
+                // Only a write that starts a block: a block never holds one hash twice.
+                let dup_hash_of = (kind == OpKind::Write
+                    && rng.random_bool(DUPLICATE_HASH)
+                    && cur.written.iter().any(|w| w.0 < cur.height))
+                .then(|| {
+                    let earlier: Vec<_> =
+                        cur.written.iter().filter(|w| w.0 < cur.height).copied().collect();
+                    let (height, first, n) = choose(&mut rng, &earlier);
+                    TxRef {
+                        height,
+                        tx: first + rng.random_range(0..n),
+                    }
+                });
                 let op = Op::Write {
                     height: cur.height,
                     first_tx: cur.next_tx,
                     receipts,
                     logs: rng.random_range(0..=3),
+                    dup_hash_of,
+                    at_limit: rng.random_bool(sc.at_limit_probability),
                 };
                 cur.written.push((cur.height, cur.next_tx, receipts));
                 cur.next_tx += receipts;
                 op
             }
             OpKind::Empty => {
-                cur.height += 1;
-                cur.next_tx = 0;
-                Op::Empty { height: cur.height }
+                if cur.started && rng.random_bool(STALE_EMPTY) {
+                    // An empty block at or below the last one: a no-op the store must accept.
+                    Op::Empty {
+                        height: cur.height - rng.random_range(0..=cur.height.min(2)),
+                    }
+                } else {
+                    cur.height += 1;
+                    cur.next_tx = 0;
+                    Op::Empty { height: cur.height }
+                }
             }
             OpKind::Stale if cur.height > 1 => Op::Stale {
                 height: cur.height - rng.random_range(1..cur.height),
             },
             OpKind::Oversized => Op::Oversized {
                 height: cur.height.max(1),
+                limit: choose(&mut rng, &[Limit::Topics, Limit::ReceiptBytes, Limit::LogData]),
             },
             OpKind::ReadReceipt => {
                 let target = (!cur.written.is_empty() && rng.random_bool(0.85)).then(|| {
@@ -532,7 +609,8 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             }
             OpKind::ReadLogs => {
                 let from = rng.random_range(0..=cur.height);
-                let positions = rng.random_range(0..=2);
+                // Up to the four positions eth_getLogs allows (logs carry 0..=4 topics).
+                let positions = rng.random_range(0..=4);
                 Op::ReadLogs {
                     from,
                     to: from + rng.random_range(0..8),
@@ -609,11 +687,14 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                             let receipts = rng.random_range(1..=4);
                             cur.written.push((cur.height, 0, receipts));
                             cur.next_tx = receipts;
+                            cur.started = true;
                             Op::Write {
                                 height: boundary,
                                 first_tx: 0,
                                 receipts,
                                 logs: rng.random_range(0..=3),
+                                dup_hash_of: None,
+                                at_limit: false,
                             }
                         } else {
                             Op::Empty { height: boundary }

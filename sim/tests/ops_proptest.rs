@@ -111,6 +111,7 @@ fn plan(steps: &[Step], mbf: u64, keep_recent: u64, always: bool, readers: u32) 
             weights: Default::default(),
             fs_faults: vec![],
             time_jump_per_mille: 20,
+            index_cache_files: 64,
         },
         ops,
         reason: String::new(),

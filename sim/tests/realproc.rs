@@ -95,6 +95,7 @@ fn writes_plan(seed: u64, writes: u64, window: u64) -> Plan {
             weights: Default::default(),
             fs_faults: vec![],
             time_jump_per_mille: 0,
+            index_cache_files: 64,
         },
         ops: (1..=writes)
             .map(|height| Op::Write {

@@ -20,16 +20,30 @@ pub enum Canary {
     ReplayBoundaryOffByOne,
     /// A failed open leaves the open pair's file handles open.
     LeakHandleOnFailedOpen,
+    /// Prune deletes a pair's files although a live read snapshot still uses them.
+    DeleteUnderLiveSnapshot,
+    /// Rotation syncs the directory after dropping the WAL segments instead of before: the same
+    /// calls, one fsync moved later within the operation.
+    DirSyncAfterWalDrop,
+    /// get_logs lets a log that lacks a constrained topic position match it (as a wildcard).
+    MissingTopicMatches,
+    /// Block 0 is a "nothing seen yet" sentinel (upstream's zero): after block 0 the store acts
+    /// as if no block was seen, so a second write to block 0 rotates the window again.
+    ZeroHeightSentinel,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 6] = [
+    pub const ALL: [Canary; 10] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
         Canary::TrustRetriedFsync,
         Canary::ReplayBoundaryOffByOne,
         Canary::LeakHandleOnFailedOpen,
+        Canary::DeleteUnderLiveSnapshot,
+        Canary::DirSyncAfterWalDrop,
+        Canary::MissingTopicMatches,
+        Canary::ZeroHeightSentinel,
     ];
 }
 

@@ -80,6 +80,7 @@ impl LogFilter {
         }
         self.topics.iter().enumerate().all(|(i, set)| {
             set.is_empty()
+                || (crate::planted!(MissingTopicMatches) && topics[i].is_empty())
                 || (topics[..=i].iter().all(|t| !t.is_empty())
                     && set.iter().any(|t| t[..] == *topics[i]))
         })

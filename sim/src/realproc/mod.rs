@@ -80,14 +80,9 @@ pub(crate) fn parent_config(plan: &Plan) -> Config {
 /// plan, so the model holds exactly what the child sent.
 pub fn write_of(plan: &Plan, i: usize) -> Option<(u64, Vec<ReceiptInput>, bool)> {
     match plan.ops.get(i)? {
-        Op::Write {
-            height,
-            first_tx,
-            receipts,
-            logs,
-        } => Some((
+        op @ Op::Write { height, .. } => Some((
             *height,
-            receipts_for(plan.seed, *height, *first_tx, *receipts, *logs),
+            crate::model::write_inputs(plan.seed, op).expect("a write op"),
             false,
         )),
         // The in-sim executor's stale write, tx indices past every real one.

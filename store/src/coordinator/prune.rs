@@ -63,7 +63,7 @@ impl<E: Env> State<E> {
         let mut errors = Vec::new();
         let mut keep = Vec::new();
         for (i, pair) in std::mem::take(&mut self.doomed).into_iter().enumerate() {
-            if Arc::strong_count(&pair) > 1 {
+            if Arc::strong_count(&pair) > 1 && !crate::planted!(DeleteUnderLiveSnapshot) {
                 mark!("prune-deferred-for-snapshot");
                 keep.push(pair); // a live snapshot reads it; retry on a later tick
                 continue;

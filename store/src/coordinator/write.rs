@@ -50,7 +50,10 @@ impl<E: Env> State<E> {
 
     /// The rotation condition: a writer is open, the height is new, and it is a boundary.
     fn rotates_at(&self, height: u64) -> bool {
-        self.open.is_some() && self.last_seen != Some(height) && self.is_boundary(height)
+        let last_seen = self
+            .last_seen
+            .filter(|&l| !(l == 0 && crate::planted!(ZeroHeightSentinel)));
+        self.open.is_some() && last_seen != Some(height) && self.is_boundary(height)
     }
 
     /// `write_receipts(height, receipts)`.
@@ -257,7 +260,7 @@ impl<E: Env> State<E> {
         let paths = open.writer.all_paths();
         let finished = async {
             open.writer.finish(seen).await?;
-            if crate::planted!(SkipRotationDirSync) {
+            if crate::planted!(SkipRotationDirSync) || crate::planted!(DirSyncAfterWalDrop) {
                 return Ok(());
             }
             self.env
@@ -306,6 +309,13 @@ impl<E: Env> State<E> {
                 }
             };
             wal.drop_before(keep_from).await?;
+            if crate::planted!(DirSyncAfterWalDrop) {
+                self.env
+                    .fs()
+                    .sync_dir(&self.dir)
+                    .await
+                    .map_err(|e| Error::io(&self.dir, e))?;
+            }
             self.failpoint(fp::AFTER_WAL_CLEAR)?;
         }
         Ok(())
