@@ -1,6 +1,8 @@
 //! Deterministic simulation harness for `receipt-store`: sim filesystem, seeded executor,
 //! plans, a reference model and the invariants, driven by the `receipt-sim` CLI.
 
+#[cfg(feature = "canary")]
+pub mod canaries;
 pub mod check;
 pub mod exec;
 pub mod fs;

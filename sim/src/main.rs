@@ -62,6 +62,23 @@ enum Cmd {
         #[arg(long)]
         marks: bool,
     },
+    /// Measure harness strength: run every planted bug against the scenario meant to catch it
+    /// and report the share of seeds that catch it (builds with --features canary only). Exits
+    /// 1 when a bug is caught by fewer than 5% of the seeds, or its first catching seed also
+    /// fails without it.
+    Canaries {
+        /// Seeds per planted bug (0..N).
+        #[arg(long, default_value_t = 1_000)]
+        seeds: u64,
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Only this planted bug (kebab-case name).
+        #[arg(long)]
+        only: Option<String>,
+        /// Report path.
+        #[arg(long, default_value = "reports/canaries.json")]
+        report: PathBuf,
+    },
     /// Run one seed and print its full event trace.
     Repro {
         #[arg(long)]
@@ -359,6 +376,66 @@ fn campaign(
     }
 }
 
+#[cfg(feature = "canary")]
+fn canaries(seeds: u64, jobs: usize, only: Option<String>, report: PathBuf) {
+    use receipt_sim::canaries::{measure, MIN_CATCH_RATE, TABLE};
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    println!("| planted bug | scenario | seeds | caught | share | first catching seed | passes without |");
+    println!("|---|---|---:|---:|---:|---|:-:|");
+    for (c, sc) in TABLE {
+        let name = serde_json::to_value(c).expect("serialisable");
+        let name = name.as_str().unwrap_or_default().to_string();
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let r = measure(c, sc, seeds, jobs).unwrap_or_else(|e| die(&e));
+        println!(
+            "| {name} | {sc} | {} | {} | {:.1}% | {} | {} |",
+            r.seeds,
+            r.caught,
+            100.0 * r.rate(),
+            r.first
+                .as_ref()
+                .map_or("none".into(), |(s, f)| format!("{s}: {}", f.split(']').next().unwrap_or("").trim_start_matches('['))),
+            match r.first_passes_without {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
+        );
+        rows.push(r);
+    }
+    let weak: Vec<_> = rows.iter().filter(|r| !r.ok()).collect();
+    println!(
+        "{} planted bug(s) in {:.0} s; each must be caught by at least {:.0}% of its scenario's seeds",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        100.0 * MIN_CATCH_RATE
+    );
+    if let Some(dir) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&report, serde_json::to_string_pretty(&rows).expect("serialisable"));
+    for r in &weak {
+        println!(
+            "WEAK: {:?} caught by {:.1}% of {} seeds (passes without: {:?})",
+            r.canary,
+            100.0 * r.rate(),
+            r.scenario,
+            r.first_passes_without
+        );
+    }
+    if !weak.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(feature = "canary"))]
+fn canaries(_: u64, _: usize, _: Option<String>, _: PathBuf) {
+    die("planted bugs need a canary build: cargo run --release -p receipt-sim --features canary -- canaries");
+}
+
 fn save_plan(path: &Path, plan: &Plan) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
@@ -390,6 +467,12 @@ fn main() {
             report,
             marks,
         ),
+        Cmd::Canaries {
+            seeds,
+            jobs,
+            only,
+            report,
+        } => canaries(seeds, jobs, only, report),
         Cmd::Repro {
             seed,
             scenario,

@@ -43,7 +43,7 @@ fn assert_caught(c: Canary, scenario: &str) {
 
 #[test]
 fn the_leaked_handle_is_reported_as_a_leak() {
-    let (_, why) = first_catch(Canary::LeakHandleOnFailedOpen, "disk-full").expect("caught");
+    let (_, why) = first_catch(Canary::LeakHandleOnFailedOpen, "crash-storm").expect("caught");
     assert!(why.contains("handles left open"), "{why}");
 }
 
@@ -74,7 +74,30 @@ fn an_off_by_one_at_the_replay_boundary_is_caught() {
 
 #[test]
 fn a_handle_leaked_by_a_failed_open_is_caught() {
-    assert_caught(Canary::LeakHandleOnFailedOpen, "disk-full");
+    assert_caught(Canary::LeakHandleOnFailedOpen, "crash-storm");
+}
+
+#[test]
+fn deleting_files_under_a_live_read_snapshot_is_caught() {
+    let (_, why) = first_catch(Canary::DeleteUnderLiveSnapshot, "readers-vs-prune").expect("caught");
+    assert!(why.starts_with("[read]"), "{why}");
+    assert_caught(Canary::DeleteUnderLiveSnapshot, "readers-vs-prune");
+}
+
+#[test]
+fn a_directory_sync_moved_after_the_wal_drop_within_rotation_is_caught() {
+    assert_caught(Canary::DirSyncAfterWalDrop, "power-loss");
+}
+
+#[test]
+fn a_missing_topic_position_matching_is_caught_by_the_independent_oracle() {
+    let (_, why) = first_catch(Canary::MissingTopicMatches, "default").expect("caught");
+    assert!(why.starts_with("[read]"), "{why}");
+}
+
+#[test]
+fn a_zero_height_sentinel_is_caught() {
+    assert_caught(Canary::ZeroHeightSentinel, "edges");
 }
 
 #[test]
