@@ -54,6 +54,8 @@ fn plan(steps: &[Step], mbf: u64, keep_recent: u64, always: bool, readers: u32) 
                     first_tx: next_tx,
                     receipts: n,
                     logs: 2,
+                    dup_hash_of: None,
+                    at_limit: false,
                 };
                 last_write = Some(TxRef {
                     height,

@@ -103,6 +103,8 @@ fn writes_plan(seed: u64, writes: u64, window: u64) -> Plan {
                 first_tx: 0,
                 receipts: 2,
                 logs: 1,
+                dup_hash_of: None,
+                at_limit: false,
             })
             .collect(),
         reason: String::new(),
