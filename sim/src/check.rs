@@ -32,6 +32,9 @@ pub enum Check {
     Files,
     /// 7: the same seed twice gave different traces.
     Determinism,
+    /// What must happen did not: a window prune may delete is still tracked after a prune, or
+    /// a clean close left WAL records that closed pairs cover.
+    Liveness,
     /// The simulation itself stopped (deadlock, step limit).
     Sim,
 }
@@ -49,6 +52,7 @@ impl Check {
             Check::Tasks => "tasks",
             Check::Files => "files",
             Check::Determinism => "determinism",
+            Check::Liveness => "liveness",
             Check::Sim => "sim",
         }
     }
@@ -60,7 +64,7 @@ impl Check {
     }
 }
 
-pub const ALL_CHECKS: [Check; 11] = [
+pub const ALL_CHECKS: [Check; 12] = [
     Check::Open,
     Check::Recovery,
     Check::Phantom,
@@ -71,6 +75,7 @@ pub const ALL_CHECKS: [Check; 11] = [
     Check::Tasks,
     Check::Files,
     Check::Determinism,
+    Check::Liveness,
     Check::Sim,
 ];
 
@@ -241,6 +246,41 @@ pub fn resurrected(got: &State, pruned: &BTreeMap<u64, u64>) -> Vec<Failure> {
         }
     }
     out
+}
+
+/// Liveness of prune, from the spec (6.2) and not the store's code: with `keep_recent` > 0 a
+/// closed pair may go once every block it holds is below `latest - keep_recent`, which (as
+/// rotation only fires at boundaries) is known once the next pair starts at or below that line;
+/// the newest pair always stays. Returns the tracked pairs a finished prune left behind.
+pub fn overdue_for_prune(closed: &[u64], latest: u64, keep_recent: u64) -> Vec<u64> {
+    if keep_recent == 0 {
+        return Vec::new();
+    }
+    let line = latest.saturating_sub(keep_recent);
+    let mut sorted = closed.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .windows(2)
+        .filter(|w| w[1] <= line)
+        .map(|w| w[0])
+        .collect()
+}
+
+/// Liveness of the WAL after a clean close: every record is in a closed pair, so no segment
+/// may hold a byte (the active segment a close leaves is empty).
+pub fn wal_left_after_close(files: &BTreeMap<PathBuf, Vec<u8>>, dir: &Path) -> Vec<Failure> {
+    let left: Vec<String> = files
+        .iter()
+        .filter(|(p, b)| classify(dir, p) == FileKind::WalSegment && !b.is_empty())
+        .map(|(p, b)| format!("{} ({} bytes)", p.display(), b.len()))
+        .collect();
+    if left.is_empty() {
+        return Vec::new();
+    }
+    vec![Failure::new(
+        Check::Liveness,
+        format!("a clean close left WAL records closed pairs cover: {}", left.join(", ")),
+    )]
 }
 
 /// Invariant 3 for `get_receipt` / `get_receipt_in_block`: the answer agrees with the model on

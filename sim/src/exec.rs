@@ -36,6 +36,8 @@ pub const MAX_YIELDS_BETWEEN_READS: u32 = 48;
 pub const MAX_READER_PAUSE_MS: u64 = 400;
 /// Scheduling rounds close waits for reader tasks to notice and finish.
 const MAX_DRAIN_ROUNDS: usize = 10_000;
+/// Scheduler yields the writer gives the coordinator to serve a prune tick that is due.
+const YIELDS_FOR_A_TICK: usize = 64;
 /// Opens attempted per recovery: an armed fault may fail the first one legitimately.
 const MAX_OPEN_ATTEMPTS: usize = 2;
 /// Ops a poisoned store keeps serving (failing) before the executor restarts it, at most.
@@ -463,6 +465,12 @@ impl Run<'_> {
         self.stop_readers.store(true, Ordering::Relaxed);
         let r = store.close().await;
         self.log(format!("close: {r:?}"));
+        if r.is_ok() && !self.fs.is_dead() {
+            let files = self.fs.snapshot_files();
+            for f in check::wal_left_after_close(&files, Path::new(DATA_DIR)) {
+                self.fail(f);
+            }
+        }
         if let Err(e) = &r {
             if !self.faulted_since_open() {
                 self.fail(Failure::new(
@@ -733,6 +741,12 @@ impl Run<'_> {
                     self.handle
                         .sleep(Duration::from_millis(self.plan.swarm.prune_interval_ms + 1))
                         .await;
+                    // A time jump can wake this task before the coordinator has seen its tick,
+                    // and the coordinator serves requests before ticks: give it the scheduler
+                    // first, so the liveness check below sees the tick's prune.
+                    for _ in 0..YIELDS_FOR_A_TICK {
+                        yield_now().await;
+                    }
                     if *explicit {
                         let r = store.prune_now().await;
                         self.log(format!("  prune_now -> {r:?}"));
@@ -762,6 +776,22 @@ impl Run<'_> {
                                 Check::Write,
                                 format!("prune failed without an injected fault: {e}"),
                             )),
+                        }
+                    }
+                    // Liveness: a tick passed (and prune_now ran): nothing eligible is tracked.
+                    if let Ok(st) = store.status().await {
+                        if let (None, Some(latest)) = (&st.poisoned, st.latest_version) {
+                            let keep = self.plan.swarm.keep_recent;
+                            let overdue = check::overdue_for_prune(&st.closed_pairs, latest, keep);
+                            if !overdue.is_empty() {
+                                self.fail(Failure::new(
+                                    Check::Liveness,
+                                    format!(
+                                        "after a prune tick, pairs {overdue:?} are still tracked although block {latest} minus keep-recent {keep} is past them (closed pairs {:?})",
+                                        st.closed_pairs
+                                    ),
+                                ));
+                            }
                         }
                     }
                 }
