@@ -63,6 +63,8 @@ pub struct Outcome {
     pub marks: BTreeMap<String, u64>,
     /// A hash of the on-disk image right after each crash or power loss, in order.
     pub crash_images: Vec<u64>,
+    /// The store refused a file bit rot hit (the run stops there, passing).
+    pub rot_detected: bool,
     #[serde(skip)]
     pub trace: Vec<String>,
     /// On a recovery mismatch: the state recovered and the nearest expected state.
@@ -135,6 +137,8 @@ struct Run<'p> {
     restart_in: Option<u32>,
     /// Whether the crash point armed inside an operation is a power loss.
     crash_inside_power: bool,
+    /// Files bit rot hit (paths as the store prints them), shared with the readers.
+    rotted: Arc<Mutex<Vec<String>>>,
     /// A crash point reached outside an op's own crash handling (inside close or open) was a
     /// power loss: the next recovery's lower bound is a power loss's.
     lost_power_unchecked: bool,
@@ -162,8 +166,15 @@ fn rejected(e: &Error) -> bool {
 
 /// Errors a read may legitimately return: the store is poisoned (reads fail until reopen), or
 /// an injected I/O fault hit the read.
-fn tolerated_read_error(e: &Error) -> bool {
-    matches!(e, Error::Poisoned(_)) || e.to_string().contains("injected")
+fn tolerated_read_error(e: &Error, rotted: &[String]) -> bool {
+    matches!(e, Error::Poisoned(_))
+        || e.to_string().contains("injected")
+        || names_rotted(&e.to_string(), rotted)
+}
+
+/// An error that names a file bit rot hit: the right answer to anything that needs its bytes.
+fn names_rotted(why: &str, rotted: &[String]) -> bool {
+    rotted.iter().any(|p| why.contains(p.as_str()))
 }
 
 impl Run<'_> {
@@ -181,6 +192,21 @@ impl Run<'_> {
         let line = f.to_string();
         self.log(format!("FAILURE: {line}"));
         self.out.failures.push(line);
+    }
+
+    fn rotted(&self) -> Vec<String> {
+        self.rotted.lock().unwrap().clone()
+    }
+
+    /// Whether `e` is the store rightly refusing bytes bit rot hit; logs it when so.
+    fn refused_rot(&mut self, what: &str, e: &Error) -> bool {
+        let why = e.to_string();
+        if names_rotted(&why, &self.rotted()) {
+            self.log(format!("{what} refused a rotted file, as it must: {why}"));
+            self.out.rot_detected = true;
+            return true;
+        }
+        false
     }
 
     fn faults(&self) -> u64 {
@@ -258,6 +284,9 @@ impl Run<'_> {
                         attempt -= 1;
                         continue;
                     }
+                    if self.refused_rot("open", &e) {
+                        return None;
+                    }
                     let injected = self.faults() > faults_before;
                     if attempt == MAX_OPEN_ATTEMPTS || !injected {
                         self.fail(Failure::new(
@@ -315,6 +344,13 @@ impl Run<'_> {
         }
         let got = match self.read_state_retrying(&store).await {
             Ok(s) => s,
+            Err(e) if self.refused_rot("reading the recovered state", &e) => {
+                // The run stops here: the state cannot be compared without the rotted file.
+                self.handle.abort_all();
+                yield_now().await;
+                drop(store);
+                return None;
+            }
             Err(e) => {
                 self.fail(Failure::new(
                     Check::Recovery,
@@ -415,6 +451,7 @@ impl Run<'_> {
                 self.plan.seed ^ READER_STREAM ^ ((r as u64) << 40) ^ self.out.reopens as u64,
             );
             let task = reader(
+                self.rotted.clone(),
                 self.handle.clone(),
                 store.clone(),
                 self.model.clone(),
@@ -695,7 +732,7 @@ impl Run<'_> {
                                 self.fail(f);
                             }
                         }
-                        Err(e) if tolerated_read_error(&e) => {}
+                        Err(e) if tolerated_read_error(&e, &self.rotted()) => {}
                         Err(e) => self.fail(Failure::new(
                             Check::Read,
                             format!("get_receipt failed: {e}"),
@@ -730,7 +767,7 @@ impl Run<'_> {
                                 self.fail(f);
                             }
                         }
-                        Err(e) if tolerated_read_error(&e) => {}
+                        Err(e) if tolerated_read_error(&e, &self.rotted()) => {}
                         Err(e) => {
                             self.fail(Failure::new(Check::Read, format!("get_logs failed: {e}")))
                         }
@@ -862,6 +899,32 @@ impl Run<'_> {
                     self.crash_inside_power = *power_loss;
                     self.fs.arm_crash_after(*after_fs_calls);
                 }
+                Op::BitRot {
+                    nth,
+                    per_mille,
+                    bit,
+                } => {
+                    let files: Vec<(std::path::PathBuf, usize)> = self
+                        .fs
+                        .snapshot_files()
+                        .into_iter()
+                        .filter(|(p, _)| {
+                            matches!(
+                                check::classify(Path::new(DATA_DIR), p),
+                                check::FileKind::Receipts(_) | check::FileKind::Logs(_)
+                            ) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        })
+                        .map(|(p, b)| (p, b.len()))
+                        .collect();
+                    if !files.is_empty() {
+                        let (path, len) = &files[*nth as usize % files.len()];
+                        let at = (*per_mille as usize * len) / 1000;
+                        if self.fs.rot_bit(path, at, *bit) {
+                            self.log(format!("  bit {bit} of byte {at} of {} flipped", path.display()));
+                            self.rotted.lock().unwrap().push(path.display().to_string());
+                        }
+                    }
+                }
                 Op::AfterEnd { crashed } => {
                     self.after_end(&store, *crashed).await;
                     match self.recover(false).await {
@@ -980,6 +1043,7 @@ impl Run<'_> {
 
 /// A reader task: reads at random moments while the writer proceeds, checking every answer.
 async fn reader(
+    rotted: Arc<Mutex<Vec<String>>>,
     clock: Handle,
     store: S,
     model: Arc<Mutex<Model>>,
@@ -1052,7 +1116,8 @@ async fn reader(
         if let Err(why) = result {
             // A read may fail when the store is poisoned, closed under it, or hit by an injected
             // fault; any other failure (say, a concurrent prune deleting its file) is a bug.
-            let tolerated = why.contains("store closed")
+            let tolerated = names_rotted(&why, &rotted.lock().unwrap())
+                || why.contains("store closed")
                 || why.contains("must be reopened")
                 || why.contains("injected");
             if !tolerated {
@@ -1117,6 +1182,7 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
         faults_at_open: 0,
         restart_in: None,
         crash_inside_power: false,
+        rotted: Arc::new(Mutex::new(Vec::new())),
         lost_power_unchecked: false,
     };
     let r = rt.block_on(run.exec());

@@ -224,6 +224,23 @@ impl SimFs {
         self.state.lock().unwrap().stats.clone()
     }
 
+    /// Bit rot at rest: flips bit `bit` of byte `at` of `path`, in what reads see and in what
+    /// survives a power loss alike. Only synced bytes rot (returns false when `at` is past them).
+    pub fn rot_bit(&self, path: &Path, at: usize, bit: u8) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let Ok(ino) = Self::lookup(&s, path) else {
+            return false;
+        };
+        let inode = s.inodes.get_mut(&ino).expect("entry points at inode");
+        if at >= inode.durable.len() || at >= inode.data.len() {
+            return false;
+        }
+        inode.durable[at] ^= 1 << (bit % 8);
+        inode.data[at] ^= 1 << (bit % 8);
+        s.stats.faults += 1;
+        true
+    }
+
     /// Every visible file and its bytes.
     pub fn snapshot_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let s = self.state.lock().unwrap();

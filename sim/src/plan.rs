@@ -118,6 +118,8 @@ pub enum OpKind {
     CrashInside,
     /// API paths after the end of a store's life: calls after crash() and after close.
     AfterEnd,
+    /// One flipped bit at rest in a finished parquet file.
+    BitRot,
 }
 
 impl OpKind {
@@ -138,6 +140,7 @@ impl OpKind {
                 | OpKind::Flush
                 | OpKind::CrashInside
                 | OpKind::AfterEnd
+                | OpKind::BitRot
         )
     }
 }
@@ -281,6 +284,14 @@ pub enum Op {
     AfterEnd {
         crashed: bool,
     },
+    /// Flip bit `bit` of the byte at `per_mille`/1000 of the `nth` (modulo their count)
+    /// finished parquet file, at rest. From then on an error naming that file is the right
+    /// answer to anything that needs its bytes; a wrong answer never is.
+    BitRot {
+        nth: u32,
+        per_mille: u32,
+        bit: u8,
+    },
 }
 
 impl Op {
@@ -302,6 +313,7 @@ impl Op {
             Op::Flush => "flush",
             Op::CrashInside { .. } => "crash_inside",
             Op::AfterEnd { .. } => "after_end",
+            Op::BitRot { .. } => "bit_rot",
         }
     }
 }
@@ -707,6 +719,11 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             }
             OpKind::AfterEnd => Op::AfterEnd {
                 crashed: rng.random_bool(0.5),
+            },
+            OpKind::BitRot => Op::BitRot {
+                nth: rng.random_range(0..64),
+                per_mille: rng.random_range(0..1000),
+                bit: rng.random_range(0..8),
             },
             _ => continue,
         };

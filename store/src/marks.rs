@@ -69,6 +69,7 @@ pub const ALL: &[(&str, &str)] = &[
     // Reads.
     ("read-open-window", "a read answers rows from the open window"),
     ("read-row-group-skipped", "a read skips a row group by its statistics or bloom filter"),
+    ("open-footer-checksum-failed", "a file whose footer checksum fails is refused, naming it"),
     ("read-row-group-checksum-failed", "a row group whose checksum fails fails its read"),
     ("read-index-cache-evicted", "the file index cache evicts its least recently used entry"),
     ("read-limit-reached", "get_logs stops at its limit"),

@@ -130,6 +130,7 @@ async fn child_run(plan: &Plan, dir: &Path, from_op: usize) -> i32 {
             | Op::PowerLoss
             | Op::CrashInside { .. }
             | Op::AfterEnd { .. }
+            | Op::BitRot { .. }
             | Op::Failpoint { .. }
             | Op::FsFault { .. } => {}
         }

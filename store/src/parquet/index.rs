@@ -145,7 +145,7 @@ impl FileIndex {
             kv.and_then(|kv| kv.iter().find(|e| e.key == k))
                 .and_then(|e| e.value.clone())
         };
-        let last_seen_block = footer_facts(path, &find)?;
+        let last_seen_block = footer_facts(path, &footer, &find)?;
         let ours = find(BODY_CRC_KEY).is_some();
         let mut bloom_crcs: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
         for entry in find(BLOOM_CRC_KEY)

@@ -31,6 +31,38 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// written or observed empty, including the block whose arrival closed the window. Open seeds
 /// the last seen and latest block from it, so empty blocks that closed windows are remembered.
 pub const LAST_SEEN_BLOCK_KEY: &str = "receipt_store.last_seen_block";
+/// crc32c (hex) of the footer's own bytes, computed with this value as [`FOOTER_CRC_PLACEHOLDER`]
+/// and written into the footer last. Without it a flipped bit in the footer (row-group
+/// statistics, a bloom filter's offset) could make a read skip rows silently: found by the
+/// simulator's bit-rot scenario (a rotted receipts footer hid a receipt from get_receipt).
+pub const FOOTER_CRC_KEY: &str = "receipt_store.footer_crc32c";
+pub const FOOTER_CRC_PLACEHOLDER: &[u8; 8] = b"00000000";
+
+/// Where the footer checksum's value sits in the raw footer bytes: the first occurrence of
+/// `value` after the key's bytes (thrift puts a field header and a length byte between them).
+pub(crate) fn footer_crc_span(footer: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
+    let key = FOOTER_CRC_KEY.as_bytes();
+    let key_end = footer.windows(key.len()).position(|w| w == key)? + key.len();
+    let search = &footer[key_end..footer.len().min(key_end + 8 + value.len())];
+    let at = key_end + search.windows(value.len()).position(|w| w == value)?;
+    Some(at..at + value.len())
+}
+
+/// Checks a footer against the checksum it carries (files without one pass: written before it).
+pub(crate) fn footer_crc_ok(footer: &[u8], stored_hex: Option<&str>) -> bool {
+    let Some(hex) = stored_hex else {
+        return true;
+    };
+    let (Ok(stored), Some(span)) = (
+        u32::from_str_radix(hex, 16),
+        footer_crc_span(footer, hex.as_bytes()),
+    ) else {
+        return false;
+    };
+    let mut copy = footer.to_vec();
+    copy[span].copy_from_slice(FOOTER_CRC_PLACEHOLDER);
+    crc32c::crc32c(&copy) == stored
+}
 
 pub fn receipt_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();

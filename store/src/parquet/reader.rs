@@ -5,6 +5,7 @@ use super::{
     batch_to_logs_where, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
     LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
 };
+use super::{footer_crc_ok, FOOTER_CRC_KEY};
 use crate::error::Error;
 use crate::types::{LogRecord, ReceiptRecord, TxHash};
 use arrow_schema::SchemaRef;
@@ -88,8 +89,13 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
 /// A file of a newer layout is refused (not called corrupt: a newer store wrote it).
 pub(crate) fn footer_facts(
     path: &Path,
+    footer: &[u8],
     find: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<u64>, Error> {
+    if !footer_crc_ok(footer, find(FOOTER_CRC_KEY).as_deref()) {
+        crate::mark!("open-footer-checksum-failed");
+        return Err(corrupt(path, "footer checksum mismatch"));
+    }
     if let Some(v) = find(LAYOUT_VERSION_KEY) {
         match v.parse::<u32>() {
             Ok(n) if n <= LAYOUT_VERSION => {}
@@ -142,7 +148,13 @@ impl ParquetFile {
             kv.and_then(|kv| kv.iter().find(|e| e.key == k))
                 .and_then(|e| e.value.clone())
         };
-        let last_seen_block = footer_facts(path, &find)?;
+        let footer_len = u32::from_le_bytes(
+            bytes[bytes.len() - 8..bytes.len() - 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+        let footer_bytes = &bytes[bytes.len() - 8 - footer_len..bytes.len() - 8];
+        let last_seen_block = footer_facts(path, footer_bytes, &find)?;
         // Verify the body before decoding a single page: rot is an error, not wrong data.
         let checksummed = match (find(BODY_CRC_KEY), find(BODY_LEN_KEY)) {
             (Some(crc), Some(len)) => {

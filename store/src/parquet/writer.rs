@@ -10,6 +10,7 @@ use super::{
     log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
     BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
+use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};
@@ -208,10 +209,27 @@ impl<F: Fs> FileWriter<F> {
             LAST_SEEN_BLOCK_KEY.to_string(),
             last_seen_block.to_string(),
         ));
+        self.encoder.append_key_value_metadata(KeyValue::new(
+            FOOTER_CRC_KEY.to_string(),
+            String::from_utf8(FOOTER_CRC_PLACEHOLDER.to_vec()).expect("ascii"),
+        ));
         self.encoder.finish().map_err(|e| Error::Parquet {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
+        // The buffer ends with the footer, its length and the magic (anything the encoder writes
+        // at close, such as page indexes, comes before): checksum the footer with the
+        // placeholder in it, then write the sum in.
+        let tail = self.encoder.inner_mut();
+        let n = tail.len();
+        let footer_len =
+            u32::from_le_bytes(tail[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+        let footer = n - 8 - footer_len..n - 8;
+        let span = footer_crc_span(&tail[footer.clone()], FOOTER_CRC_PLACEHOLDER)
+            .expect("the footer carries the checksum placeholder");
+        let sum = crc32c::crc32c(&tail[footer.clone()]);
+        let at = footer.start + span.start..footer.start + span.end;
+        tail[at].copy_from_slice(format!("{sum:08x}").as_bytes());
         self.drain().await?;
         if crate::planted!(DropWalBeforePairDurable) {
             return Ok(());
