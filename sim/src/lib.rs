@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod exec;
+pub mod explore;
 pub mod fs;
 pub mod model;
 pub mod plan;
