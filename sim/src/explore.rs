@@ -27,10 +27,10 @@ use std::time::Instant;
 /// as truncated, never silently cut.
 pub const CRASH_POINT_MAX: u32 = 64;
 /// Default salts tried per power-loss crash point (`--salts`).
-pub const SALTS_MAX: u64 = 16;
+pub const SALTS_MAX: u64 = 64;
 /// Default salts in a row that may add no new power-loss image before the enumeration of that
 /// crash point stops (`--salt-stall`).
-pub const SALTS_STALL_MAX: u64 = 6;
+pub const SALTS_STALL_MAX: u64 = 12;
 /// Failing states saved (plan file and reproduction line) per case, at most; the count of
 /// failures is always complete.
 pub const FAILURES_SAVED_PER_CASE_MAX: usize = 5;
@@ -745,6 +745,23 @@ pub fn explore(cases: &[Case], bounds: &Bounds, jobs: usize, init: &(dyn Fn() + 
     report
 }
 
+/// Removes the plans an earlier exploration saved in `dir` (its `*.json` files), so what the
+/// directory holds is what the last exploration found.
+pub fn clear_failures(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|x| x == "json") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Saves every found failing plan under `dir` and fills its file and one-line reproduction.
 pub fn save_failures(report: &mut Report, dir: &Path) -> std::io::Result<()> {
     if report.found.is_empty() {
@@ -865,7 +882,9 @@ pub fn run_command(cmd: &Command, init: &(dyn Fn() + Sync)) -> i32 {
     let mut report = explore(&cases, b, cmd.jobs, init);
     report.commit = cmd.commit.clone();
     report.canary = cmd.canary.clone();
-    if let Err(e) = save_failures(&mut report, &cmd.failures_dir) {
+    let saved = clear_failures(&cmd.failures_dir)
+        .and_then(|()| save_failures(&mut report, &cmd.failures_dir));
+    if let Err(e) = saved {
         eprintln!(
             "could not save failing plans in {}: {e}",
             cmd.failures_dir.display()
