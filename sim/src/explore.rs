@@ -1,9 +1,10 @@
 //! Bounded exhaustive crash exploration (`receipt-sim explore`), after B3 and ALICE: short
-//! fixed plans ("cases") around rotation, flush, prune, close and reopen, and replay; inside each
-//! targeted op, a crash after every disk-changing filesystem call the op makes (k = 0, 1, 2, ...
-//! until the op makes no k-th call); at each crash point one process crash and every distinct
-//! power-loss image the salts 0..S draw. Every state runs the whole plan through the executor, so
-//! every invariant of [`crate::check`] is checked after the crash and to the end of the plan.
+//! fixed plans ("cases") around rotation, flush, prune, close and reopen, and replay. Each
+//! targeted op is crashed after k = 0, 1, 2, ... of its disk-changing filesystem calls until it
+//! makes no (k + 1)-th call, and once more right after its last call; at each crash point come
+//! one process crash and every distinct power-loss image the salts 0..S draw. Every state runs
+//! the whole plan through the executor, so every invariant of [`crate::check`] is checked after
+//! the crash and to the end of the plan.
 //!
 //! A state is a distinct (case, op, crash point, kind, crash images) tuple, where the crash images
 //! are the hashes of the disk right after each crash of the run ([`Outcome::crash_images`]).
@@ -307,7 +308,7 @@ pub fn select_cases(prefixes: &[String]) -> Result<Vec<Case>, String> {
 /// How far the exploration goes.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Bounds {
-    /// Largest crash point k tried inside one op.
+    /// Largest number of an op's disk-changing calls a crash inside it may follow.
     pub crash_point_max: u32,
     /// Salts tried per power-loss crash point.
     pub salts_max: u64,
@@ -687,62 +688,77 @@ pub fn explore(cases: &[Case], bounds: &Bounds, jobs: usize, init: &(dyn Fn() + 
         ..Default::default()
     };
     for (ci, case) in cases.iter().enumerate() {
-        let mut row = CaseReport {
-            case: case.name.clone(),
-            ..Default::default()
-        };
-        let mut images: BTreeSet<u64> = BTreeSet::new();
-        if let Some(first) = baselines[ci].failures.first() {
-            row.failures += 1;
-            report.found.push(Found {
-                case: case.name.clone(),
-                at: None,
-                crash: "none: the base plan fails".to_string(),
-                failure: first.clone(),
-                plan: case.plan.clone(),
-                plan_file: None,
-                repro: None,
-            });
-        }
-        let saved = report.found.len();
-        row.ops = case.targets.len();
-        for &(_, r) in results.iter().filter(|(rci, _)| *rci == ci) {
-            row.crash_points += r.crash_points;
-            row.truncated_ops += usize::from(r.truncated);
-            row.process_crash_states += r.process_states;
-            row.power_loss_images += r.power_loss_images;
-            row.failures += r.failures;
-            row.seconds += r.seconds;
-            images.extend(&r.images);
-            for (mark, n) in &r.marks {
-                *row.marks.entry(mark.clone()).or_default() += n;
-            }
-            for f in &r.found {
-                if report.found.len() - saved < FAILURES_SAVED_PER_CASE_MAX {
-                    report.found.push(f.clone());
-                }
-            }
-        }
-        row.states = row.process_crash_states + row.power_loss_images;
-        row.unreached_claims = case
-            .claims
+        let of_case = results
             .iter()
-            .filter(|m| !row.marks.contains_key(**m) && !baselines[ci].marks.contains_key(**m))
-            .map(|m| m.to_string())
-            .collect();
+            .filter(|(rci, _)| *rci == ci)
+            .map(|&(_, r)| r);
+        let (row, found) = case_row(case, &baselines[ci], of_case);
         report.unreached_claims.extend(
             row.unreached_claims
                 .iter()
                 .map(|m| format!("{}: {m}", case.name)),
         );
-        row.distinct_images = images.len();
         report.crash_points += row.crash_points;
         report.states += row.states;
         report.failures += row.failures;
         report.cases.push(row);
+        report.found.extend(found);
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// Sums a case's results into its row, with the failing states kept for it (the base plan's
+/// failure first, then at most [`FAILURES_SAVED_PER_CASE_MAX`]).
+fn case_row<'r>(
+    case: &Case,
+    baseline: &Outcome,
+    results: impl Iterator<Item = &'r OpResult>,
+) -> (CaseReport, Vec<Found>) {
+    let mut row = CaseReport {
+        case: case.name.clone(),
+        ops: case.targets.len(),
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    if let Some(first) = baseline.failures.first() {
+        row.failures += 1;
+        found.push(Found {
+            case: case.name.clone(),
+            at: None,
+            crash: "none: the base plan fails".to_string(),
+            failure: first.clone(),
+            plan: case.plan.clone(),
+            plan_file: None,
+            repro: None,
+        });
+    }
+    let mut images: BTreeSet<u64> = BTreeSet::new();
+    let mut found_in_states = Vec::new();
+    for r in results {
+        row.crash_points += r.crash_points;
+        row.truncated_ops += usize::from(r.truncated);
+        row.process_crash_states += r.process_states;
+        row.power_loss_images += r.power_loss_images;
+        row.failures += r.failures;
+        row.seconds += r.seconds;
+        images.extend(&r.images);
+        for (mark, n) in &r.marks {
+            *row.marks.entry(mark.clone()).or_default() += n;
+        }
+        found_in_states.extend(r.found.iter().cloned());
+    }
+    found_in_states.truncate(FAILURES_SAVED_PER_CASE_MAX);
+    found.extend(found_in_states);
+    row.states = row.process_crash_states + row.power_loss_images;
+    row.distinct_images = images.len();
+    row.unreached_claims = case
+        .claims
+        .iter()
+        .filter(|m| !row.marks.contains_key(**m) && !baseline.marks.contains_key(**m))
+        .map(|m| m.to_string())
+        .collect();
+    (row, found)
 }
 
 /// Removes the plans an earlier exploration saved in `dir` (its `*.json` files), so what the

@@ -112,7 +112,11 @@ mod canaries {
     fn assert_found(bug: Canary, names: &[&str]) {
         let cs = cases(names);
         let clean = explore_quietly(&cs, &small(), 2);
-        assert_eq!(clean.failures, 0, "fails without {bug:?}: {:#?}", clean.found);
+        assert_eq!(
+            clean.failures, 0,
+            "fails without {bug:?}: {:#?}",
+            clean.found
+        );
         let r = explore(&cs, &small(), 2, &move || canary::set(Some(bug)));
         assert!(r.failures > 0, "{bug:?} survived {} states", r.states);
         let f = &r.found[0];
