@@ -94,6 +94,31 @@ fn a_crash_point_bound_below_an_ops_calls_is_reported_as_cut() {
     assert_eq!(row.crash_points, 3, "{row:?}");
 }
 
+// The cases stay short plans, each crashing inside at least one op, each family under both sync
+// policies, and every mark a case claims exists in the store (a misspelt claim could never be
+// reached, but it should fail here, not in CI's exploration).
+#[test]
+fn every_case_is_short_targets_an_op_and_claims_known_marks() {
+    let all = receipt_sim::explore::cases();
+    let known: Vec<&str> = receipt_store::marks::ALL.iter().map(|(n, _)| *n).collect();
+    let mut names = std::collections::BTreeSet::new();
+    for c in &all {
+        assert!(names.insert(c.name.clone()), "{} twice", c.name);
+        assert!(c.plan.ops.len() <= 12, "{}: {} ops", c.name, c.plan.ops.len());
+        assert!(!c.targets.is_empty(), "{}", c.name);
+        assert!(!c.claims.is_empty(), "{} claims no mark", c.name);
+        for m in &c.claims {
+            assert!(known.contains(m), "{} claims unknown mark {m}", c.name);
+        }
+    }
+    for c in &all {
+        let (family, _) = c.name.split_once('/').expect("family/policy");
+        for policy in ["always", "never"] {
+            assert!(names.contains(&format!("{family}/{policy}")), "{family}/{policy}");
+        }
+    }
+}
+
 #[test]
 fn an_unknown_case_name_is_refused_with_the_known_names() {
     let e = select_cases(&["no-such-case".to_string()]).unwrap_err();
