@@ -104,7 +104,12 @@ fn every_case_is_short_targets_an_op_and_claims_known_marks() {
     let mut names = std::collections::BTreeSet::new();
     for c in &all {
         assert!(names.insert(c.name.clone()), "{} twice", c.name);
-        assert!(c.plan.ops.len() <= 12, "{}: {} ops", c.name, c.plan.ops.len());
+        assert!(
+            c.plan.ops.len() <= 12,
+            "{}: {} ops",
+            c.name,
+            c.plan.ops.len()
+        );
         assert!(!c.targets.is_empty(), "{}", c.name);
         assert!(!c.claims.is_empty(), "{} claims no mark", c.name);
         for m in &c.claims {
@@ -114,7 +119,10 @@ fn every_case_is_short_targets_an_op_and_claims_known_marks() {
     for c in &all {
         let (family, _) = c.name.split_once('/').expect("family/policy");
         for policy in ["always", "never"] {
-            assert!(names.contains(&format!("{family}/{policy}")), "{family}/{policy}");
+            assert!(
+                names.contains(&format!("{family}/{policy}")),
+                "{family}/{policy}"
+            );
         }
     }
 }
