@@ -65,6 +65,9 @@ pub struct Outcome {
     pub crash_images: Vec<u64>,
     /// The store refused a file bit rot hit (the run stops there, passing).
     pub rot_detected: bool,
+    /// For each entry of `crash_images`, how many plan ops had started when that crash happened:
+    /// a crash inside op i (from 0, its recovery included) records i + 1.
+    pub crash_ops_started: Vec<usize>,
     #[serde(skip)]
     pub trace: Vec<String>,
     /// On a recovery mismatch: the state recovered and the nearest expected state.
@@ -441,6 +444,7 @@ impl Run<'_> {
             self.fs.crash_process();
         }
         self.out.crash_images.push(self.fs.image_hash());
+        self.out.crash_ops_started.push(self.out.ops);
         true
     }
 
@@ -488,12 +492,19 @@ impl Run<'_> {
         } else {
             "a process crash"
         });
+        // A crash point armed and not reached yet survives this crash: it may fall in the
+        // recovery's open and replay (the recovery disarms it once an open succeeds).
+        let armed = self.fs.armed_crash_point();
         if power_loss {
             self.fs.power_loss(&mut self.fault_rng);
         } else {
             self.fs.crash_process();
         }
+        if let Some(calls) = armed {
+            self.fs.arm_crash_after(calls);
+        }
         self.out.crash_images.push(self.fs.image_hash());
+        self.out.crash_ops_started.push(self.out.ops);
         self.recover(power_loss).await
     }
 

@@ -215,6 +215,12 @@ impl SimFs {
         self.state.lock().unwrap().crash.dead
     }
 
+    /// The disk-changing calls left before the armed crash point, if one is armed and not
+    /// reached yet.
+    pub fn armed_crash_point(&self) -> Option<u32> {
+        self.state.lock().unwrap().crash.remaining
+    }
+
     /// Forgets an armed crash point that was not reached.
     pub fn disarm_crash(&self) {
         self.state.lock().unwrap().crash.remaining = None;

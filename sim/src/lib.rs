@@ -5,6 +5,7 @@
 pub mod canaries;
 pub mod check;
 pub mod exec;
+pub mod explore;
 pub mod fs;
 pub mod model;
 pub mod plan;

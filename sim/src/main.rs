@@ -169,6 +169,33 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Bounded exhaustive crash exploration: short plans around rotation, flush, prune, close
+    /// and reopen, and replay; a crash after every disk-changing filesystem call of each op
+    /// crashed inside, as a process crash and as every distinct power-loss image the salts draw.
+    /// Prints the states explored; exits 1 on any failure and writes a JSON report.
+    Explore {
+        /// Largest crash point (disk-changing calls before the crash) tried inside one op.
+        #[arg(long, default_value_t = receipt_sim::explore::CRASH_POINT_MAX)]
+        max_crash_point: u32,
+        /// Salts tried per power-loss crash point (each may draw another durable image).
+        #[arg(long, default_value_t = receipt_sim::explore::SALTS_MAX)]
+        salts: u64,
+        /// Stop a crash point's salts after this many in a row add no new image.
+        #[arg(long, default_value_t = receipt_sim::explore::SALTS_STALL_MAX)]
+        salt_stall: u64,
+        /// Only the cases whose name starts with this (repeatable): e.g. prune, flush/never.
+        #[arg(long)]
+        case: Vec<String>,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Activate a planted bug (builds with --features canary only).
+        #[arg(long)]
+        canary: Option<String>,
+        /// Report path; failing plans go to reports/explore-failures/.
+        #[arg(long, default_value = "reports/explore.json")]
+        report: PathBuf,
+    },
     /// The child of `real` (internal): runs a plan from an op on the store in a directory.
     #[command(hide = true)]
     Child {
@@ -629,6 +656,34 @@ fn main() {
                 .unwrap_or_else(|| PathBuf::from(format!("reports/real-{policy}-{seed}.json")));
             let failed = receipt_sim::realproc::run_campaign(&c, |s| generate(s, &sc), &report);
             std::process::exit(i32::from(failed));
+        }
+        Cmd::Explore {
+            max_crash_point,
+            salts,
+            salt_stall,
+            case,
+            jobs,
+            canary,
+            report,
+        } => {
+            // Here first, so an unknown name stops before any thread starts.
+            set_canary(&canary);
+            let cmd = receipt_sim::explore::Command {
+                bounds: receipt_sim::explore::Bounds {
+                    crash_point_max: max_crash_point,
+                    salts_max: salts,
+                    salts_stall_max: salt_stall,
+                },
+                cases: case,
+                jobs,
+                canary: canary.clone(),
+                commit: commit(),
+                report,
+                failures_dir: PathBuf::from(receipt_sim::explore::FAILURES_DIR),
+            };
+            std::process::exit(receipt_sim::explore::run_command(&cmd, &|| {
+                set_canary(&canary)
+            }));
         }
         Cmd::Child { dir, plan, from_op } => {
             std::process::exit(receipt_sim::realproc::child_main(&dir, &plan, from_op));
