@@ -657,6 +657,8 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                             FsOp::SyncDir,
                             FsOp::Rename,
                             FsOp::Create,
+                            FsOp::List,
+                            FsOp::Len,
                         ],
                     ),
                 };
