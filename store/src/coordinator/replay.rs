@@ -73,9 +73,15 @@ struct Scan {
 /// | one final, partner missing, no footer           | deleted (the open pair of a store before issue 9; its rows are in the WAL) |
 /// | one final, partner missing, in a window prune would delete | deleted, as prune would (a prune interrupted between its two deletes leaves one) |
 /// | one final, partner missing, otherwise           | quarantined: its rows are in no WAL record    |
-async fn scan<F: Fs>(fs: &F, dir: &Path, config: &Config) -> Result<Scan> {
+async fn scan<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    config: &Config,
+    wal_heights: &std::collections::BTreeSet<u64>,
+) -> Result<Scan> {
     let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
     let mut listing = group_listing(&names);
+    let open_starts: std::collections::BTreeSet<u64> = listing.open.keys().copied().collect();
     let mut quarantined = Vec::new();
     let newest_final = listing.pairs.last().copied();
     let mut renamed = false;
@@ -147,7 +153,8 @@ async fn scan<F: Fs>(fs: &F, dir: &Path, config: &Config) -> Result<Scan> {
     }
     listing.pairs.sort_unstable();
     listing.lone.sort();
-    let (catalogue, seen) = closed_pairs(fs, dir, listing.pairs).await?;
+    let (catalogue, seen) =
+        closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights).await?;
     for name in &listing.lone {
         if let Some(q) = lone_file(fs, dir, name, &catalogue, seen, config).await? {
             quarantined.push(q);
@@ -197,7 +204,16 @@ async fn closed_pairs<F: Fs>(
     fs: &F,
     dir: &Path,
     mut starts: Vec<u64>,
+    open_starts: &std::collections::BTreeSet<u64>,
+    wal_heights: &std::collections::BTreeSet<u64>,
 ) -> Result<(BTreeMap<u64, Arc<ClosedPair>>, Option<u64>)> {
+    // A window ends where the next pair on disk (final or open-named) starts.
+    let mut all_starts: std::collections::BTreeSet<u64> = starts.iter().copied().collect();
+    all_starts.extend(open_starts);
+    let wal_covers = |start: u64| {
+        let end = all_starts.range(start + 1..).next().copied().unwrap_or(u64::MAX);
+        wal_heights.range(start..end).next().is_some()
+    };
     let mut catalogue = BTreeMap::new();
     let mut seen = None;
     // Only the newest pair can be unfinished (it was the open pair); it is removed and the pair
@@ -211,7 +227,15 @@ async fn closed_pairs<F: Fs>(
                 catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, r.max_block())));
                 break;
             }
-            Err(e) if may_remove_unfinished && is_unfinished(&e) => {
+            // Only when the WAL still holds rows of its window: a final-named file without a
+            // footer that no record covers is not an old store's open pair but a finished file
+            // whose trailer rotted, and deleting it would destroy the only copy (found by the
+            // simulator's bit-rot scenario: a flipped bit in "PAR1" lost block 0).
+            Err(e)
+                if may_remove_unfinished
+                    && is_unfinished(&e)
+                    && wal_covers(last) =>
+            {
                 mark!("open-unfinished-pair-removed");
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                 discard(fs, dir, &paths).await?;
@@ -299,11 +323,20 @@ pub(crate) async fn open<E: Env>(
     fs.create_dir_all(&dir)
         .await
         .map_err(|e| Error::io(&dir, e))?;
+    // Read (nothing written yet) before the scan: whether the WAL still covers a window decides
+    // what the scan may delete.
+    let contents = Wal::read(fs.clone(), &dir).await?;
+    let wal_heights: std::collections::BTreeSet<u64> = contents
+        .records
+        .iter()
+        .filter(|r| !r.receipts.is_empty())
+        .map(|r| r.height)
+        .collect();
     let Scan {
         catalogue,
         seen: last_seen,
         mut quarantined,
-    } = scan(&fs, &dir, &config).await?;
+    } = scan(&fs, &dir, &config, &wal_heights).await?;
     let file_start_block = match catalogue.values().next_back() {
         Some(t) => match t.max_block {
             Some(m) => m.saturating_add(1).max(t.start + 1),
@@ -316,8 +349,7 @@ pub(crate) async fn open<E: Env>(
     // records those pairs hold (found by crash points inside close: a power loss after such an
     // open undid the renames, and the WAL no longer held the blocks).
     fs.sync_dir(&dir).await.map_err(|e| Error::io(&dir, e))?;
-    let (wal, records, wal_report) = Wal::read(fs.clone(), &dir)
-        .await?
+    let (wal, records, wal_report) = contents
         .open(config.sync_policy, config.wal_segment_bytes, file_start_block)
         .await?;
     quarantined.extend(wal_report.quarantined);
