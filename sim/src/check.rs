@@ -279,7 +279,10 @@ pub fn wal_left_after_close(files: &BTreeMap<PathBuf, Vec<u8>>, dir: &Path) -> V
     }
     vec![Failure::new(
         Check::Liveness,
-        format!("a clean close left WAL records closed pairs cover: {}", left.join(", ")),
+        format!(
+            "a clean close left WAL records closed pairs cover: {}",
+            left.join(", ")
+        ),
     )]
 }
 
@@ -442,7 +445,9 @@ pub fn classify(dir: &Path, path: &Path) -> FileKind {
                 .unwrap_or(name);
             let stem = final_name.strip_suffix(".parquet");
             match stem.and_then(|s| s.split_once('_')) {
-                Some(("receipts", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Receipts),
+                Some(("receipts", n)) => {
+                    block_digits(n).map_or(FileKind::Unknown, FileKind::Receipts)
+                }
                 Some(("logs", n)) => block_digits(n).map_or(FileKind::Unknown, FileKind::Logs),
                 _ => FileKind::Unknown,
             }

@@ -686,7 +686,9 @@ impl Run<'_> {
                             0,
                             "receipt bytes one over the limit",
                         ),
-                        Limit::LogData => (1, 0, MAX_LOG_DATA_BYTES + 1, "log data one over the limit"),
+                        Limit::LogData => {
+                            (1, 0, MAX_LOG_DATA_BYTES + 1, "log data one over the limit")
+                        }
                     };
                     let bad = ReceiptInput {
                         tx_hash: [0xFF; 32],
@@ -701,10 +703,9 @@ impl Run<'_> {
                     let r = store.write_receipts(*height, vec![bad]).await;
                     self.log(format!("  -> {:?}", r.as_ref().map_err(|e| e.to_string())));
                     match r {
-                        Ok(()) => self.fail(Failure::new(
-                            Check::Write,
-                            format!("{what} was accepted"),
-                        )),
+                        Ok(()) => {
+                            self.fail(Failure::new(Check::Write, format!("{what} was accepted")))
+                        }
                         Err(e) if rejected(&e) => {}
                         Err(Error::Poisoned(_)) if self.faulted_since_open() => {}
                         Err(e) => self.fail(Failure::new(
@@ -923,7 +924,9 @@ impl Run<'_> {
                             matches!(
                                 check::classify(Path::new(DATA_DIR), p),
                                 check::FileKind::Receipts(_) | check::FileKind::Logs(_)
-                            ) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                            ) && !p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
                         })
                         .map(|(p, b)| (p, b.len()))
                         .collect();
@@ -931,7 +934,10 @@ impl Run<'_> {
                         let (path, len) = &files[*nth as usize % files.len()];
                         let at = (*per_mille as usize * len) / 1000;
                         if self.fs.rot_bit(path, at, *bit) {
-                            self.log(format!("  bit {bit} of byte {at} of {} flipped", path.display()));
+                            self.log(format!(
+                                "  bit {bit} of byte {at} of {} flipped",
+                                path.display()
+                            ));
                             self.rotted.lock().unwrap().push(path.display().to_string());
                         }
                     }
@@ -1009,13 +1015,22 @@ impl Run<'_> {
         };
         let hash = [0xAB; 32];
         let answers: Vec<(&str, Result<(), Error>)> = vec![
-            ("write_receipts", store.write_receipts(u64::MAX / 2, vec![]).await),
+            (
+                "write_receipts",
+                store.write_receipts(u64::MAX / 2, vec![]).await,
+            ),
             ("get_receipt", store.get_receipt(&hash).await.map(|_| ())),
-            ("get_logs", store.get_logs(&LogFilter::default()).await.map(|_| ())),
+            (
+                "get_logs",
+                store.get_logs(&LogFilter::default()).await.map(|_| ()),
+            ),
             ("status", store.status().await.map(|_| ())),
             ("flush", store.flush().await),
             ("prune_now", store.prune_now().await.map(|_| ())),
-            ("set_max_blocks_per_file", store.set_max_blocks_per_file(4).await),
+            (
+                "set_max_blocks_per_file",
+                store.set_max_blocks_per_file(4).await,
+            ),
         ];
         for (call, r) in answers {
             match r {

@@ -560,7 +560,10 @@ impl Fs for SimFs {
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         yield_now().await;
         if self.is_dead() {
-            return Err(err(io::ErrorKind::Other, "injected crash: the process is dead"));
+            return Err(err(
+                io::ErrorKind::Other,
+                "injected crash: the process is dead",
+            ));
         }
         let mut s = self.state.lock().unwrap();
         for a in dir.ancestors() {

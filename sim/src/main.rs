@@ -422,9 +422,10 @@ fn canaries(seeds: u64, jobs: usize, only: Option<String>, report: PathBuf) {
             r.seeds,
             r.caught,
             100.0 * r.rate(),
-            r.first
-                .as_ref()
-                .map_or("none".into(), |(s, f)| format!("{s}: {}", f.split(']').next().unwrap_or("").trim_start_matches('['))),
+            r.first.as_ref().map_or("none".into(), |(s, f)| format!(
+                "{s}: {}",
+                f.split(']').next().unwrap_or("").trim_start_matches('[')
+            )),
             match r.first_passes_without {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -443,7 +444,10 @@ fn canaries(seeds: u64, jobs: usize, only: Option<String>, report: PathBuf) {
     if let Some(dir) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = std::fs::write(&report, serde_json::to_string_pretty(&rows).expect("serialisable"));
+    let _ = std::fs::write(
+        &report,
+        serde_json::to_string_pretty(&rows).expect("serialisable"),
+    );
     for r in &weak {
         println!(
             "WEAK: {:?} caught by {:.1}% of {} seeds (passes without: {:?})",

@@ -70,7 +70,9 @@ pub fn write_inputs(seed: u64, op: &crate::plan::Op) -> Option<Vec<ReceiptInput>
         first.tx_hash = tx_hash(seed, of.height, of.tx);
     }
     if let (true, Some(first)) = (*at_limit, rs.first_mut()) {
-        first.receipt_bytes.resize(receipt_store::MAX_RECEIPT_BYTES, b'.');
+        first
+            .receipt_bytes
+            .resize(receipt_store::MAX_RECEIPT_BYTES, b'.');
         if first.logs.is_empty() {
             first.logs.push(LogInput {
                 address: address(0),
@@ -78,7 +80,9 @@ pub fn write_inputs(seed: u64, op: &crate::plan::Op) -> Option<Vec<ReceiptInput>
                 data: Vec::new(),
             });
         }
-        first.logs[0].data.resize(receipt_store::MAX_LOG_DATA_BYTES, 7);
+        first.logs[0]
+            .data
+            .resize(receipt_store::MAX_LOG_DATA_BYTES, 7);
     }
     Some(rs)
 }

@@ -565,8 +565,12 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                     && rng.random_bool(DUPLICATE_HASH)
                     && cur.written.iter().any(|w| w.0 < cur.height))
                 .then(|| {
-                    let earlier: Vec<_> =
-                        cur.written.iter().filter(|w| w.0 < cur.height).copied().collect();
+                    let earlier: Vec<_> = cur
+                        .written
+                        .iter()
+                        .filter(|w| w.0 < cur.height)
+                        .copied()
+                        .collect();
                     let (height, first, n) = choose(&mut rng, &earlier);
                     TxRef {
                         height,
@@ -602,7 +606,10 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             },
             OpKind::Oversized => Op::Oversized {
                 height: cur.height.max(1),
-                limit: choose(&mut rng, &[Limit::Topics, Limit::ReceiptBytes, Limit::LogData]),
+                limit: choose(
+                    &mut rng,
+                    &[Limit::Topics, Limit::ReceiptBytes, Limit::LogData],
+                ),
             },
             OpKind::ReadReceipt => {
                 let target = (!cur.written.is_empty() && rng.random_bool(0.85)).then(|| {

@@ -176,7 +176,10 @@ impl Runtime {
     /// Lets virtual time jump to the next timer before `per_mille`/1000 of polls, even while
     /// tasks are ready (0: time moves only when every task waits).
     pub fn set_time_jump_per_mille(&mut self, per_mille: u32) {
-        assert!(per_mille <= 1000, "a probability in per mille is at most 1000");
+        assert!(
+            per_mille <= 1000,
+            "a probability in per mille is at most 1000"
+        );
         self.time_jump_per_mille = per_mille;
     }
 

@@ -79,7 +79,8 @@ fn a_handle_leaked_by_a_failed_open_is_caught() {
 
 #[test]
 fn deleting_files_under_a_live_read_snapshot_is_caught() {
-    let (_, why) = first_catch(Canary::DeleteUnderLiveSnapshot, "readers-vs-prune").expect("caught");
+    let (_, why) =
+        first_catch(Canary::DeleteUnderLiveSnapshot, "readers-vs-prune").expect("caught");
     assert!(why.starts_with("[read]"), "{why}");
     assert_caught(Canary::DeleteUnderLiveSnapshot, "readers-vs-prune");
 }

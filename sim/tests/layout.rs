@@ -50,12 +50,20 @@ fn the_simulators_pair_name_grammar_agrees_with_the_stores() {
         let theirs = receipt_store::files::parse_pair_name(name)
             .or_else(|| receipt_store::files::parse_open_pair_name(name));
         let agree = match (&ours, theirs) {
-            (FileKind::Receipts(a), Some((receipt_store::parquet::reader::FileKind::Receipts, b))) => *a == b,
-            (FileKind::Logs(a), Some((receipt_store::parquet::reader::FileKind::Logs, b))) => *a == b,
+            (
+                FileKind::Receipts(a),
+                Some((receipt_store::parquet::reader::FileKind::Receipts, b)),
+            ) => *a == b,
+            (FileKind::Logs(a), Some((receipt_store::parquet::reader::FileKind::Logs, b))) => {
+                *a == b
+            }
             (FileKind::Unknown, None) => true,
             _ => false,
         };
-        assert!(agree, "{name}: simulator says {ours:?}, store says {theirs:?}");
+        assert!(
+            agree,
+            "{name}: simulator says {ours:?}, store says {theirs:?}"
+        );
     }
 }
 
@@ -70,6 +78,9 @@ fn the_simulators_wal_name_grammar_agrees_with_the_stores() {
             FileKind::WalScratch => *name == "rewrite.tmp" && !theirs,
             _ => !theirs,
         };
-        assert!(agree, "wal/{name}: simulator says {ours:?}, store parses it: {theirs}");
+        assert!(
+            agree,
+            "wal/{name}: simulator says {ours:?}, store parses it: {theirs}"
+        );
     }
 }

@@ -46,7 +46,10 @@ fn every_scenario_claims_only_marks_the_store_has() {
     for name in scenario_names() {
         let sc = load_scenario(&name).unwrap();
         for c in &sc.claims {
-            assert!(receipt_store::marks::known(c), "{name} claims unknown mark {c:?}");
+            assert!(
+                receipt_store::marks::known(c),
+                "{name} claims unknown mark {c:?}"
+            );
         }
     }
 }
@@ -62,7 +65,10 @@ fn every_mark_is_claimed_by_some_scenario_or_listed_as_unreachable_here() {
         .map(|(n, _)| *n)
         .filter(|n| !claimed.iter().any(|c| c == n) && !NOT_REACHED_BY_THE_SIMULATOR.contains(n))
         .collect();
-    assert!(unclaimed.is_empty(), "marks no scenario claims: {unclaimed:?}");
+    assert!(
+        unclaimed.is_empty(),
+        "marks no scenario claims: {unclaimed:?}"
+    );
 }
 
 /// Marks the simulator does not reach today, each with the reason (the closing note of issue 11
@@ -88,10 +94,18 @@ fn every_scenario_reaches_every_mark_it_claims() {
     let mut missed = Vec::new();
     for name in scenario_names() {
         let s = campaign(&name);
-        assert_eq!(s.failures, 0, "{name}: {:?}", s.failing.first().map(|f| &f.first_failure));
+        assert_eq!(
+            s.failures,
+            0,
+            "{name}: {:?}",
+            s.failing.first().map(|f| &f.first_failure)
+        );
         if !s.unreached_claims.is_empty() {
             missed.push(format!("{name}: {:?}", s.unreached_claims));
         }
     }
-    assert!(missed.is_empty(), "claimed marks never hit in {SEEDS} seeds: {missed:?}");
+    assert!(
+        missed.is_empty(),
+        "claimed marks never hit in {SEEDS} seeds: {missed:?}"
+    );
 }

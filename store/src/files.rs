@@ -245,7 +245,9 @@ impl QuarantineReason {
         match self {
             QuarantineReason::LonePairFile => "lone".to_string(),
             QuarantineReason::StrayOpenPairFile => "stray".to_string(),
-            QuarantineReason::TornWalTail { offset_bytes } => format!("torn-tail-at-{offset_bytes}"),
+            QuarantineReason::TornWalTail { offset_bytes } => {
+                format!("torn-tail-at-{offset_bytes}")
+            }
             QuarantineReason::CorruptWalTail { offset_bytes } => {
                 format!("corrupt-tail-at-{offset_bytes}")
             }

@@ -61,9 +61,9 @@ pub(crate) use mark;
 pub use coordinator::{failpoints, FaultHook, Snapshot, Status};
 pub use error::{Error, FilesError, Result};
 pub use files::{QuarantineReason, QuarantinedFile};
-pub use wal::{WalTailCut, WalTailKind};
 pub use query::LogFilter;
 pub use types::*;
+pub use wal::{WalTailCut, WalTailKind};
 
 use coordinator::{Ending, Request, SharedEnding};
 use env::Env;

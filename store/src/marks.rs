@@ -122,13 +122,22 @@ mod tests {
     #[test]
     fn every_mark_in_the_code_is_listed_and_every_listed_mark_is_in_the_code() {
         let mut used = BTreeSet::new();
-        marks_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut used);
+        marks_in(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut used,
+        );
         let listed: BTreeSet<String> = ALL.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(ALL.len(), listed.len(), "a mark is listed twice");
         let unlisted: Vec<_> = used.difference(&listed).collect();
         let unused: Vec<_> = listed.difference(&used).collect();
-        assert!(unlisted.is_empty(), "marks used but not listed: {unlisted:?}");
-        assert!(unused.is_empty(), "marks listed but never placed: {unused:?}");
+        assert!(
+            unlisted.is_empty(),
+            "marks used but not listed: {unlisted:?}"
+        );
+        assert!(
+            unused.is_empty(),
+            "marks listed but never placed: {unused:?}"
+        );
     }
 
     #[test]

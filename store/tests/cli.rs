@@ -470,7 +470,9 @@ async fn the_cli_never_changes_the_directory() {
     let dir = arg(tmp.path());
     let before = tree(tmp.path());
     assert!(
-        before.keys().any(|p| p.ends_with(".receipts_8.parquet.open")),
+        before
+            .keys()
+            .any(|p| p.ends_with(".receipts_8.parquet.open")),
         "the unfinished pair a store would delete is there: {:?}",
         before.keys()
     );

@@ -448,7 +448,10 @@ async fn replay_failure_leaves_no_files_and_no_open_handles() {
         .await
         .err()
         .expect("replay must fail");
-    assert!(err.to_string().contains(".receipts_8.parquet.open"), "{err}");
+    assert!(
+        err.to_string().contains(".receipts_8.parquet.open"),
+        "{err}"
+    );
     assert_eq!(
         names(tmp.path()),
         Vec::<String>::new(),

@@ -7,8 +7,8 @@ use receipt_store::files::QuarantineReason;
 use receipt_store::parquet::reader::{FileKind, ParquetFile};
 use receipt_store::wal::{WalTailKind, WAL_DIR_NAME};
 use receipt_store::{failpoints, Config, FaultHook, LogInput, ReceiptInput, Store, SyncPolicy};
-use std::process::Command;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 type S = Store<RealEnv>;
@@ -204,7 +204,10 @@ async fn a_failed_pair_creation_leaves_no_stray_file() {
     let s = open(tmp.path(), config(4)).await;
     assert!(s.write_receipts(1, vec![receipt(1, 0, 1)]).await.is_err());
     assert_eq!(names(tmp.path()), Vec::<String>::new(), "no stray file");
-    assert!(s.close().await.is_err(), "the failed write poisoned the store");
+    assert!(
+        s.close().await.is_err(),
+        "the failed write poisoned the store"
+    );
     assert_eq!(names(tmp.path()), Vec::<String>::new(), "no stray file");
     for b in &blockers {
         std::fs::remove_dir(b).unwrap();
@@ -235,7 +238,10 @@ async fn a_lone_finished_pair_file_is_quarantined_and_the_store_opens() {
     let q = quarantine(tmp.path());
     assert_eq!(q.len(), 1, "{q:?}");
     assert!(q[0].starts_with("receipts_4.parquet."), "{q:?}");
-    assert!(!q[0].ends_with(".parquet"), "globs over the tree skip it: {q:?}");
+    assert!(
+        !q[0].ends_with(".parquet"),
+        "globs over the tree skip it: {q:?}"
+    );
     let kept = tmp.path().join("quarantine").join(&q[0]);
     assert_eq!(std::fs::read(&kept).unwrap(), bytes, "moved, not rewritten");
     assert!(!lone.exists());
@@ -247,8 +253,16 @@ async fn a_lone_finished_pair_file_is_quarantined_and_the_store_opens() {
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 8, 9]);
     s.close().await.unwrap();
     let r = inspect(tmp.path());
-    assert_eq!(r.0, 3, "a lone data file set aside needs an operator:\n{}", r.1);
-    assert!(r.1.contains(&q[0]) && r.1.contains("(lone, from receipts_4.parquet)"), "{}", r.1);
+    assert_eq!(
+        r.0, 3,
+        "a lone data file set aside needs an operator:\n{}",
+        r.1
+    );
+    assert!(
+        r.1.contains(&q[0]) && r.1.contains("(lone, from receipts_4.parquet)"),
+        "{}",
+        r.1
+    );
     let s = open(tmp.path(), config(4)).await;
     assert!(
         s.status().await.unwrap().quarantined.is_empty(),
@@ -270,20 +284,34 @@ async fn a_lone_file_of_a_window_prune_deletes_anyway_is_deleted_not_quarantined
     });
     let mut c = config(2);
     c.keep_recent = 4;
-    let s = Store::open_with_hook(RealEnv::default(), tmp.path(), c.clone(), Some(hook.clone()))
-        .await
-        .unwrap();
+    let s = Store::open_with_hook(
+        RealEnv::default(),
+        tmp.path(),
+        c.clone(),
+        Some(hook.clone()),
+    )
+    .await
+    .unwrap();
     for b in 1..=12u64 {
         s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
     }
     *hook.armed.lock().unwrap() = true;
-    assert!(s.prune_now().await.is_err(), "the failpoint interrupts prune");
+    assert!(
+        s.prune_now().await.is_err(),
+        "the failpoint interrupts prune"
+    );
     s.crash().await;
     let lone: Vec<String> = names(tmp.path())
         .into_iter()
-        .filter(|n| n.starts_with("logs_") && !tmp.path().join(n.replace("logs_", "receipts_")).exists())
+        .filter(|n| {
+            n.starts_with("logs_") && !tmp.path().join(n.replace("logs_", "receipts_")).exists()
+        })
         .collect();
-    assert_eq!(lone, vec!["logs_0.parquet".to_string()], "the interrupted prune left one");
+    assert_eq!(
+        lone,
+        vec!["logs_0.parquet".to_string()],
+        "the interrupted prune left one"
+    );
     let s = open(tmp.path(), c).await;
     assert!(!tmp.path().join("logs_0.parquet").exists());
     assert_eq!(quarantine(tmp.path()), Vec::<String>::new());
@@ -316,11 +344,18 @@ async fn bit_rot_in_the_last_wal_record_is_cut_with_its_bytes_kept() {
     let q = quarantine(tmp.path());
     assert_eq!(q.len(), 1, "{q:?}");
     let cut = std::fs::read(tmp.path().join("quarantine").join(&q[0])).unwrap();
-    assert!(bytes.ends_with(&cut), "the quarantined bytes are the cut tail");
+    assert!(
+        bytes.ends_with(&cut),
+        "the quarantined bytes are the cut tail"
+    );
     assert!(cut.len() > 40, "the whole last record, not a few bytes");
     let st = s.status().await.unwrap();
     let tail = st.wal_tail_cut.clone().expect("the cut is reported");
-    assert_eq!(tail.kind, WalTailKind::Corrupt, "its trailer shows it was written whole");
+    assert_eq!(
+        tail.kind,
+        WalTailKind::Corrupt,
+        "its trailer shows it was written whole"
+    );
     assert_eq!(tail.segment, seg);
     assert_eq!(tail.offset_bytes as usize, bytes.len() - cut.len());
     assert_eq!(tail.bytes as usize, cut.len());
@@ -334,7 +369,11 @@ async fn bit_rot_in_the_last_wal_record_is_cut_with_its_bytes_kept() {
     );
     s.close().await.unwrap();
     let r = inspect(tmp.path());
-    assert_eq!(r.0, 3, "a corrupt acknowledged record is a problem:\n{}", r.1);
+    assert_eq!(
+        r.0, 3,
+        "a corrupt acknowledged record is a problem:\n{}",
+        r.1
+    );
     assert!(r.1.contains("corrupt-tail-at-"), "{}", r.1);
 }
 
@@ -360,16 +399,30 @@ async fn a_torn_last_record_is_reported_as_torn_and_a_rotten_one_as_corrupt() {
         }
         std::fs::write(&seg, &bytes).unwrap();
         let before = inspect(tmp.path());
-        assert_eq!(before.0, if rotten { 3 } else { 0 }, "rotten {rotten}:\n{}", before.1);
+        assert_eq!(
+            before.0,
+            if rotten { 3 } else { 0 },
+            "rotten {rotten}:\n{}",
+            before.1
+        );
         let s = open(tmp.path(), config(100)).await;
         assert_eq!(all_blocks(&s).await, vec![1, 2]);
         let tail = s.status().await.unwrap().wal_tail_cut.expect("reported");
-        let want = if rotten { WalTailKind::Corrupt } else { WalTailKind::Torn };
+        let want = if rotten {
+            WalTailKind::Corrupt
+        } else {
+            WalTailKind::Torn
+        };
         assert_eq!(tail.kind, want);
         s.write_receipts(3, vec![receipt(3, 0, 1)]).await.unwrap();
         s.close().await.unwrap();
         let after = inspect(tmp.path());
-        assert_eq!(after.0, if rotten { 3 } else { 0 }, "rotten {rotten}:\n{}", after.1);
+        assert_eq!(
+            after.0,
+            if rotten { 3 } else { 0 },
+            "rotten {rotten}:\n{}",
+            after.1
+        );
         let s = open(tmp.path(), config(100)).await;
         assert_eq!(all_blocks(&s).await, vec![1, 2, 3]);
         s.close().await.unwrap();
@@ -443,7 +496,10 @@ async fn corruption_in_wal_records_closed_files_cover_does_not_block_open() {
     }
     let s = open(tmp.path(), config(4)).await;
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4, 5, 6, 7]);
-    assert!(!quarantine(tmp.path()).is_empty(), "the rotten segment is kept");
+    assert!(
+        !quarantine(tmp.path()).is_empty(),
+        "the rotten segment is kept"
+    );
     let st = s.status().await.unwrap();
     assert!(
         matches!(
@@ -452,8 +508,15 @@ async fn corruption_in_wal_records_closed_files_cover_does_not_block_open() {
         ),
         "{st:?}"
     );
-    assert_eq!(st.wal_tail_cut, None, "records came after the rot: no tail was cut");
-    assert_eq!(wal_bytes(tmp.path()), 0, "no record closed files cover outlives the open");
+    assert_eq!(
+        st.wal_tail_cut, None,
+        "records came after the rot: no tail was cut"
+    );
+    assert_eq!(
+        wal_bytes(tmp.path()),
+        0,
+        "no record closed files cover outlives the open"
+    );
     s.write_receipts(8, vec![receipt(8, 0, 0)]).await.unwrap();
     s.close().await.unwrap();
 }
@@ -487,10 +550,18 @@ async fn every_parquet_file_in_a_live_or_crashed_directory_is_finished() {
     for b in 1..=6 {
         s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
     }
-    assert_eq!(parquet_files_parse(tmp.path()), Vec::<String>::new(), "live");
+    assert_eq!(
+        parquet_files_parse(tmp.path()),
+        Vec::<String>::new(),
+        "live"
+    );
     assert!(names(tmp.path()).iter().any(|n| n.ends_with(".parquet")));
     s.crash().await;
-    assert_eq!(parquet_files_parse(tmp.path()), Vec::<String>::new(), "crashed");
+    assert_eq!(
+        parquet_files_parse(tmp.path()),
+        Vec::<String>::new(),
+        "crashed"
+    );
     let s = open(tmp.path(), config(4)).await;
     assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4, 5, 6]);
     s.close().await.unwrap();
@@ -535,7 +606,11 @@ async fn open_completes_a_finalization_interrupted_between_its_renames() {
             s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
         }
         s.close().await.unwrap();
-        let other = if renamed_first == "receipts" { "logs" } else { "receipts" };
+        let other = if renamed_first == "receipts" {
+            "logs"
+        } else {
+            "receipts"
+        };
         std::fs::rename(
             tmp.path().join(format!("{other}_4.parquet")),
             tmp.path().join(format!(".{other}_4.parquet.open")),
@@ -651,10 +726,15 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(4)).await;
     for b in 1..=5 {
-        s.write_receipts(b, vec![receipt(b, 0, 2), receipt(b, 1, 1)]).await.unwrap();
+        s.write_receipts(b, vec![receipt(b, 0, 2), receipt(b, 1, 1)])
+            .await
+            .unwrap();
     }
     s.close().await.unwrap();
-    for (name, want) in [("receipts_0.parquet", vec!["block_number"]), ("logs_0.parquet", vec!["block_number", "log_index"])] {
+    for (name, want) in [
+        ("receipts_0.parquet", vec!["block_number"]),
+        ("logs_0.parquet", vec!["block_number", "log_index"]),
+    ] {
         let f = std::fs::File::open(tmp.path().join(name)).unwrap();
         let r = SerializedFileReader::new(f).unwrap();
         let meta = r.metadata();
@@ -673,7 +753,11 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
         }
         let kv = meta.file_metadata().key_value_metadata().unwrap();
         let version = kv.iter().find(|e| e.key == "receipt_store.layout_version");
-        assert_eq!(version.and_then(|e| e.value.as_deref()), Some("1"), "{name}");
+        assert_eq!(
+            version.and_then(|e| e.value.as_deref()),
+            Some("1"),
+            "{name}"
+        );
         assert_eq!(
             meta.file_metadata().version(),
             1,
@@ -692,7 +776,10 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(err.contains("receipts_8.parquet") && err.contains("layout version 2"), "{err}");
+    assert!(
+        err.contains("receipts_8.parquet") && err.contains("layout version 2"),
+        "{err}"
+    );
 }
 
 /// Rewrites a plain parquet file (as `write_foreign_pair` makes) with a layout version entry.
@@ -705,7 +792,8 @@ fn rewrite_with_layout_version(bytes: &mut Vec<u8>, version: u32) {
         .build()
         .unwrap();
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, receipt_store::parquet::receipt_schema(), None).unwrap();
+    let mut w =
+        ArrowWriter::try_new(&mut out, receipt_store::parquet::receipt_schema(), None).unwrap();
     for b in reader {
         w.write(&b.unwrap()).unwrap();
     }
@@ -728,7 +816,11 @@ async fn latest_and_earliest_versions_follow_writes_empty_blocks_and_pruning() {
     let s = open(tmp.path(), config(4)).await;
     assert_eq!(s.latest_version().await.unwrap(), None);
     assert_eq!(s.earliest_version().await.unwrap(), None);
-    assert_eq!(s.get_receipt(&[9; 32]).await.unwrap(), None, "not found is Ok(None)");
+    assert_eq!(
+        s.get_receipt(&[9; 32]).await.unwrap(),
+        None,
+        "not found is Ok(None)"
+    );
     s.write_receipts(3, vec![]).await.unwrap();
     assert_eq!(s.latest_version().await.unwrap(), Some(3));
     assert_eq!(s.earliest_version().await.unwrap(), None, "no receipt yet");
@@ -746,7 +838,11 @@ async fn latest_and_earliest_versions_follow_writes_empty_blocks_and_pruning() {
         "close recorded the last seen block in the pair it finalized"
     );
     assert_eq!(s.earliest_version().await.unwrap(), Some(5));
-    assert_eq!(s.prune_below(9).await.unwrap(), 1, "pair 4 (blocks 5..=7) is below 8");
+    assert_eq!(
+        s.prune_below(9).await.unwrap(),
+        1,
+        "pair 4 (blocks 5..=7) is below 8"
+    );
     assert_eq!(s.earliest_version().await.unwrap(), Some(8));
     s.close().await.unwrap();
 }
@@ -761,10 +857,18 @@ async fn prune_below_deletes_every_window_wholly_below_the_block() {
     for b in 1..=10u64 {
         s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
     }
-    assert_eq!(s.prune_below(5).await.unwrap(), 2, "pairs 0 and 2 end below 4");
+    assert_eq!(
+        s.prune_below(5).await.unwrap(),
+        2,
+        "pairs 0 and 2 end below 4"
+    );
     assert_eq!(all_blocks(&s).await, vec![4, 5, 6, 7, 8, 9, 10]);
     assert_eq!(s.prune_below(5).await.unwrap(), 0);
-    assert_eq!(s.prune_below(u64::MAX).await.unwrap(), 2, "pairs 4 and 6; 8 is the newest");
+    assert_eq!(
+        s.prune_below(u64::MAX).await.unwrap(),
+        2,
+        "pairs 4 and 6; 8 is the newest"
+    );
     assert_eq!(s.status().await.unwrap().closed_pairs, vec![8]);
     assert_eq!(all_blocks(&s).await, vec![8, 9, 10]);
     assert!(!tmp.path().join("receipts_0.parquet").exists());

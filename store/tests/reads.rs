@@ -1062,7 +1062,11 @@ async fn reads_racing_writes_rotation_and_prune_never_fail_and_are_consistent() 
             .count()
     };
     assert_eq!(on_disk("parquet"), 2 * st.closed_pairs.len(), "kept pairs");
-    assert_eq!(on_disk("open"), 2, "and the open pair, under its open names");
+    assert_eq!(
+        on_disk("open"),
+        2,
+        "and the open pair, under its open names"
+    );
     let latest = RACE_BLOCKS;
     for b in latest - RACE_KEEP_RECENT..=latest {
         assert_eq!(

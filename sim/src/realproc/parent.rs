@@ -573,11 +573,7 @@ impl SeedRun<'_> {
         let mut out = Vec::new();
         match (store.status().await, read_tree(&self.data)) {
             (Ok(status), Ok(files)) => {
-                out.extend(check::check_files(
-                    &files,
-                    &self.data,
-                    &status,
-                ));
+                out.extend(check::check_files(&files, &self.data, &status));
             }
             (Err(e), _) => out.push(Failure::new(Check::Open, format!("status after open: {e}"))),
             (_, Err(e)) => out.push(Failure::new(

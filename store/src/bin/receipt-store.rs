@@ -833,7 +833,9 @@ fn inspect_wal(wal: &WalReport, floor: u64, f: &mut Findings) {
 fn inspect_quarantine(dir: &Path, f: &mut Findings) -> Result<usize, String> {
     let qdir = dir.join(QUARANTINE_DIR_NAME);
     let mut names: Vec<(String, u64)> = Vec::new();
-    for entry in std::fs::read_dir(&qdir).map_err(|e| format!("cannot list {}: {e}", qdir.display()))? {
+    for entry in
+        std::fs::read_dir(&qdir).map_err(|e| format!("cannot list {}: {e}", qdir.display()))?
+    {
         let entry = entry.map_err(|e| format!("cannot list {}: {e}", qdir.display()))?;
         let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
         names.push((entry.file_name().to_string_lossy().into_owned(), size));
@@ -849,7 +851,9 @@ fn inspect_quarantine(dir: &Path, f: &mut Findings) -> Result<usize, String> {
                 "{finding}: kept aside by an open; its data is not served"
             ));
         } else {
-            f.notes.push(format!("{finding}: kept aside by an open; nothing served was lost"));
+            f.notes.push(format!(
+                "{finding}: kept aside by an open; nothing served was lost"
+            ));
         }
     }
     Ok(names.len())

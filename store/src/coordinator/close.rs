@@ -47,7 +47,9 @@ impl<E: Env> State<E> {
                 errors.push(e);
             }
         } else if self.open.is_some() {
-            let seen = self.last_seen.expect("an open pair with rows has seen a block");
+            let seen = self
+                .last_seen
+                .expect("an open pair with rows has seen a block");
             if let Err(e) = self.finalize_open(seen).await {
                 mark!("close-discarded-after-failed-finalize");
                 errors.push(Error::Joined(format!("flush: {e}")));

@@ -120,7 +120,11 @@ mod tests {
         let starts = [0, 4, 8, 12];
         assert_eq!(select(&starts, 7), vec![0]);
         assert_eq!(select(&starts, 8), vec![0, 4]);
-        assert_eq!(select(&starts, u64::MAX), vec![0, 4, 8], "the newest pair stays");
+        assert_eq!(
+            select(&starts, u64::MAX),
+            vec![0, 4, 8],
+            "the newest pair stays"
+        );
         assert_eq!(select(&[5], u64::MAX), Vec::<u64>::new());
     }
 }

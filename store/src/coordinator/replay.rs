@@ -4,11 +4,11 @@
 use super::{prune, FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
-use crate::mark;
 use crate::files::{
     discard, final_file_name, group_listing, open_file_name, parse_pair_name, quarantine,
     ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile,
 };
+use crate::mark;
 use crate::parquet::index::FileIndex;
 use crate::parquet::reader::{FileKind, ParquetFile, UNFINISHED};
 use crate::types::{Config, ReplayedBlock};
@@ -153,8 +153,7 @@ async fn scan<F: Fs>(
     }
     listing.pairs.sort_unstable();
     listing.lone.sort();
-    let (catalogue, seen) =
-        closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights).await?;
+    let (catalogue, seen) = closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights).await?;
     for name in &listing.lone {
         if let Some(q) = lone_file(fs, dir, name, &catalogue, seen, config).await? {
             quarantined.push(q);
@@ -186,7 +185,9 @@ async fn complete_rename<F: Fs>(fs: &F, dir: &Path, start: u64, kind: FileKind) 
     match ParquetFile::open(&from, kind, read_file(fs, &from).await?) {
         Ok(_) => {
             let to = dir.join(final_file_name(kind, start));
-            fs.rename(&from, &to).await.map_err(|e| Error::io(&from, e))?;
+            fs.rename(&from, &to)
+                .await
+                .map_err(|e| Error::io(&from, e))?;
             Ok(true)
         }
         Err(e) if is_unfinished(&e) => {
@@ -211,7 +212,11 @@ async fn closed_pairs<F: Fs>(
     let mut all_starts: std::collections::BTreeSet<u64> = starts.iter().copied().collect();
     all_starts.extend(open_starts);
     let wal_covers = |start: u64| {
-        let end = all_starts.range(start + 1..).next().copied().unwrap_or(u64::MAX);
+        let end = all_starts
+            .range(start + 1..)
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX);
         wal_heights.range(start..end).next().is_some()
     };
     let mut catalogue = BTreeMap::new();
@@ -231,11 +236,7 @@ async fn closed_pairs<F: Fs>(
             // footer that no record covers is not an old store's open pair but a finished file
             // whose trailer rotted, and deleting it would destroy the only copy (found by the
             // simulator's bit-rot scenario: a flipped bit in "PAR1" lost block 0).
-            Err(e)
-                if may_remove_unfinished
-                    && is_unfinished(&e)
-                    && wal_covers(last) =>
-            {
+            Err(e) if may_remove_unfinished && is_unfinished(&e) && wal_covers(last) => {
                 mark!("open-unfinished-pair-removed");
                 let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
                 discard(fs, dir, &paths).await?;
@@ -350,7 +351,11 @@ pub(crate) async fn open<E: Env>(
     // open undid the renames, and the WAL no longer held the blocks).
     fs.sync_dir(&dir).await.map_err(|e| Error::io(&dir, e))?;
     let (wal, records, wal_report) = contents
-        .open(config.sync_policy, config.wal_segment_bytes, file_start_block)
+        .open(
+            config.sync_policy,
+            config.wal_segment_bytes,
+            file_start_block,
+        )
         .await?;
     quarantined.extend(wal_report.quarantined);
     let ending: SharedEnding = Arc::new(Mutex::new(None));

@@ -6,11 +6,11 @@
 //! parquet-rs writes no page checksums.
 
 use super::reader::FileKind;
+use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use super::{
     log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
     BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
-use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use crate::env::{Fs, FsFile};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};

@@ -21,8 +21,8 @@ pub mod record;
 
 use crate::env::{Fs, FsFile};
 use crate::error::WalError;
-use crate::mark;
 use crate::files::{quarantine, Evidence, QuarantineReason, QuarantinedFile};
+use crate::mark;
 use crate::types::{ReceiptInput, SyncPolicy};
 pub use record::WalRecord;
 use record::{
@@ -267,7 +267,10 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
     match decode_payload(h.seq, payload) {
         Ok(rec) if rec.height == h.height => Frame::Valid(rec, pos + frame_len.min(rest.len())),
         Ok(rec) => Frame::Bad {
-            reason: format!("payload height {} under header height {}", rec.height, h.height),
+            reason: format!(
+                "payload height {} under header height {}",
+                rec.height, h.height
+            ),
             complete: true,
             height: Some(h.height),
         },
@@ -518,7 +521,6 @@ impl<F: Fs> WalContents<F> {
 }
 
 impl<F: Fs> Wal<F> {
-
     /// Applies the decision table of the module doc to every bad region: refuses to open over
     /// records that may be needed, keeps everything else it cannot use in quarantine, and cuts
     /// the tail (after keeping its bytes) so the next append starts on a record boundary. All
@@ -562,7 +564,7 @@ impl<F: Fs> Wal<F> {
                             path: s.seg.path.clone(),
                             offset: bad.offset_bytes,
                             reason: bad.reason.clone(),
-                        })
+                        });
                     }
                     None => tails.push((s, bad)),
                 }
@@ -763,7 +765,6 @@ impl<F: Fs> Wal<F> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::record::encode_frame;
@@ -891,7 +892,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 2 * 2 * 4 + 2 + 1, "every writable combination was tried");
+        assert_eq!(
+            seen,
+            2 * 2 * 4 + 2 + 1,
+            "every writable combination was tried"
+        );
     }
 
     /// Rot in a record with valid records after it is a bad region in the middle, not a tail;

@@ -38,13 +38,23 @@ pub const HEAD_MAGIC: u32 = u32::from_le_bytes(*b"RSW2");
 pub const TAIL_MAGIC: u32 = u32::from_le_bytes(*b"RSWE");
 const PAYLOAD_VERSION: u8 = 1;
 
-const _: () = assert!(MARKER_BYTES == 4 + 4 + 8 + 8 + 4 + 4, "marker fields add up");
-const _: () = assert!(FRAME_V1_HEADER_BYTES == 4 + 4 + 8, "v1 header fields add up");
 const _: () = assert!(
-    HEAD_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES && TAIL_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES,
+    MARKER_BYTES == 4 + 4 + 8 + 8 + 4 + 4,
+    "marker fields add up"
+);
+const _: () = assert!(
+    FRAME_V1_HEADER_BYTES == 4 + 4 + 8,
+    "v1 header fields add up"
+);
+const _: () = assert!(
+    HEAD_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES
+        && TAIL_MAGIC as usize > MAX_RECORD_PAYLOAD_BYTES,
     "a v2 marker never reads as a v1 length"
 );
-const _: () = assert!(HEAD_MAGIC != TAIL_MAGIC, "a header never reads as a trailer");
+const _: () = assert!(
+    HEAD_MAGIC != TAIL_MAGIC,
+    "a header never reads as a trailer"
+);
 
 /// One decoded WAL record: one `write_receipts` call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,7 +307,10 @@ mod tests {
         assert_eq!(h.payload_crc, checksum(42, payload));
         let t = decode_marker(&frame[MARKER_BYTES + h.payload_len..], TAIL_MAGIC).unwrap();
         assert_eq!(t, h, "the trailer repeats the header");
-        assert!(decode_marker(&frame, TAIL_MAGIC).is_none(), "a header is no trailer");
+        assert!(
+            decode_marker(&frame, TAIL_MAGIC).is_none(),
+            "a header is no trailer"
+        );
         let rec = decode_payload(42, payload).unwrap();
         assert_eq!(
             rec,
