@@ -63,8 +63,6 @@ pub struct Outcome {
     pub marks: BTreeMap<String, u64>,
     /// A hash of the on-disk image right after each crash or power loss, in order.
     pub crash_images: Vec<u64>,
-    /// The store refused a file bit rot hit (the run stops there, passing).
-    pub rot_detected: bool,
     /// For each entry of `crash_images`, how many plan ops had started when that crash happened:
     /// a crash inside op i (from 0, its recovery included) records i + 1.
     pub crash_ops_started: Vec<usize>,
@@ -206,7 +204,6 @@ impl Run<'_> {
         let why = e.to_string();
         if names_rotted(&why, &self.rotted()) {
             self.log(format!("{what} refused a rotted file, as it must: {why}"));
-            self.out.rot_detected = true;
             return true;
         }
         false

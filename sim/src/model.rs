@@ -343,9 +343,6 @@ pub struct Model {
     pub policy: SyncPolicy,
     pub keep_recent: u64,
     pub issued: Vec<Issued>,
-    /// Highest height of any write that may have reached the store (what prune's `latest` is
-    /// bounded by), over the whole run: pruning may have acted on it even if it was later lost.
-    pub max_write_height: u64,
     /// Highest height the store may have observed (writes and empty blocks).
     pub max_seen: u64,
     /// Writes below this height sit in closed pairs that were durable before the last power
@@ -361,7 +358,6 @@ impl Model {
             policy,
             keep_recent,
             issued: Vec::new(),
-            max_write_height: 0,
             max_seen: 0,
             durable_below: 0,
             pruned: BTreeMap::new(),
@@ -374,7 +370,6 @@ impl Model {
             self.issued.iter().all(|w| w.fate != Fate::InFlight),
             "one writer: at most one write in flight"
         );
-        self.max_write_height = self.max_write_height.max(height);
         self.max_seen = self.max_seen.max(height);
         self.issued.push(Issued {
             height,

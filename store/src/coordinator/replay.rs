@@ -112,16 +112,8 @@ async fn scan<F: Fs>(
                 for (kind, named) in named_files(files) {
                     match named {
                         Named::Open => {
-                            mark!("open-stray-open-file-quarantined");
                             let path = dir.join(open_file_name(kind, start));
-                            let q = quarantine(
-                                fs,
-                                dir,
-                                Evidence::File(&path),
-                                QuarantineReason::StrayOpenPairFile,
-                            )
-                            .await?;
-                            quarantined.push(q);
+                            quarantined.push(quarantine_stray(fs, dir, &path).await?);
                         }
                         Named::Final => listing.lone.push(final_file_name(kind, start)),
                     }
@@ -137,16 +129,7 @@ async fn scan<F: Fs>(
         }
     }
     for name in &listing.stray_open {
-        mark!("open-stray-open-file-quarantined");
-        let path = dir.join(name);
-        let q = quarantine(
-            fs,
-            dir,
-            Evidence::File(&path),
-            QuarantineReason::StrayOpenPairFile,
-        )
-        .await?;
-        quarantined.push(q);
+        quarantined.push(quarantine_stray(fs, dir, &dir.join(name)).await?);
     }
     if renamed {
         fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
@@ -164,6 +147,19 @@ async fn scan<F: Fs>(
         seen,
         quarantined,
     })
+}
+
+/// Moves an open-named file no crash leaves behind to quarantine.
+async fn quarantine_stray<F: Fs>(fs: &F, dir: &Path, path: &Path) -> Result<QuarantinedFile> {
+    mark!("open-stray-open-file-quarantined");
+    let q = quarantine(
+        fs,
+        dir,
+        Evidence::File(path),
+        QuarantineReason::StrayOpenPairFile,
+    )
+    .await?;
+    Ok(q)
 }
 
 /// The files of a listed start and how each is named.
