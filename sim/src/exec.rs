@@ -41,7 +41,7 @@ const YIELDS_FOR_A_TICK: usize = 64;
 /// Opens attempted per recovery: an armed fault may fail the first one legitimately.
 const MAX_OPEN_ATTEMPTS: usize = 2;
 /// Ops a poisoned store keeps serving (failing) before the executor restarts it, at most.
-const MAX_OPS_BEFORE_RESTART: u32 = 3;
+pub const MAX_OPS_BEFORE_RESTART: u32 = 3;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Outcome {
@@ -63,9 +63,10 @@ pub struct Outcome {
     pub marks: BTreeMap<String, u64>,
     /// A hash of the on-disk image right after each crash or power loss, in order.
     pub crash_images: Vec<u64>,
-    /// For each entry of `crash_images`, how many plan ops had started when that crash happened:
-    /// a crash inside op i (from 0, its recovery included) records i + 1.
-    pub crash_ops_started: Vec<usize>,
+    /// For each armed crash point (`crash_inside`) the run reached, how many plan ops had
+    /// started when it was reached: one inside op i (from 0; the recovery of op i and the restart
+    /// its poisoning causes included) records i + 1.
+    pub crash_points_reached: Vec<usize>,
     #[serde(skip)]
     pub trace: Vec<String>,
     /// On a recovery mismatch: the state recovered and the nearest expected state.
@@ -136,6 +137,12 @@ struct Run<'p> {
     /// A write failed after validation, so the store is poisoned: it is restarted after this
     /// many more ops (a few, so reads and writes against a poisoned store are exercised too).
     restart_in: Option<u32>,
+    /// `out.ops` when the store was found poisoned (until a recovery).
+    poisoned_at_ops: Option<usize>,
+    /// During a restart after poisoning, `poisoned_at_ops`: crashes in the restart are recorded
+    /// as inside the op that poisoned the store (the restart recovers from its failure), so the
+    /// explorer's crash points of an op reach into the restart it causes.
+    restarting_for: Option<usize>,
     /// Whether the crash point armed inside an operation is a power loss.
     crash_inside_power: bool,
     /// Files bit rot hit (paths as the store prints them), shared with the readers.
@@ -183,9 +190,11 @@ impl Run<'_> {
         self.trace_fnv =
             (self.trace_fnv ^ model::fnv(line.as_bytes())).wrapping_mul(0x1000_0000_01b3);
         if self.trace_on {
-            self.out
-                .trace
-                .push(format!("[{:>12?}] {line}", self.handle.now()));
+            let now = self.handle.now();
+            for call in self.fs.take_calls() {
+                self.out.trace.push(format!("[{now:>12?}]     fs: {call}"));
+            }
+            self.out.trace.push(format!("[{now:>12?}] {line}"));
         }
     }
 
@@ -308,6 +317,7 @@ impl Run<'_> {
     async fn recover(&mut self, power_loss: bool) -> Option<S> {
         self.out.reopens += 1;
         self.restart_in = None;
+        self.poisoned_at_ops = None;
         let store = loop {
             let store = self.open().await?;
             if !self.fs.is_dead() {
@@ -441,7 +451,7 @@ impl Run<'_> {
             self.fs.crash_process();
         }
         self.out.crash_images.push(self.fs.image_hash());
-        self.out.crash_ops_started.push(self.out.ops);
+        self.out.crash_points_reached.push(self.crash_op());
         true
     }
 
@@ -501,7 +511,6 @@ impl Run<'_> {
             self.fs.arm_crash_after(calls);
         }
         self.out.crash_images.push(self.fs.image_hash());
-        self.out.crash_ops_started.push(self.out.ops);
         self.recover(power_loss).await
     }
 
@@ -540,20 +549,29 @@ impl Run<'_> {
     fn poisoned(&mut self) {
         if self.restart_in.is_none() {
             self.restart_in = Some(self.fault_rng.random_range(0..=MAX_OPS_BEFORE_RESTART));
+            self.poisoned_at_ops = Some(self.out.ops);
         }
     }
 
     /// A poisoned store is restarted the way an operator would: close (or kill) and reopen.
     async fn restart(&mut self, store: S) -> Option<S> {
         self.restart_in = None;
-        if self.fault_rng.random_bool(0.5) {
+        self.restarting_for = self.poisoned_at_ops;
+        let restarted = if self.fault_rng.random_bool(0.5) {
             self.log("restart after poisoning: close and reopen".into());
             self.close(store).await;
             self.recover(false).await
         } else {
             self.log("restart after poisoning: kill and reopen".into());
             self.crash(store, false).await
-        }
+        };
+        self.restarting_for = None;
+        restarted
+    }
+
+    /// The op a crash happening now is inside, as `Outcome::crash_points_reached` counts it.
+    fn crash_op(&self) -> usize {
+        self.restarting_for.unwrap_or(self.out.ops)
     }
 
     fn drain_reader_failures(&mut self) {
@@ -950,6 +968,7 @@ impl Run<'_> {
             if self.fs.is_dead() {
                 // The armed crash point fell inside this op (or a background task of it).
                 let power = self.crash_inside_power;
+                self.out.crash_points_reached.push(self.crash_op());
                 self.fs.disarm_crash();
                 match self.crash(store, power).await {
                     Some(s) => store = s,
@@ -1152,14 +1171,44 @@ async fn reader(
     }
 }
 
+/// How much of a run the trace keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trace {
+    Off,
+    /// Ops, results, recoveries and checks.
+    Events,
+    /// Events and, before each, every filesystem call with its outcome.
+    EventsAndFsCalls,
+}
+
+impl Trace {
+    /// Events, and filesystem calls too when `fs_calls`.
+    pub fn chosen(fs_calls: bool) -> Trace {
+        if fs_calls {
+            Trace::EventsAndFsCalls
+        } else {
+            Trace::Events
+        }
+    }
+}
+
 /// Runs `plan`; `trace_on` keeps a human-readable event trace.
 pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
+    run_plan_with(plan, if trace_on { Trace::Events } else { Trace::Off })
+}
+
+/// Runs `plan`, keeping the trace `trace` asks for.
+pub fn run_plan_with(plan: &Plan, trace: Trace) -> Outcome {
+    let trace_on = trace != Trace::Off;
     // Marks are counted per thread: drop whatever an earlier run on this thread left.
     receipt_store::marks::take();
     let mut rt = Runtime::new(plan.seed);
     rt.set_time_jump_per_mille(plan.swarm.time_jump_per_mille);
     let handle = rt.handle();
     let fs = SimFs::new(plan.swarm.torn_bytes);
+    if trace == Trace::EventsAndFsCalls {
+        fs.record_calls();
+    }
     let armed = Arc::new(Armed::default());
     let hook_armed = armed.clone();
     fs.set_fault_hook(Some(Arc::new(move |op, path: &Path| {
@@ -1204,6 +1253,8 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
         stop_readers: Arc::new(AtomicBool::new(false)),
         faults_at_open: 0,
         restart_in: None,
+        poisoned_at_ops: None,
+        restarting_for: None,
         crash_inside_power: false,
         rotted: Arc::new(Mutex::new(Vec::new())),
         lost_power_unchecked: false,

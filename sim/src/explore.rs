@@ -277,6 +277,34 @@ fn families(policy: SyncPolicy) -> Vec<Case> {
                 "replay-failed-cleanup",
             ])
             .build("replay-boundary", policy),
+        // A rotation that finalizes its pair and then fails to create the next one poisons the
+        // store; the restart's open finds only WAL records the closed pair covers and rewrites
+        // the WAL to an empty segment. Crash points inside that open (between the rewrite's
+        // rename and its directory sync, say) leave a segment whose directory entry a power loss
+        // undoes: the next open must make it durable before blocks are acked into it, which the
+        // power loss after the following write checks. Reads fill the ops a poisoned store may
+        // serve before its restart, so the write always lands on the restarted store.
+        (0..=crate::exec::MAX_OPS_BEFORE_RESTART)
+            .fold(
+                CaseBuilder::new(4)
+                    .writes(1..=3)
+                    .op(Op::FsFault {
+                        fs_op: crate::fs::FsOp::Create,
+                        fault: crate::fs::Fault::Eio,
+                        after: 1,
+                    })
+                    .target(Op::Empty { height: 4 }),
+                |b, _| b.op(read(3)),
+            )
+            .op(write(5))
+            .op(Op::PowerLoss)
+            .op(read(5))
+            .claims(&[
+                "poison-empty-rotation",
+                "wal-records-below-floor-dropped",
+                "wal-reused-segment-made-durable",
+            ])
+            .build("poisoned-rotation-reopen", policy),
     ]
 }
 
@@ -398,7 +426,10 @@ impl Point {
 
 /// Crashes that happened inside op `op` (from 0) of the plan the outcome ran.
 fn crashes_inside(o: &Outcome, op: usize) -> usize {
-    o.crash_ops_started.iter().filter(|&&n| n == op + 1).count()
+    o.crash_points_reached
+        .iter()
+        .filter(|&&n| n == op + 1)
+        .count()
 }
 
 /// A key for the disk images after every crash of a run: two states with the same key crashed
@@ -826,8 +857,15 @@ pub fn save_failures(report: &mut Report, dir: &Path) -> std::io::Result<()> {
 
 /// The report as a table, one row per case, and the total line.
 pub fn table(report: &Report) -> String {
+    let w = report
+        .cases
+        .iter()
+        .map(|r| r.case.len())
+        .max()
+        .unwrap_or(0)
+        .max("case".len());
     let mut out = format!(
-        "{:<26} {:>6} {:>7} {:>5} {:>8} {:>10} {:>7} {:>7} {:>8} {:>8}\n",
+        "{:<w$} {:>6} {:>7} {:>5} {:>8} {:>10} {:>7} {:>7} {:>8} {:>8}\n",
         "case",
         "ops",
         "points",
@@ -841,7 +879,7 @@ pub fn table(report: &Report) -> String {
     );
     for r in &report.cases {
         out += &format!(
-            "{:<26} {:>6} {:>7} {:>5} {:>8} {:>10} {:>7} {:>7} {:>8} {:>8.1}\n",
+            "{:<w$} {:>6} {:>7} {:>5} {:>8} {:>10} {:>7} {:>7} {:>8} {:>8.1}\n",
             r.case,
             r.ops,
             r.crash_points,

@@ -98,6 +98,8 @@ struct CrashPoint {
 #[derive(Default)]
 struct State {
     crash: CrashPoint,
+    /// Every call with its outcome, kept only when a trace is asked for (`repro`).
+    calls: Option<Vec<String>>,
     inodes: BTreeMap<u64, Inode>,
     dirs: BTreeMap<PathBuf, Dir>,
     handles: BTreeMap<u64, (u64, PathBuf)>,
@@ -150,6 +152,40 @@ impl SimFs {
     }
 
     fn check(&self, op: FsOp, path: &Path) -> io::Result<Option<Fault>> {
+        let outcome = self.check_inner(op, path);
+        let mut s = self.state.lock().unwrap();
+        if let Some(calls) = s.calls.as_mut() {
+            let result = match &outcome {
+                Ok(None) => "ok".to_string(),
+                Ok(Some(f)) => format!("{f:?}"),
+                Err(e) => e.to_string(),
+            };
+            calls.push(format!("{op:?} {} -> {result}", path.display()));
+        }
+        outcome
+    }
+
+    /// Keeps a log of every call from now on (see [`SimFs::take_calls`]).
+    pub fn record_calls(&self) {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .get_or_insert_with(Vec::new);
+    }
+
+    /// The calls logged since the last take, oldest first.
+    pub fn take_calls(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn check_inner(&self, op: FsOp, path: &Path) -> io::Result<Option<Fault>> {
         {
             let mut s = self.state.lock().unwrap();
             if s.crash.dead {

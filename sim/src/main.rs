@@ -6,7 +6,7 @@
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use receipt_sim::exec::{run_plan, run_plan_twice, Outcome};
+use receipt_sim::exec::{run_plan, run_plan_twice, run_plan_with, Outcome, Trace};
 use receipt_sim::plan::{generate, load_scenario, Plan};
 use receipt_sim::report::{line_diff, repro_command_with, Summary};
 use std::io::IsTerminal;
@@ -88,6 +88,9 @@ enum Cmd {
         /// Print the plan (JSON) before the trace.
         #[arg(long)]
         plan: bool,
+        /// Also print every filesystem call and its outcome, before the event it belongs to.
+        #[arg(long)]
+        fs_calls: bool,
         /// Activate a planted bug (builds with --features canary only).
         #[arg(long)]
         canary: Option<String>,
@@ -97,6 +100,9 @@ enum Cmd {
         /// The plan file.
         #[arg(long)]
         plan: PathBuf,
+        /// Also print every filesystem call and its outcome, before the event it belongs to.
+        #[arg(long)]
+        fs_calls: bool,
         #[arg(long)]
         canary: Option<String>,
     },
@@ -508,6 +514,7 @@ fn main() {
             seed,
             scenario,
             plan,
+            fs_calls,
             canary,
         } => {
             set_canary(&canary);
@@ -515,7 +522,7 @@ fn main() {
             if plan {
                 println!("{}", p.to_json());
             }
-            let o = run_plan(&p, true);
+            let o = run_plan_with(&p, Trace::chosen(fs_calls));
             print_outcome(&o);
             if !o.failures.is_empty() {
                 println!(
@@ -525,7 +532,11 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        Cmd::Replay { plan, canary } => {
+        Cmd::Replay {
+            plan,
+            fs_calls,
+            canary,
+        } => {
             set_canary(&canary);
             let text = std::fs::read_to_string(&plan)
                 .unwrap_or_else(|e| die(&format!("{}: {e}", plan.display())));
@@ -534,7 +545,7 @@ fn main() {
             if !p.reason.is_empty() {
                 println!("plan kept because: {}", p.reason);
             }
-            let o = run_plan(&p, true);
+            let o = run_plan_with(&p, Trace::chosen(fs_calls));
             print_outcome(&o);
             std::process::exit(if o.failures.is_empty() { 0 } else { 1 });
         }

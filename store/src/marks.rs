@@ -53,6 +53,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("wal-covered-corruption-quarantined", "open keeps corrupt WAL bytes that closed pairs cover in quarantine and goes on"),
     ("wal-duplicate-record-merged", "identical records under one sequence number are read once"),
     ("wal-rewritten-at-open", "open rewrites the valid records into a fresh fsynced segment"),
+    (
+        "wal-reused-segment-made-durable",
+        "open appends to a segment without records and syncs it and its directory first",
+    ),
     ("wal-corrupt-record-refused", "a bad record before the tail fails the open, naming file and offset"),
     // Open and replay.
     ("open-lone-pair-file", "open finds a pair file whose partner is missing"),

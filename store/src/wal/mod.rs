@@ -487,8 +487,17 @@ impl<F: Fs> WalContents<F> {
         }
         let (active, active_file, active_len) = match segments.pop() {
             Some(seg) => {
-                let file = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
+                let mut file = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
                 let len = file.len().await.map_err(io(&seg.path))?;
+                if !read_any {
+                    // Nothing was rewritten, so nothing above made this segment durable. What
+                    // open sees may be an earlier incarnation's unsynced work (a crash between a
+                    // rewrite's rename and its directory sync leaves a segment whose entry a power
+                    // loss would undo): records acked into it later must not vanish with it.
+                    mark!("wal-reused-segment-made-durable");
+                    file.sync_data().await.map_err(io(&seg.path))?;
+                    fs.sync_dir(&dir).await.map_err(io(&dir))?;
+                }
                 (seg, file, len)
             }
             None => {
