@@ -16,7 +16,7 @@ use crate::runtime::{yield_now, Handle, Runtime, SimEnv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use receipt_store::{
-    Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, MAX_LOG_DATA_BYTES,
+    Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Status, Store, MAX_LOG_DATA_BYTES,
     MAX_RECEIPT_BYTES, MAX_TOPICS_PER_LOG,
 };
 use serde::Serialize;
@@ -147,6 +147,8 @@ struct Run<'p> {
     crash_inside_power: bool,
     /// Files bit rot hit (paths as the store prints them), shared with the readers.
     rotted: Arc<Mutex<Vec<String>>>,
+    /// WAL bytes bit rot hit since the last recovery: (segment as the store prints it, offset).
+    wal_rots: Vec<(String, u64)>,
     /// A crash point reached outside an op's own crash handling (inside close or open) was a
     /// power loss: the next recovery's lower bound is a power loss's.
     lost_power_unchecked: bool,
@@ -216,6 +218,39 @@ impl Run<'_> {
             return true;
         }
         false
+    }
+
+    /// How many of the WAL's last records open may have cut for bit rot: the rots that lie
+    /// in the tail it cut and reported (`Status::wal_tail_cut`), when closed files do not cover
+    /// that tail. A rot spoils at most one record, so every record of the cut beyond that many
+    /// was intact and lost. Forgets the rots either way: open has read (and rewritten) the WAL.
+    fn records_rot_may_cut(&mut self, status: &Status) -> usize {
+        let rots = std::mem::take(&mut self.wal_rots);
+        let Some(cut) = &status.wal_tail_cut else {
+            return 0;
+        };
+        if cut.covered {
+            return 0;
+        }
+        let segment = cut.segment.display().to_string();
+        let cut_range = cut.offset_bytes..cut.offset_bytes + cut.bytes;
+        let mut hit: Vec<u64> = rots
+            .iter()
+            .filter(|(path, at)| *path == segment && cut_range.contains(at))
+            .map(|(_, at)| *at)
+            .collect();
+        hit.sort_unstable();
+        hit.dedup();
+        if !hit.is_empty() {
+            self.log(format!(
+                "open cut {} rotted byte(s) with the WAL tail ({} bytes at {} of {segment}): up to {} last record(s) may be gone",
+                hit.len(),
+                cut.bytes,
+                cut.offset_bytes,
+                hit.len()
+            ));
+        }
+        hit.len()
     }
 
     fn faults(&self) -> u64 {
@@ -369,11 +404,13 @@ impl Run<'_> {
                 return None;
             }
         };
+        let rot_cut = self.records_rot_may_cut(&status);
         let (tagged, lo, hi, prunable) = {
             let m = self.model();
+            let lo = m.lower_bound(power_loss);
             (
                 m.tagged(),
-                m.lower_bound(power_loss),
+                m.lower_bound_after_rotted_records_cut(lo, rot_cut),
                 m.issued.len(),
                 m.prunable(),
             )
@@ -957,6 +994,35 @@ impl Run<'_> {
                         }
                     }
                 }
+                Op::WalRot {
+                    nth,
+                    per_mille,
+                    bit,
+                } => {
+                    let segments: Vec<(std::path::PathBuf, usize)> = self
+                        .fs
+                        .snapshot_files()
+                        .into_keys()
+                        .filter(|p| {
+                            check::classify(Path::new(DATA_DIR), p) == check::FileKind::WalSegment
+                        })
+                        .map(|p| {
+                            let synced = self.fs.synced_len(&p);
+                            (p, synced)
+                        })
+                        .filter(|(_, synced)| *synced > 0)
+                        .collect();
+                    if !segments.is_empty() {
+                        let (path, synced) = &segments[*nth as usize % segments.len()];
+                        let at = (*per_mille as usize * synced) / 1000;
+                        if self.fs.rot_bit(path, at, *bit) {
+                            let shown = path.display().to_string();
+                            self.log(format!("  bit {bit} of byte {at} of {shown} flipped"));
+                            self.rotted.lock().unwrap().push(shown.clone());
+                            self.wal_rots.push((shown, at as u64));
+                        }
+                    }
+                }
                 Op::AfterEnd { crashed } => {
                     self.after_end(&store, *crashed).await;
                     match self.recover(false).await {
@@ -1257,6 +1323,7 @@ pub fn run_plan_with(plan: &Plan, trace: Trace) -> Outcome {
         restarting_for: None,
         crash_inside_power: false,
         rotted: Arc::new(Mutex::new(Vec::new())),
+        wal_rots: Vec::new(),
         lost_power_unchecked: false,
     };
     let r = rt.block_on(run.exec());

@@ -283,6 +283,22 @@ impl SimFs {
         true
     }
 
+    /// How many leading bytes of `path` are synced (what reads see and what survives a power
+    /// loss agree on them): the bytes bit rot at rest can hit.
+    pub fn synced_len(&self, path: &Path) -> usize {
+        let s = self.state.lock().unwrap();
+        let Ok(ino) = Self::lookup(&s, path) else {
+            return 0;
+        };
+        let inode = &s.inodes[&ino];
+        inode
+            .durable
+            .iter()
+            .zip(&inode.data)
+            .take_while(|(d, v)| d == v)
+            .count()
+    }
+
     /// Every visible file and its bytes.
     pub fn snapshot_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let s = self.state.lock().unwrap();

@@ -492,6 +492,16 @@ impl Model {
         }
     }
 
+    /// The lower bound `lo` once open cut the WAL's last `records` records for bit rot: the
+    /// last acked writes' records may have been those (each write is one record, appended in
+    /// order), nothing before them.
+    pub fn lower_bound_after_rotted_records_cut(&self, lo: usize, records: usize) -> usize {
+        if records == 0 {
+            return lo;
+        }
+        lo.min(self.acked_count().saturating_sub(records))
+    }
+
     /// After a recovery matched prefix `k`, that prefix is the new history.
     pub fn adopt(&mut self, k: usize) {
         assert!(k <= self.issued.len());

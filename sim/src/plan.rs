@@ -120,6 +120,8 @@ pub enum OpKind {
     AfterEnd,
     /// One flipped bit at rest in a finished parquet file.
     BitRot,
+    /// One flipped bit at rest in the synced bytes of a WAL segment.
+    WalRot,
 }
 
 impl OpKind {
@@ -141,6 +143,7 @@ impl OpKind {
                 | OpKind::CrashInside
                 | OpKind::AfterEnd
                 | OpKind::BitRot
+                | OpKind::WalRot
         )
     }
 }
@@ -292,6 +295,15 @@ pub enum Op {
         per_mille: u32,
         bit: u8,
     },
+    /// Flip bit `bit` of the byte at `per_mille`/1000 of the synced bytes of the `nth` (modulo
+    /// their count) WAL segment, at rest. The next open must refuse naming the segment, keep a
+    /// covered record's bytes aside, or cut a rotted last record and report the cut in
+    /// `Status::wal_tail_cut` (then, and only then, the block that record held may be missing).
+    WalRot {
+        nth: u32,
+        per_mille: u32,
+        bit: u8,
+    },
 }
 
 impl Op {
@@ -314,6 +326,7 @@ impl Op {
             Op::CrashInside { .. } => "crash_inside",
             Op::AfterEnd { .. } => "after_end",
             Op::BitRot { .. } => "bit_rot",
+            Op::WalRot { .. } => "wal_rot",
         }
     }
 }
@@ -730,6 +743,11 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                 crashed: rng.random_bool(0.5),
             },
             OpKind::BitRot => Op::BitRot {
+                nth: rng.random_range(0..64),
+                per_mille: rng.random_range(0..1000),
+                bit: rng.random_range(0..8),
+            },
+            OpKind::WalRot => Op::WalRot {
                 nth: rng.random_range(0..64),
                 per_mille: rng.random_range(0..1000),
                 bit: rng.random_range(0..8),

@@ -131,6 +131,7 @@ async fn child_run(plan: &Plan, dir: &Path, from_op: usize) -> i32 {
             | Op::CrashInside { .. }
             | Op::AfterEnd { .. }
             | Op::BitRot { .. }
+            | Op::WalRot { .. }
             | Op::Failpoint { .. }
             | Op::FsFault { .. } => {}
         }
