@@ -16,8 +16,8 @@
 //! that may hold needed blocks), the view still serves the closed pairs and reports the refusal
 //! ([`DirectoryView::refusal`]); the open window is then empty.
 
-pub use crate::coordinator::replay::{DiscardReason, RecoveryAction};
 use crate::coordinator::replay::{open_floor, replay_skips, scan, wal_heights, Effects, Scan};
+pub use crate::coordinator::replay::{DiscardReason, RecoveryAction};
 use crate::coordinator::{Chunk, Snapshot};
 use crate::env::Fs;
 use crate::error::{Error, Result, WalError};

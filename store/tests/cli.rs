@@ -465,7 +465,10 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
         r.stdout
     );
     let q = run(&["logs", arg(root)]);
-    assert_eq!(q.code, 4, "closed files are served, the WAL problem reported");
+    assert_eq!(
+        q.code, 4,
+        "closed files are served, the WAL problem reported"
+    );
     assert!(q.stderr.contains(&refusal), "{}", q.stderr);
     assert_eq!(tree(root), before, "nothing was repaired or removed");
 }
@@ -614,13 +617,19 @@ async fn a_corrupt_wal_record_still_serves_closed_files_and_reports_the_problem(
         .map(|v| v.to_string())
         .collect();
     assert!(!got.is_empty());
-    assert_eq!(got, closed_only, "every block of the closed files is served");
+    assert_eq!(
+        got, closed_only,
+        "every block of the closed files is served"
+    );
 
     let in_closed = run(&["receipt", arg(root), &hex(&hash_of(2, 1))]);
     assert_eq!(in_closed.code, 4);
     assert_eq!(parse_lines(&in_closed.stdout)[0]["block_number"], 2);
     let in_wal = run(&["receipt", arg(root), &hex(&hash_of(9, 3))]);
-    assert_eq!(in_wal.code, 4, "not 'not found': the open window is unknown");
+    assert_eq!(
+        in_wal.code, 4,
+        "not 'not found': the open window is unknown"
+    );
     assert_eq!(in_wal.stdout, "");
 
     let refused = Store::open(RealEnv::default(), root, Config::new(4, 1))
@@ -629,9 +638,8 @@ async fn a_corrupt_wal_record_still_serves_closed_files_and_reports_the_problem(
         .expect("a store refuses to open over the corrupt record");
     for r in [&logs, &in_closed, &in_wal] {
         assert!(
-            r.stderr.contains(&format!(
-                "problem: a store would refuse to open: {refused}"
-            )),
+            r.stderr
+                .contains(&format!("problem: a store would refuse to open: {refused}")),
             "the store's text {refused:?} in {:?}",
             r.stderr
         );
@@ -666,9 +674,10 @@ async fn paths_are_printed_as_the_store_prints_them() {
     assert_eq!(before.code, 3, "unserved data is a problem");
     let after = run(&["inspect", arg(root)]);
     assert!(
-        after
-            .stdout
-            .contains(&format!("problem: {} (lone, from logs_40.parquet)", q.path.display())),
+        after.stdout.contains(&format!(
+            "problem: {} (lone, from logs_40.parquet)",
+            q.path.display()
+        )),
         "{}",
         after.stdout
     );

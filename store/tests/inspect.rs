@@ -116,8 +116,14 @@ async fn a_view_reports_what_open_then_does_and_changes_nothing() {
         .iter()
         .map(|b| b.block_number)
         .collect();
-    assert_eq!(replayed, window, "the view's open window is what replay applied");
-    let cut = status.wal_tail_cut.as_ref().expect("open cut the torn tail");
+    assert_eq!(
+        replayed, window,
+        "the view's open window is what replay applied"
+    );
+    let cut = status
+        .wal_tail_cut
+        .as_ref()
+        .expect("open cut the torn tail");
     assert_eq!((&cut.segment, cut.offset_bytes), (&tails[0].0, tails[0].1));
     let quarantined: Vec<&Path> = status
         .quarantined

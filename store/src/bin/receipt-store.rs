@@ -17,8 +17,8 @@
 use clap::{Parser, Subcommand};
 use receipt_store::env::real::{read_whole, RealFs};
 use receipt_store::files::{
-    group_listing, parse_open_pair_name, parse_pair_name, parse_quarantine_name,
-    QuarantineReason, QUARANTINE_DIR_NAME,
+    group_listing, parse_open_pair_name, parse_pair_name, parse_quarantine_name, QuarantineReason,
+    QUARANTINE_DIR_NAME,
 };
 use receipt_store::inspect::{DirectoryView, RecoveryAction};
 use receipt_store::parquet::index::FileIndex;
@@ -275,7 +275,10 @@ impl From<Error> for Stop {
 /// stops writing and exits quietly.
 fn out(line: std::fmt::Arguments<'_>) -> Result<(), Stop> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_fmt(line).and_then(|()| stdout.write_all(b"\n")) {
+    match stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::ReaderGone),
         Err(e) => Err(Stop::Failed(format!("cannot write to stdout: {e}"))),
@@ -589,7 +592,10 @@ fn inspect_wal(view: &DirectoryView<RealFs>, f: &mut Findings) -> Result<(), Sto
                 format!("torn tail at offset {offset}: {}", seg.scan.reason)
             }
             (_, Some((_, offset, WalTailKind::Corrupt, _)), _) => {
-                format!("CORRUPT last record at offset {offset}: {}", seg.scan.reason)
+                format!(
+                    "CORRUPT last record at offset {offset}: {}",
+                    seg.scan.reason
+                )
             }
             (Some(offset), None, Some(_)) => format!(
                 "corrupt at offset {offset}: {} (every block it can hold is in a closed file)",
@@ -632,7 +638,8 @@ fn inspect_wal(view: &DirectoryView<RealFs>, f: &mut Findings) -> Result<(), Sto
         ));
     }
     if let Some(e) = view.refusal() {
-        f.problems.push(format!("a store would refuse to open: {e}"));
+        f.problems
+            .push(format!("a store would refuse to open: {e}"));
     }
     let floor = view.open_floor();
     let covered = view
@@ -681,11 +688,13 @@ fn inspect_quarantine(dir: &Path, f: &mut Findings) -> Result<usize, Stop> {
         outln!("  {name}: {size} bytes, from {original} ({tag})")?;
         let finding = format!("{} ({tag}, from {original})", qdir.join(name).display());
         if QuarantineReason::needs_attention(tag) {
-            f.problems
-                .push(format!("{finding}: kept aside by an open; its data is not served"));
+            f.problems.push(format!(
+                "{finding}: kept aside by an open; its data is not served"
+            ));
         } else {
-            f.notes
-                .push(format!("{finding}: kept aside by an open; nothing served was lost"));
+            f.notes.push(format!(
+                "{finding}: kept aside by an open; nothing served was lost"
+            ));
         }
     }
     Ok(names.len())

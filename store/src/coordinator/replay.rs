@@ -6,8 +6,7 @@ use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{
     discard, final_file_name, group_listing, open_file_name, parse_pair_name, quarantine,
-    ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile,
-    QUARANTINE_DIR_NAME,
+    ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile, QUARANTINE_DIR_NAME,
 };
 use crate::mark;
 use crate::parquet::index::FileIndex;
@@ -520,7 +519,14 @@ pub(crate) async fn open<E: Env>(
     let Scan {
         catalogue,
         seen: last_seen,
-    } = scan(&fs, &dir, &config, &wal_heights(&contents.records), &mut effects).await?;
+    } = scan(
+        &fs,
+        &dir,
+        &config,
+        &wal_heights(&contents.records),
+        &mut effects,
+    )
+    .await?;
     let Effects::Apply {
         mut quarantined, ..
     } = effects
