@@ -30,6 +30,7 @@ pub mod coordinator;
 pub mod env;
 pub mod error;
 pub mod files;
+pub mod inspect;
 #[cfg(feature = "marks")]
 pub mod marks;
 pub mod parquet;

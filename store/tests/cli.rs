@@ -191,8 +191,8 @@ async fn receipt_finds_closed_file_and_wal_only_receipts_and_says_not_found() {
     for (block, ordinal, source) in [
         (2u64, 1u32, "receipts_0.parquet"),
         (7, 0, "receipts_4.parquet"),
-        (9, 3, "wal/"),
-        (10, 1, "wal/"),
+        (9, 3, "wal"),
+        (10, 1, "wal"),
     ] {
         let r = run(&["receipt", dir, &hex(&hash_of(block, ordinal))]);
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -205,7 +205,11 @@ async fn receipt_finds_closed_file_and_wal_only_receipts_and_says_not_found() {
             v["receipt_bytes"],
             hex(format!("receipt {block}/{ordinal}").as_bytes())
         );
-        assert_eq!(v["source"], source, "block {block}");
+        assert_eq!(
+            v["source"],
+            tmp.path().join(source).display().to_string(),
+            "block {block}: paths are printed as the store prints them"
+        );
     }
     let in_block = run(&["receipt", dir, &hex(&hash_of(9, 2)), "--block", "9"]);
     assert_eq!(in_block.code, 0);
@@ -219,7 +223,8 @@ async fn receipt_finds_closed_file_and_wal_only_receipts_and_says_not_found() {
         full.extend(args.iter().map(String::as_str));
         let r = run(&full);
         assert_eq!(r.code, 1, "{args:?}");
-        assert_eq!(r.stdout.trim(), "not found");
+        assert_eq!(r.stdout, "", "{args:?}: stdout carries JSON lines only");
+        assert_eq!(r.stderr.trim(), "not found", "{args:?}");
     }
     let bad = run(&["receipt", dir, "0x1234"]);
     assert_eq!(bad.code, 2);
@@ -450,14 +455,21 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
         r.stdout
     );
     assert!(r.stdout.contains("checksum mismatch"), "{}", r.stdout);
+    let refusal = format!(
+        "problem: a store would refuse to open: wal corrupt: {} at offset 0",
+        segment.display()
+    );
     assert!(
-        r.stdout.contains("CORRUPT at offset 0") && r.stdout.contains("corrupt at offset 0"),
+        r.stdout.contains("CORRUPT at offset 0") && r.stdout.contains(&refusal),
         "{}",
         r.stdout
     );
     let q = run(&["logs", arg(root)]);
-    assert_eq!(q.code, 3, "a query refuses a corrupt WAL");
-    assert!(q.stderr.contains("corrupt at offset 0"), "{}", q.stderr);
+    assert_eq!(
+        q.code, 4,
+        "closed files are served, the WAL problem reported"
+    );
+    assert!(q.stderr.contains(&refusal), "{}", q.stderr);
     assert_eq!(tree(root), before, "nothing was repaired or removed");
 }
 
@@ -499,4 +511,259 @@ async fn the_cli_never_changes_the_directory() {
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
     }
     assert_eq!(tree(tmp.path()), before, "listing and bytes unchanged");
+}
+
+/// A directory that is missing, or exists but holds no pair file and no `wal/`, is an error
+/// with a non-zero exit for every command that reads one: never an empty answer. The missing
+/// directory is reported as the store reports an io error, and it is not created.
+#[test]
+fn a_missing_or_empty_directory_is_an_error_with_a_nonzero_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-dir");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let hash = hex(&hash_of(1, 0));
+    for dir in [&missing, &empty] {
+        for cmd in [
+            vec!["inspect", arg(dir)],
+            vec!["receipt", arg(dir), hash.as_str()],
+            vec!["logs", arg(dir)],
+        ] {
+            let r = run(&cmd);
+            assert_eq!(r.code, 3, "{cmd:?}: {}{}", r.stdout, r.stderr);
+            assert_eq!(r.stdout, "", "{cmd:?}: no answer on stdout");
+            let expected = if dir == &missing {
+                format!("error: io error on {}: ", missing.display())
+            } else {
+                format!(
+                    "error: {}: not a receipt store data directory (no pair files and no wal/)",
+                    empty.display()
+                )
+            };
+            assert!(r.stderr.starts_with(&expected), "{cmd:?}: {}", r.stderr);
+        }
+    }
+    assert!(!missing.exists(), "the CLI creates nothing");
+    assert_eq!(tree(&empty).len(), 0, "the CLI creates nothing");
+}
+
+/// `logs ... | head -1`: a reader that goes away ends the program quietly with status 0, both
+/// when stdout is closed before anything is written and after the first line was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_logs_quietly_with_status_zero() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    for read_first_line in [false, true] {
+        let mut child = Command::new(BIN)
+            .args(["logs", arg(tmp.path())])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        if read_first_line {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            assert!(line.starts_with("{\"block_number\":1,"), "{line}");
+        } else {
+            drop(stdout);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{read_first_line}: {stderr}");
+        assert_eq!(stderr, "", "{read_first_line}: nothing on stderr, no panic");
+    }
+}
+
+/// A corrupt WAL record a store would refuse to open over does not stop reads of blocks in
+/// closed files: they are served (the same rows the store serves), and the problem is on
+/// stderr, with exit status 4. Its text is the store's own open error, path included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_wal_record_still_serves_closed_files_and_reports_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    let pristine = tempfile::tempdir().unwrap();
+    copy_tree(tmp.path(), pristine.path());
+    let root = tmp.path();
+    let segment = std::fs::read_dir(root.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .expect("a WAL segment");
+    let mut wal = std::fs::read(&segment).unwrap();
+    wal[20] ^= 0xFF; // the first record's header: valid records follow, so no torn tail
+    std::fs::write(&segment, &wal).unwrap();
+
+    let logs = run(&["logs", arg(root)]);
+    let reference = Store::open(RealEnv::default(), pristine.path(), Config::new(4, 1))
+        .await
+        .unwrap();
+    let closed_only: Vec<String> = reference
+        .get_logs(&LogFilter {
+            to_block: Some(7),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(log_line)
+        .collect();
+    reference.close().await.unwrap();
+    assert_eq!(logs.code, 4, "{}", logs.stderr);
+    let got: Vec<String> = parse_lines(&logs.stdout)
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert!(!got.is_empty());
+    assert_eq!(
+        got, closed_only,
+        "every block of the closed files is served"
+    );
+
+    let in_closed = run(&["receipt", arg(root), &hex(&hash_of(2, 1))]);
+    assert_eq!(in_closed.code, 4);
+    assert_eq!(parse_lines(&in_closed.stdout)[0]["block_number"], 2);
+    let in_wal = run(&["receipt", arg(root), &hex(&hash_of(9, 3))]);
+    assert_eq!(
+        in_wal.code, 4,
+        "not 'not found': the open window is unknown"
+    );
+    assert_eq!(in_wal.stdout, "");
+
+    let refused = Store::open(RealEnv::default(), root, Config::new(4, 1))
+        .await
+        .err()
+        .expect("a store refuses to open over the corrupt record");
+    for r in [&logs, &in_closed, &in_wal] {
+        assert!(
+            r.stderr
+                .contains(&format!("problem: a store would refuse to open: {refused}")),
+            "the store's text {refused:?} in {:?}",
+            r.stderr
+        );
+    }
+}
+
+/// Paths in the CLI's output are the store's: what `inspect` says open would quarantine is
+/// the `original` that `Status::quarantined` then reports, and the quarantined file is listed
+/// under the `path` it reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_printed_as_the_store_prints_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    let root = tmp.path();
+    // A finished logs file whose receipts partner is missing: open keeps it in quarantine.
+    std::fs::copy(root.join("logs_4.parquet"), root.join("logs_40.parquet")).unwrap();
+    let before = run(&["inspect", arg(root)]);
+    let s = Store::open(RealEnv::default(), root, Config::new(4, 1))
+        .await
+        .unwrap();
+    let status = s.status().await.unwrap();
+    s.close().await.unwrap();
+    let q = &status.quarantined[0];
+    assert!(
+        before.stdout.contains(&format!(
+            "problem: opening the store moves {} to quarantine/",
+            q.original.display()
+        )),
+        "{}",
+        before.stdout
+    );
+    assert_eq!(before.code, 3, "unserved data is a problem");
+    let after = run(&["inspect", arg(root)]);
+    assert!(
+        after.stdout.contains(&format!(
+            "problem: {} (lone, from logs_40.parquet)",
+            q.path.display()
+        )),
+        "{}",
+        after.stdout
+    );
+}
+
+/// Block numbers are JSON-RPC quantities (0x-hex) or decimal, with one clear error for
+/// anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_numbers_accept_0x_hex_as_json_rpc_and_decimal() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    let dir = arg(tmp.path());
+    let decimal = run(&["logs", dir, "--from", "3", "--to", "9"]);
+    let hexed = run(&["logs", dir, "--from", "0x3", "--to", "0X9"]);
+    assert_eq!(hexed.code, 0, "{}", hexed.stderr);
+    assert!(!decimal.stdout.is_empty());
+    assert_eq!(hexed.stdout, decimal.stdout);
+    let in_block = run(&["receipt", dir, &hex(&hash_of(10, 1)), "--block", "0xa"]);
+    assert_eq!(in_block.code, 0, "{}", in_block.stderr);
+    assert_eq!(parse_lines(&in_block.stdout)[0]["block_number"], 10);
+    for garbage in ["0x", "0xZZ", "nine", "-1", "1e3", "0x10000000000000000"] {
+        let r = run(&["logs", dir, &format!("--from={garbage}")]);
+        assert_eq!(r.code, 2, "{garbage}");
+        assert!(
+            r.stderr.contains("is neither decimal nor 0x-hex"),
+            "{garbage}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "");
+    }
+}
+
+/// `POS:null` is eth_getLogs' null: a wildcard at that position, written out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_null_is_an_explicit_wildcard_as_in_eth_get_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    let dir = arg(tmp.path());
+    let block9_topic = hex(&[9u8; 32]);
+    let implicit = run(&["logs", dir, "--topic", &format!("1:{block9_topic}")]);
+    let explicit = run(&[
+        "logs",
+        dir,
+        "--topic",
+        "0:null",
+        "--topic",
+        &format!("1:{block9_topic}"),
+    ]);
+    assert_eq!(explicit.code, 0, "{}", explicit.stderr);
+    assert_eq!(
+        parse_lines(&explicit.stdout).len(),
+        4,
+        "block 9's approvals: two receipts, two logs each"
+    );
+    assert_eq!(explicit.stdout, implicit.stdout);
+    let all = run(&["logs", dir]);
+    assert_eq!(run(&["logs", dir, "--topic", "3:null"]).stdout, all.stdout);
+    let both = run(&[
+        "logs",
+        dir,
+        "--topic",
+        "0:null",
+        "--topic",
+        &format!("0:{}", hex(&TOPIC_TRANSFER)),
+    ]);
+    assert_eq!(both.code, 2);
+    assert!(
+        both.stderr
+            .contains("topic position 0 is both null (anything) and a set of topics"),
+        "{}",
+        both.stderr
+    );
+    let help = run(&["logs", "--help"]);
+    assert!(help.stdout.contains("POS:null"), "{}", help.stdout);
+}
+
+/// `--limit 0` gets one plain sentence, not a range from the argument parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_zero_gets_a_plain_message_and_a_nonzero_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixture(tmp.path()).await;
+    let r = run(&["logs", arg(tmp.path()), "--limit", "0"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        "error: --limit 0 is not allowed; leave --limit out for every matching log\n"
+    );
 }

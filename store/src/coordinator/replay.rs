@@ -6,7 +6,7 @@ use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{
     discard, final_file_name, group_listing, open_file_name, parse_pair_name, quarantine,
-    ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile,
+    ClosedPair, Evidence, Named, PairFiles, QuarantineReason, QuarantinedFile, QUARANTINE_DIR_NAME,
 };
 use crate::mark;
 use crate::parquet::index::FileIndex;
@@ -52,12 +52,176 @@ fn kind_of(name: &str) -> FileKind {
     parse_pair_name(name).map_or(FileKind::Receipts, |(k, _)| k)
 }
 
-/// What the startup scan decided: the closed pairs, the last seen block they record, and what it
-/// moved to quarantine.
-struct Scan {
-    catalogue: BTreeMap<u64, Arc<ClosedPair>>,
-    seen: Option<u64>,
-    quarantined: Vec<QuarantinedFile>,
+/// One change the startup scan makes to the data directory (a row of the table at [`scan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// A finished file under the open pair's name gets its final name: a crash cut a
+    /// finalization between its two renames.
+    CompleteRename { from: PathBuf, to: PathBuf },
+    /// Files deleted because they are provably covered elsewhere.
+    Discard {
+        paths: Vec<PathBuf>,
+        reason: DiscardReason,
+    },
+    /// A file moved to `quarantine/`: the store cannot use it and keeps it.
+    Quarantine {
+        path: PathBuf,
+        reason: QuarantineReason,
+    },
+}
+
+/// Why the scan may delete a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscardReason {
+    /// The open pair of a crashed store (or an unfinished file of it): its rows are in the WAL.
+    OpenPairOfCrashedStore,
+    /// A final-named pair without a footer, the newest, whose window WAL records cover: the
+    /// open pair of a store before issue 9.
+    UnfinishedNewestPair,
+    /// A final-named file without a footer whose partner is missing: an old store's open pair.
+    UnfinishedLoneFile,
+    /// A lone file in a window prune deletes anyway (a prune interrupted between its deletes).
+    LoneFileInPrunedWindow,
+}
+
+impl std::fmt::Display for RecoveryAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryAction::CompleteRename { from, to } => write!(
+                f,
+                "opening the store renames {} to {} (a finalization a crash cut short)",
+                from.display(),
+                to.display()
+            ),
+            RecoveryAction::Discard { paths, reason } => {
+                let why = match reason {
+                    DiscardReason::OpenPairOfCrashedStore => {
+                        "the open pair of a crashed store; its rows are in the WAL"
+                    }
+                    DiscardReason::UnfinishedNewestPair => {
+                        "an unfinished pair whose rows are in the WAL"
+                    }
+                    DiscardReason::UnfinishedLoneFile => {
+                        "an unfinished file without its partner; its rows are in the WAL"
+                    }
+                    DiscardReason::LoneFileInPrunedWindow => {
+                        "a lone file in a window prune deletes anyway"
+                    }
+                };
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "opening the store deletes {} ({why})", names.join(", "))
+            }
+            RecoveryAction::Quarantine { path, reason } => write!(
+                f,
+                "opening the store moves {} to {QUARANTINE_DIR_NAME}/ ({}); its rows are not served",
+                path.display(),
+                reason.tag()
+            ),
+        }
+    }
+}
+
+/// Where the scan's decisions go: carried out at once by `open` (the same filesystem calls in
+/// the same order as always), or written down by `inspect`, which changes nothing.
+pub(crate) enum Effects {
+    Apply { quarantined: Vec<QuarantinedFile> },
+    Record { actions: Vec<RecoveryAction> },
+}
+
+impl Effects {
+    async fn rename<F: Fs>(&mut self, fs: &F, from: PathBuf, to: PathBuf) -> Result<()> {
+        match self {
+            Effects::Apply { .. } => fs.rename(&from, &to).await.map_err(|e| Error::io(&from, e)),
+            Effects::Record { actions } => {
+                actions.push(RecoveryAction::CompleteRename { from, to });
+                Ok(())
+            }
+        }
+    }
+
+    async fn discard<F: Fs>(
+        &mut self,
+        fs: &F,
+        dir: &Path,
+        paths: Vec<PathBuf>,
+        reason: DiscardReason,
+    ) -> Result<()> {
+        match self {
+            Effects::Apply { .. } => Ok(discard(fs, dir, &paths).await?),
+            Effects::Record { actions } => {
+                actions.push(RecoveryAction::Discard { paths, reason });
+                Ok(())
+            }
+        }
+    }
+
+    async fn quarantine<F: Fs>(
+        &mut self,
+        fs: &F,
+        dir: &Path,
+        path: PathBuf,
+        reason: QuarantineReason,
+    ) -> Result<()> {
+        match self {
+            Effects::Apply { quarantined } => {
+                let q = quarantine(fs, dir, Evidence::File(&path), reason).await?;
+                quarantined.push(q);
+                Ok(())
+            }
+            Effects::Record { actions } => {
+                actions.push(RecoveryAction::Quarantine { path, reason });
+                Ok(())
+            }
+        }
+    }
+
+    async fn sync_dir<F: Fs>(&mut self, fs: &F, dir: &Path) -> Result<()> {
+        match self {
+            Effects::Apply { .. } => fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e)),
+            Effects::Record { .. } => Ok(()),
+        }
+    }
+
+    /// Where a file is now: under a recorded rename's old name until the rename is done.
+    fn current(&self, path: PathBuf) -> PathBuf {
+        match self {
+            Effects::Apply { .. } => path,
+            Effects::Record { actions } => actions
+                .iter()
+                .find_map(|a| match a {
+                    RecoveryAction::CompleteRename { from, to } if *to == path => {
+                        Some(from.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(path),
+        }
+    }
+
+    /// The closed pair at `start`, its files where they are now.
+    fn pair(&self, dir: &Path, start: u64, max_block: Option<u64>) -> ClosedPair {
+        let mut p = ClosedPair::new(dir, start, max_block);
+        p.receipt_path = self.current(p.receipt_path);
+        p.log_path = self.current(p.log_path);
+        p
+    }
+}
+
+/// What the startup scan decided: the closed pairs and the last seen block they record.
+pub(crate) struct Scan {
+    pub catalogue: BTreeMap<u64, Arc<ClosedPair>>,
+    pub seen: Option<u64>,
+}
+
+/// The first block not in a closed file: the open window (and replay) starts there.
+pub(crate) fn open_floor(catalogue: &BTreeMap<u64, Arc<ClosedPair>>) -> u64 {
+    match catalogue.values().next_back() {
+        Some(t) => match t.max_block {
+            Some(m) => m.saturating_add(1).max(t.start + 1),
+            None => t.start + 1,
+        },
+        None => 0,
+    }
 }
 
 /// The startup scan. Every file that looks like a pair file ends in exactly one of these rows:
@@ -73,16 +237,16 @@ struct Scan {
 /// | one final, partner missing, no footer           | deleted (the open pair of a store before issue 9; its rows are in the WAL) |
 /// | one final, partner missing, in a window prune would delete | deleted, as prune would (a prune interrupted between its two deletes leaves one) |
 /// | one final, partner missing, otherwise           | quarantined: its rows are in no WAL record    |
-async fn scan<F: Fs>(
+pub(crate) async fn scan<F: Fs>(
     fs: &F,
     dir: &Path,
     config: &Config,
     wal_heights: &std::collections::BTreeSet<u64>,
+    effects: &mut Effects,
 ) -> Result<Scan> {
     let names = fs.list(dir).await.map_err(|e| Error::io(dir, e))?;
     let mut listing = group_listing(&names);
     let open_starts: std::collections::BTreeSet<u64> = listing.open.keys().copied().collect();
-    let mut quarantined = Vec::new();
     let newest_final = listing.pairs.last().copied();
     let mut renamed = false;
     for (&start, files) in &listing.open {
@@ -96,7 +260,7 @@ async fn scan<F: Fs>(
                 } else {
                     FileKind::Logs
                 };
-                if complete_rename(fs, dir, start, open_kind).await? {
+                if complete_rename(fs, dir, start, open_kind, effects).await? {
                     mark!("open-rename-completed");
                     listing.pairs.push(start);
                     renamed = true;
@@ -113,7 +277,7 @@ async fn scan<F: Fs>(
                     match named {
                         Named::Open => {
                             let path = dir.join(open_file_name(kind, start));
-                            quarantined.push(quarantine_stray(fs, dir, &path).await?);
+                            quarantine_stray(fs, dir, path, effects).await?;
                         }
                         Named::Final => listing.lone.push(final_file_name(kind, start)),
                     }
@@ -124,42 +288,39 @@ async fn scan<F: Fs>(
                 let paths: Vec<PathBuf> = named_files(files)
                     .map(|(kind, _)| dir.join(open_file_name(kind, start)))
                     .collect();
-                discard(fs, dir, &paths).await?;
+                effects
+                    .discard(fs, dir, paths, DiscardReason::OpenPairOfCrashedStore)
+                    .await?;
             }
         }
     }
     for name in &listing.stray_open {
-        quarantined.push(quarantine_stray(fs, dir, &dir.join(name)).await?);
+        quarantine_stray(fs, dir, dir.join(name), effects).await?;
     }
     if renamed {
-        fs.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
+        effects.sync_dir(fs, dir).await?;
     }
     listing.pairs.sort_unstable();
     listing.lone.sort();
-    let (catalogue, seen) = closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights).await?;
+    let (catalogue, seen) =
+        closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights, effects).await?;
     for name in &listing.lone {
-        if let Some(q) = lone_file(fs, dir, name, &catalogue, seen, config).await? {
-            quarantined.push(q);
-        }
+        lone_file(fs, dir, name, &catalogue, seen, config, effects).await?;
     }
-    Ok(Scan {
-        catalogue,
-        seen,
-        quarantined,
-    })
+    Ok(Scan { catalogue, seen })
 }
 
 /// Moves an open-named file no crash leaves behind to quarantine.
-async fn quarantine_stray<F: Fs>(fs: &F, dir: &Path, path: &Path) -> Result<QuarantinedFile> {
+async fn quarantine_stray<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    path: PathBuf,
+    effects: &mut Effects,
+) -> Result<()> {
     mark!("open-stray-open-file-quarantined");
-    let q = quarantine(
-        fs,
-        dir,
-        Evidence::File(path),
-        QuarantineReason::StrayOpenPairFile,
-    )
-    .await?;
-    Ok(q)
+    effects
+        .quarantine(fs, dir, path, QuarantineReason::StrayOpenPairFile)
+        .await
 }
 
 /// The files of a listed start and how each is named.
@@ -176,18 +337,24 @@ fn named_files(files: &PairFiles) -> impl Iterator<Item = (FileKind, Named)> {
 /// the open pair's name is renamed to its final name if it is a finished, verified file (both
 /// files were fsynced before the first rename). Returns false, after deleting it, when it is
 /// unfinished (then no finalization reached the renames; its rows are in the WAL).
-async fn complete_rename<F: Fs>(fs: &F, dir: &Path, start: u64, kind: FileKind) -> Result<bool> {
+async fn complete_rename<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    start: u64,
+    kind: FileKind,
+    effects: &mut Effects,
+) -> Result<bool> {
     let from = dir.join(open_file_name(kind, start));
     match ParquetFile::open(&from, kind, read_file(fs, &from).await?) {
         Ok(_) => {
             let to = dir.join(final_file_name(kind, start));
-            fs.rename(&from, &to)
-                .await
-                .map_err(|e| Error::io(&from, e))?;
+            effects.rename(fs, from, to).await?;
             Ok(true)
         }
         Err(e) if is_unfinished(&e) => {
-            discard(fs, dir, &[from]).await?;
+            effects
+                .discard(fs, dir, vec![from], DiscardReason::OpenPairOfCrashedStore)
+                .await?;
             Ok(false)
         }
         Err(e) => Err(e),
@@ -203,6 +370,7 @@ async fn closed_pairs<F: Fs>(
     mut starts: Vec<u64>,
     open_starts: &std::collections::BTreeSet<u64>,
     wal_heights: &std::collections::BTreeSet<u64>,
+    effects: &mut Effects,
 ) -> Result<(BTreeMap<u64, Arc<ClosedPair>>, Option<u64>)> {
     // A window ends where the next pair on disk (final or open-named) starts.
     let mut all_starts: std::collections::BTreeSet<u64> = starts.iter().copied().collect();
@@ -221,11 +389,11 @@ async fn closed_pairs<F: Fs>(
     // before it becomes the trailing one, which must then be finalized.
     let mut may_remove_unfinished = true;
     while let Some(last) = starts.pop() {
-        let trailing = ClosedPair::new(dir, last, None);
+        let trailing = effects.pair(dir, last, None);
         match load_pair(fs, &trailing).await {
             Ok((r, _)) => {
                 seen = r.last_seen_block.max(r.max_block());
-                catalogue.insert(last, Arc::new(ClosedPair::new(dir, last, r.max_block())));
+                catalogue.insert(last, Arc::new(effects.pair(dir, last, r.max_block())));
                 break;
             }
             // Only when the WAL still holds rows of its window: a final-named file without a
@@ -234,8 +402,10 @@ async fn closed_pairs<F: Fs>(
             // simulator's bit-rot scenario: a flipped bit in "PAR1" lost block 0).
             Err(e) if may_remove_unfinished && is_unfinished(&e) && wal_covers(last) => {
                 mark!("open-unfinished-pair-removed");
-                let paths = [trailing.receipt_path.clone(), trailing.log_path.clone()];
-                discard(fs, dir, &paths).await?;
+                let paths = vec![trailing.receipt_path.clone(), trailing.log_path.clone()];
+                effects
+                    .discard(fs, dir, paths, DiscardReason::UnfinishedNewestPair)
+                    .await?;
                 may_remove_unfinished = false;
             }
             Err(e) => {
@@ -250,13 +420,13 @@ async fn closed_pairs<F: Fs>(
         if seen.is_some() {
             break;
         }
-        let path = dir.join(final_file_name(FileKind::Receipts, *s));
+        let path = effects.current(dir.join(final_file_name(FileKind::Receipts, *s)));
         let index = FileIndex::load(fs, &path, FileKind::Receipts).await?;
         let max_block = index.row_groups.iter().filter_map(|g| g.max_block).max();
         seen = index.last_seen_block.max(max_block);
     }
     for s in starts {
-        catalogue.insert(s, Arc::new(ClosedPair::new(dir, s, None)));
+        catalogue.insert(s, Arc::new(effects.pair(dir, s, None)));
     }
     Ok((catalogue, seen))
 }
@@ -269,7 +439,8 @@ async fn lone_file<F: Fs>(
     catalogue: &BTreeMap<u64, Arc<ClosedPair>>,
     seen: Option<u64>,
     config: &Config,
-) -> Result<Option<QuarantinedFile>> {
+    effects: &mut Effects,
+) -> Result<()> {
     mark!("open-lone-pair-file");
     let path = dir.join(name);
     let start = parse_pair_name(name).map_or(0, |(_, s)| s);
@@ -286,18 +457,37 @@ async fn lone_file<F: Fs>(
             prune::select(&starts, latest.saturating_sub(config.keep_recent)).contains(&start)
         });
     if unfinished || prunable {
-        discard(fs, dir, &[path]).await?;
-        return Ok(None);
+        let reason = if unfinished {
+            DiscardReason::UnfinishedLoneFile
+        } else {
+            DiscardReason::LoneFileInPrunedWindow
+        };
+        return effects.discard(fs, dir, vec![path], reason).await;
     }
     mark!("open-lone-pair-file-quarantined");
-    let q = quarantine(
-        fs,
-        dir,
-        Evidence::File(&path),
-        QuarantineReason::LonePairFile,
-    )
-    .await?;
-    Ok(Some(q))
+    effects
+        .quarantine(fs, dir, path, QuarantineReason::LonePairFile)
+        .await
+}
+
+/// The blocks WAL records hold rows of: the scan may delete an unfinished pair only over them.
+pub(crate) fn wal_heights(records: &[WalRecord]) -> std::collections::BTreeSet<u64> {
+    records
+        .iter()
+        .filter(|r| !r.receipts.is_empty())
+        .map(|r| r.height)
+        .collect()
+}
+
+/// Whether replay skips a record: it is empty, or its block is below the floor (in closed
+/// files). The one rule replay and `inspect`'s open window share.
+pub(crate) fn replay_skips(rec: &WalRecord, floor: u64) -> bool {
+    let below = if crate::planted!(ReplayBoundaryOffByOne) {
+        rec.height <= floor && floor > 0
+    } else {
+        rec.height < floor
+    };
+    rec.receipts.is_empty() || below
 }
 
 /// What `open` hands back besides the request channel.
@@ -323,24 +513,27 @@ pub(crate) async fn open<E: Env>(
     // Read (nothing written yet) before the scan: whether the WAL still covers a window decides
     // what the scan may delete.
     let contents = Wal::read(fs.clone(), &dir).await?;
-    let wal_heights: std::collections::BTreeSet<u64> = contents
-        .records
-        .iter()
-        .filter(|r| !r.receipts.is_empty())
-        .map(|r| r.height)
-        .collect();
+    let mut effects = Effects::Apply {
+        quarantined: Vec::new(),
+    };
     let Scan {
         catalogue,
         seen: last_seen,
-        mut quarantined,
-    } = scan(&fs, &dir, &config, &wal_heights).await?;
-    let file_start_block = match catalogue.values().next_back() {
-        Some(t) => match t.max_block {
-            Some(m) => m.saturating_add(1).max(t.start + 1),
-            None => t.start + 1,
-        },
-        None => 0,
+    } = scan(
+        &fs,
+        &dir,
+        &config,
+        &wal_heights(&contents.records),
+        &mut effects,
+    )
+    .await?;
+    let Effects::Apply {
+        mut quarantined, ..
+    } = effects
+    else {
+        unreachable!("open applies its scan")
     };
+    let file_start_block = open_floor(&catalogue);
     // The pairs trusted above may have reached their final names in a finalization a crash cut
     // before its directory sync: make the directory durable before the WAL rewrite drops the
     // records those pairs hold (found by crash points inside close: a power loss after such an
@@ -407,12 +600,7 @@ impl<E: Env> State<E> {
     async fn replay(&mut self, records: Vec<WalRecord>) -> Result<Vec<ReplayedBlock>> {
         let mut out: Vec<ReplayedBlock> = Vec::new();
         for rec in records {
-            let below = if crate::planted!(ReplayBoundaryOffByOne) {
-                rec.height <= self.file_start_block && self.file_start_block > 0
-            } else {
-                rec.height < self.file_start_block
-            };
-            if rec.receipts.is_empty() || below {
+            if replay_skips(&rec, self.file_start_block) {
                 continue;
             }
             if self.last_seen.is_some_and(|l| rec.height < l) {

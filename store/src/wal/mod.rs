@@ -351,16 +351,30 @@ impl<F: Fs> Wal<F> {
     /// Reads (creating the directory if needed) every segment of the WAL under `data_dir/wal`.
     /// Nothing is written until [`WalContents::open`].
     pub async fn read(fs: F, data_dir: &Path) -> Result<WalContents<F>, WalError> {
+        Self::read_inner(fs, data_dir, true).await
+    }
+
+    /// As [`Wal::read`], but writes nothing at all: a missing WAL directory reads as an empty
+    /// log (for `inspect`, which must never change a data directory).
+    pub async fn read_only(fs: F, data_dir: &Path) -> Result<WalContents<F>, WalError> {
+        Self::read_inner(fs, data_dir, false).await
+    }
+
+    async fn read_inner(fs: F, data_dir: &Path, create: bool) -> Result<WalContents<F>, WalError> {
         let dir = data_dir.join(WAL_DIR_NAME);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| WalError::Io { path, source }
         };
-        fs.create_dir_all(&dir).await.map_err(io(&dir))?;
-        let mut segments: Vec<Segment> = fs
-            .list(&dir)
-            .await
-            .map_err(io(&dir))?
+        if create {
+            fs.create_dir_all(&dir).await.map_err(io(&dir))?;
+        }
+        let names = match fs.list(&dir).await {
+            Ok(names) => names,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut segments: Vec<Segment> = names
             .iter()
             .filter_map(|n| {
                 parse_segment_name(n).map(|s| Segment {
@@ -415,6 +429,81 @@ impl<F: Fs> Wal<F> {
             scanned,
             records,
         })
+    }
+}
+
+/// The bad regions open acts on, decided before anything is written.
+struct BadRegionPlan<'a> {
+    /// The first covered bad region of each segment whose copy goes to quarantine.
+    covered: Vec<(&'a Scanned, &'a BadRegion)>,
+    /// Bad regions nothing valid follows: cut, after their bytes are kept.
+    tails: Vec<(&'a Scanned, &'a BadRegion)>,
+}
+
+/// A tail's kind (a valid trailer proves it was completely written) and whether its block is in
+/// a closed file (read from its valid header or trailer).
+fn tail_verdict(bad: &BadRegion, floor: u64) -> (WalTailKind, bool) {
+    let kind = if bad.complete {
+        WalTailKind::Corrupt
+    } else {
+        WalTailKind::Torn
+    };
+    (kind, bad.height.is_some_and(|h| h < floor))
+}
+
+/// One segment as read, for `inspect`.
+pub struct SegmentView<'a> {
+    pub path: &'a Path,
+    pub size_bytes: u64,
+    pub scan: &'a SegmentScan,
+}
+
+/// What open would do with the WAL's bad bytes, for a floor (see [`WalContents::plan`]).
+#[derive(Debug, Default)]
+pub struct WalPlan {
+    /// Open refuses: a bad record may hold blocks no closed file has.
+    pub refused: Option<WalError>,
+    /// Segments with corrupt records whose blocks are all in closed files: copied to quarantine.
+    pub covered: Vec<(PathBuf, u64)>,
+    /// Tails open cuts (bytes kept in quarantine): (segment, offset, kind, covered).
+    pub tails: Vec<(PathBuf, u64, WalTailKind, bool)>,
+}
+
+impl<F: Fs> WalContents<F> {
+    /// Every segment as read, oldest first.
+    pub fn segments(&self) -> impl Iterator<Item = SegmentView<'_>> {
+        self.scanned.iter().map(|s| SegmentView {
+            path: &s.seg.path,
+            size_bytes: s.bytes.len() as u64,
+            scan: &s.scan,
+        })
+    }
+
+    /// What [`WalContents::open`] with this floor would do with bad bytes, decided by the same
+    /// function; nothing is written.
+    pub fn plan(&self, floor: u64) -> WalPlan {
+        match Wal::<F>::plan_bad_regions(&self.scanned, floor) {
+            Err(e) => WalPlan {
+                refused: Some(e),
+                ..WalPlan::default()
+            },
+            Ok(plan) => WalPlan {
+                refused: None,
+                covered: plan
+                    .covered
+                    .iter()
+                    .map(|(s, bad)| (s.seg.path.clone(), bad.offset_bytes))
+                    .collect(),
+                tails: plan
+                    .tails
+                    .iter()
+                    .map(|(s, bad)| {
+                        let (kind, covered) = tail_verdict(bad, floor);
+                        (s.seg.path.clone(), bad.offset_bytes, kind, covered)
+                    })
+                    .collect(),
+            },
+        }
     }
 }
 
@@ -530,17 +619,11 @@ impl<F: Fs> WalContents<F> {
 }
 
 impl<F: Fs> Wal<F> {
-    /// Applies the decision table of the module doc to every bad region: refuses to open over
-    /// records that may be needed, keeps everything else it cannot use in quarantine, and cuts
-    /// the tail (after keeping its bytes) so the next append starts on a record boundary. All
-    /// decisions are made before anything is written, so a refusal changes nothing.
-    async fn handle_bad_regions(
-        fs: &F,
-        data_dir: &Path,
-        scanned: &[Scanned],
-        floor: u64,
-        report: &mut WalOpenReport,
-    ) -> Result<(), WalError> {
+    /// Decides, with the table of the module doc, what open does with every bad region: refuse
+    /// (an error naming the file and offset) when it may hold needed records, otherwise copy the
+    /// segments of covered corruption to quarantine and cut the tails. Pure: `open` applies the
+    /// plan, `inspect` reports it.
+    fn plan_bad_regions(scanned: &[Scanned], floor: u64) -> Result<BadRegionPlan<'_>, WalError> {
         // The first valid record after segment `i` (in later segments): bounds what a bad region
         // at the end of segment `i` held, since heights never decrease along the log.
         let next_height_after = |i: usize| {
@@ -548,11 +631,10 @@ impl<F: Fs> Wal<F> {
                 .iter()
                 .find_map(|s| s.scan.records.first().map(|r| r.height))
         };
-        // (segment, first covered region) to copy to quarantine; (segment, region) to cut.
-        let mut covered: Vec<(&Scanned, &BadRegion)> = Vec::new();
-        // Regions with nothing valid after them. One in a log that crashes tore; more (garbage
-        // in an earlier segment and a later one) are cut all the same: nothing valid follows.
-        let mut tails: Vec<(&Scanned, &BadRegion)> = Vec::new();
+        let mut plan = BadRegionPlan {
+            covered: Vec::new(),
+            tails: Vec::new(),
+        };
         for (i, s) in scanned.iter().enumerate() {
             for bad in &s.scan.bad {
                 let bound = s
@@ -563,8 +645,8 @@ impl<F: Fs> Wal<F> {
                     .or_else(|| next_height_after(i));
                 match bound {
                     Some(next) if next < floor => {
-                        if !covered.iter().any(|(c, _)| std::ptr::eq(*c, s)) {
-                            covered.push((s, bad));
+                        if !plan.covered.iter().any(|(c, _)| std::ptr::eq(*c, s)) {
+                            plan.covered.push((s, bad));
                         }
                     }
                     Some(_) => {
@@ -575,10 +657,27 @@ impl<F: Fs> Wal<F> {
                             reason: bad.reason.clone(),
                         });
                     }
-                    None => tails.push((s, bad)),
+                    // One in a log that crashes tore; more (garbage in an earlier segment and a
+                    // later one) are cut all the same: nothing valid follows.
+                    None => plan.tails.push((s, bad)),
                 }
             }
         }
+        Ok(plan)
+    }
+
+    /// Applies [`Wal::plan_bad_regions`]: refuses to open over records that may be needed, keeps
+    /// everything else it cannot use in quarantine, and cuts the tail (after keeping its bytes)
+    /// so the next append starts on a record boundary. All decisions are made before anything
+    /// is written, so a refusal changes nothing.
+    async fn handle_bad_regions(
+        fs: &F,
+        data_dir: &Path,
+        scanned: &[Scanned],
+        floor: u64,
+        report: &mut WalOpenReport,
+    ) -> Result<(), WalError> {
+        let BadRegionPlan { covered, tails } = Self::plan_bad_regions(scanned, floor)?;
         for (s, bad) in covered {
             mark!("wal-covered-corruption-quarantined");
             let q = quarantine(
@@ -610,14 +709,11 @@ impl<F: Fs> Wal<F> {
         floor: u64,
         report: &mut WalOpenReport,
     ) -> Result<(), WalError> {
-        let kind = if bad.complete {
-            mark!("wal-corrupt-tail-quarantined");
-            WalTailKind::Corrupt
-        } else {
-            mark!("wal-torn-tail-cut");
-            WalTailKind::Torn
-        };
-        let covered = bad.height.is_some_and(|h| h < floor);
+        let (kind, covered) = tail_verdict(bad, floor);
+        match kind {
+            WalTailKind::Corrupt => mark!("wal-corrupt-tail-quarantined"),
+            WalTailKind::Torn => mark!("wal-torn-tail-cut"),
+        }
         let offset_bytes = bad.offset_bytes;
         let reason = match (kind, covered) {
             (WalTailKind::Corrupt, true) => QuarantineReason::CoveredWalCorruption { offset_bytes },
