@@ -16,12 +16,12 @@ use crate::runtime::{yield_now, Handle, Runtime, SimEnv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use receipt_store::{
-    Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Status, Store, MAX_LOG_DATA_BYTES,
+    Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, MAX_LOG_DATA_BYTES,
     MAX_RECEIPT_BYTES, MAX_TOPICS_PER_LOG,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -149,6 +149,8 @@ struct Run<'p> {
     rotted: Arc<Mutex<Vec<String>>>,
     /// WAL bytes bit rot hit since the last recovery: (segment as the store prints it, offset).
     wal_rots: Vec<(String, u64)>,
+    /// Files found in the quarantine folder at an earlier recovery.
+    quarantine_seen: BTreeSet<PathBuf>,
     /// A crash point reached outside an op's own crash handling (inside close or open) was a
     /// power loss: the next recovery's lower bound is a power loss's.
     lost_power_unchecked: bool,
@@ -220,37 +222,68 @@ impl Run<'_> {
         false
     }
 
-    /// How many of the WAL's last records open may have cut for bit rot: the rots that lie
-    /// in the tail it cut and reported (`Status::wal_tail_cut`), when closed files do not cover
-    /// that tail. A rot spoils at most one record, so every record of the cut beyond that many
-    /// was intact and lost. Forgets the rots either way: open has read (and rewritten) the WAL.
-    fn records_rot_may_cut(&mut self, status: &Status) -> usize {
+    /// How many of the WAL's last records open may have cut for bit rot. The evidence is the
+    /// disk, not `Status`: every cut tail is kept in quarantine as
+    /// `<segment>.<kind>-tail-at-<offset>.<k>` (an open that died after cutting reports nothing,
+    /// and the next open finds a clean WAL), so the cuts are the quarantine files new since the
+    /// last recovery. A rot spoils at most one record, so a tail cut as corrupt holding more
+    /// records than rots lost intact ones. A tail cut as torn (no append in it completed) can
+    /// hide an acked record only if rot also spoiled every trailer in it: two rots per record.
+    /// Forgets the rots either way: open has read (and rewritten) the WAL.
+    fn records_rot_may_cut(&mut self, files: &BTreeMap<PathBuf, Vec<u8>>) -> usize {
         let rots = std::mem::take(&mut self.wal_rots);
-        let Some(cut) = &status.wal_tail_cut else {
-            return 0;
-        };
-        if cut.covered {
-            return 0;
+        let quarantine = Path::new(DATA_DIR).join("quarantine");
+        // (segment, cut bytes, rots needed per lost record)
+        let mut cuts: Vec<(String, std::ops::Range<u64>, usize)> = Vec::new();
+        for (path, bytes) in files.range(quarantine.clone()..) {
+            if !path.starts_with(&quarantine) {
+                break;
+            }
+            if !self.quarantine_seen.insert(path.clone()) {
+                continue;
+            }
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            // `<original>.<tag>.<k>`: the tag holds no dot, the original one (`N.wal`).
+            let mut parts = name.rsplitn(3, '.');
+            let (_k, tag, original) = (parts.next(), parts.next(), parts.next());
+            let (Some(tag), Some(original)) = (tag, original) else {
+                continue;
+            };
+            let cut = [("corrupt-tail-at-", 1), ("torn-tail-at-", 2)]
+                .into_iter()
+                .find_map(|(prefix, rots_per_record)| {
+                    let offset = tag.strip_prefix(prefix)?.parse::<u64>().ok()?;
+                    Some((offset, rots_per_record))
+                });
+            if let Some((offset, rots_per_record)) = cut {
+                let segment = Path::new(DATA_DIR).join("wal").join(original);
+                cuts.push((
+                    segment.display().to_string(),
+                    offset..offset + bytes.len() as u64,
+                    rots_per_record,
+                ));
+            }
         }
-        let segment = cut.segment.display().to_string();
-        let cut_range = cut.offset_bytes..cut.offset_bytes + cut.bytes;
-        let mut hit: Vec<u64> = rots
-            .iter()
-            .filter(|(path, at)| *path == segment && cut_range.contains(at))
-            .map(|(_, at)| *at)
-            .collect();
-        hit.sort_unstable();
-        hit.dedup();
-        if !hit.is_empty() {
-            self.log(format!(
-                "open cut {} rotted byte(s) with the WAL tail ({} bytes at {} of {segment}): up to {} last record(s) may be gone",
-                hit.len(),
-                cut.bytes,
-                cut.offset_bytes,
-                hit.len()
-            ));
+        let mut may_lose = 0;
+        for (segment, range, rots_per_record) in &cuts {
+            let mut hit: Vec<u64> = rots
+                .iter()
+                .filter(|(path, at)| path == segment && range.contains(at))
+                .map(|(_, at)| *at)
+                .collect();
+            hit.sort_unstable();
+            hit.dedup();
+            let records = hit.len() / rots_per_record;
+            if !hit.is_empty() {
+                self.log(format!(
+                    "open cut {} rotted byte(s) with the WAL tail {range:?} of {segment} ({} rot(s) per lost record): up to {records} last record(s) may be gone",
+                    hit.len(),
+                    rots_per_record
+                ));
+            }
+            may_lose += records;
         }
-        hit.len()
+        may_lose
     }
 
     fn faults(&self) -> u64 {
@@ -404,7 +437,7 @@ impl Run<'_> {
                 return None;
             }
         };
-        let rot_cut = self.records_rot_may_cut(&status);
+        let rot_cut = self.records_rot_may_cut(&files);
         let (tagged, lo, hi, prunable) = {
             let m = self.model();
             let lo = m.lower_bound(power_loss);
@@ -1324,6 +1357,7 @@ pub fn run_plan_with(plan: &Plan, trace: Trace) -> Outcome {
         crash_inside_power: false,
         rotted: Arc::new(Mutex::new(Vec::new())),
         wal_rots: Vec::new(),
+        quarantine_seen: BTreeSet::new(),
         lost_power_unchecked: false,
     };
     let r = rt.block_on(run.exec());

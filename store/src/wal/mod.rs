@@ -168,6 +168,10 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
                     }
                 });
                 let end = resume.map_or(bytes.len(), |(p, _)| p);
+                // A valid trailer anywhere in the region was written by an append that
+                // completed (the trailer is the append's last bytes), so the region is no single
+                // torn append, whatever became of the first frame's own trailer.
+                let complete = complete || trailer_within(bytes, pos, end, next_seq);
                 if let Some((_, seq)) = resume {
                     next_seq = seq;
                 }
@@ -193,6 +197,17 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
         scan.valid_len = pos as u64;
     }
     scan
+}
+
+/// Whether a valid trailer of a record numbered `min_seq` or later starts in `bytes[from..to]`.
+fn trailer_within(bytes: &[u8], from: usize, to: usize, min_seq: u64) -> bool {
+    let last_start = to.saturating_sub(MARKER_BYTES);
+    (from..=last_start).any(|p| {
+        bytes
+            .get(p..p + MARKER_BYTES)
+            .and_then(|b| decode_marker(b, TAIL_MAGIC))
+            .is_some_and(|t| t.seq >= min_seq)
+    })
 }
 
 /// Whether the segment's last bytes are a valid trailer of a record starting at `pos` (with
@@ -1001,6 +1016,43 @@ mod tests {
             seen,
             2 * 2 * 4 + 2 + 1,
             "every writable combination was tried"
+        );
+    }
+
+    /// Two rotted last records, nothing valid after the first: the first's own trailer is not
+    /// at the segment's end, but the second's intact trailer proves an append completed in the
+    /// cut bytes, so the tail is corrupt (acknowledged data lost), never a torn append.
+    #[test]
+    fn rotted_last_records_with_an_intact_trailer_among_them_are_corrupt_not_torn() {
+        let mut bytes = encode_frame(1, 10, &receipts());
+        let good_len = bytes.len();
+        let second = encode_frame(2, 11, &receipts());
+        let third = encode_frame(3, 12, &receipts());
+        bytes.extend(&second);
+        bytes.extend(&third);
+        // The second record's header and trailer rot, the third's payload: no record after the
+        // first is valid, and only the third's trailer is intact.
+        let second_at = good_len;
+        let third_at = good_len + second.len();
+        bytes[second_at + 10] ^= 0x10;
+        bytes[third_at - 10] ^= 0x10;
+        bytes[third_at + MARKER_BYTES + 5] ^= 0x10;
+        let scan = scan_segment(&bytes, 1);
+        assert_eq!(scan.records.len(), 1, "only the first record is valid");
+        let tail = scan.tail().expect("the rotted records are the tail");
+        assert_eq!(tail.offset_bytes as usize, second_at);
+        assert_eq!(tail.end_bytes as usize, bytes.len());
+        assert!(
+            tail.complete,
+            "an intact trailer in the cut bytes: corrupt, not torn"
+        );
+        // With the third's trailer rotted too, no append in the cut provably completed.
+        let last_trailer = bytes.len() - 10;
+        bytes[last_trailer] ^= 0x10;
+        let tail = scan_segment(&bytes, 1).tail().cloned().expect("a tail");
+        assert!(
+            !tail.complete,
+            "every trailer spoiled: indistinguishable from a torn append"
         );
     }
 
