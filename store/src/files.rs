@@ -227,7 +227,8 @@ pub async fn discard<F: Fs>(fs: &F, dir: &Path, paths: &[PathBuf]) -> Result<(),
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QuarantineReason {
-    /// A finished pair file whose partner is missing: its rows are in no WAL record.
+    /// A pair file whose partner is missing and whose rows are in no WAL record: a finished
+    /// file, or one without a footer (its trailer may have rotted) that no WAL record covers.
     LonePairFile,
     /// A file under the open pair's name below a closed pair: no crash of the store leaves one.
     StrayOpenPairFile,

@@ -398,15 +398,15 @@ fn help_works_for_every_command() {
     assert_eq!(run(&[]).code, 2, "no command is a usage error");
 }
 
-/// Orphans, unknown files, a torn WAL tail, rotted parquet bytes and a corrupt WAL record are
-/// reported (notes for what opening the store cleans up, problems for corruption) and nothing
-/// is fixed: the directory is byte-for-byte the same afterwards.
+/// Unknown files, a torn WAL tail, a lone pair file, rotted parquet bytes and a corrupt WAL
+/// record are reported (notes for what opening the store cleans up, problems for corruption and
+/// for data open would set aside) and nothing is fixed: the directory is byte-for-byte the same
+/// afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     write_fixture(tmp.path()).await;
     let root = tmp.path();
-    std::fs::write(root.join("logs_40.parquet"), b"lone").unwrap();
     std::fs::write(root.join("notes.txt"), b"operator notes").unwrap();
     std::fs::create_dir(root.join("tx-hash-index")).unwrap();
     let segment = std::fs::read_dir(root.join("wal"))
@@ -416,14 +416,13 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
         .expect("a WAL segment");
     let wal_bytes = std::fs::read(&segment).unwrap();
 
-    // Notes only: lone file, unknown entries, a torn tail (the last record's trailer and the
-    // end of its payload missing).
+    // Notes only: unknown entries, a torn tail (the last record's trailer and the end of its
+    // payload missing).
     std::fs::write(&segment, &wal_bytes[..wal_bytes.len() - 40]).unwrap();
     let before = tree(root);
     let r = run(&["inspect", arg(root)]);
     assert_eq!(r.code, 0, "notes are no problem:\n{}", r.stdout);
     for part in [
-        "orphan: logs_40.parquet",
         "unknown: notes.txt",
         "unknown: tx-hash-index/",
         "torn tail",
@@ -438,7 +437,10 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
     assert_eq!(torn_away.code, 1, "the torn record is not");
     assert_eq!(tree(root), before, "nothing was repaired or removed");
 
-    // Problems: rot in a closed file, and a bad record in the middle of the WAL.
+    // Problems: a lone pair file without a footer in a window no WAL record holds (it may be a
+    // finished file whose trailer rotted: open sets it aside), rot in a closed file, and a bad
+    // record in the middle of the WAL.
+    std::fs::write(root.join("logs_40.parquet"), b"lone").unwrap();
     let rotted = root.join("receipts_0.parquet");
     let mut bytes = std::fs::read(&rotted).unwrap();
     bytes[10] ^= 0x40;
@@ -455,6 +457,12 @@ async fn inspect_reports_orphans_and_corruption_and_fixes_nothing() {
         r.stdout
     );
     assert!(r.stdout.contains("checksum mismatch"), "{}", r.stdout);
+    assert!(r.stdout.contains("orphan: logs_40.parquet"), "{}", r.stdout);
+    let lone = format!(
+        "problem: opening the store moves {} to quarantine/ (lone)",
+        root.join("logs_40.parquet").display()
+    );
+    assert!(r.stdout.contains(&lone), "{}", r.stdout);
     let refusal = format!(
         "problem: a store would refuse to open: wal corrupt: {} at offset 0",
         segment.display()

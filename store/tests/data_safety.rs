@@ -272,6 +272,36 @@ async fn a_lone_finished_pair_file_is_quarantined_and_the_store_opens() {
     s.close().await.unwrap();
 }
 
+/// A lone final-named file whose trailer rotted (its `PAR1` magic no longer reads) looks like an
+/// old store's unfinished open pair. Before the fix open deleted it outright; its window is in
+/// no WAL record, so it is the only copy of its rows: it moves to `quarantine/` unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_footerless_file_no_wal_record_covers_is_quarantined_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    for b in 1..=9 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let lone = tmp.path().join("receipts_4.parquet");
+    let mut bytes = std::fs::read(&lone).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&lone, &bytes).unwrap();
+    std::fs::remove_file(tmp.path().join("logs_4.parquet")).unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    let q = quarantine(tmp.path());
+    assert_eq!(q.len(), 1, "set aside, not deleted: {q:?}");
+    assert!(q[0].starts_with("receipts_4.parquet."), "{q:?}");
+    let kept = tmp.path().join("quarantine").join(&q[0]);
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "moved, not rewritten");
+    let st = s.status().await.unwrap();
+    assert_eq!(st.quarantined.len(), 1, "{st:?}");
+    assert_eq!(st.quarantined[0].reason, QuarantineReason::LonePairFile);
+    assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 8, 9]);
+    s.close().await.unwrap();
+}
+
 /// Issue 9 item 3, the other side: a prune interrupted between its two deletes leaves a lone
 /// file of a window the store had already decided to delete. Prune would delete it again, so
 /// open does (it is not evidence of anything); the quarantine stays empty.

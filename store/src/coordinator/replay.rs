@@ -78,7 +78,8 @@ pub enum DiscardReason {
     /// A final-named pair without a footer, the newest, whose window WAL records cover: the
     /// open pair of a store before issue 9.
     UnfinishedNewestPair,
-    /// A final-named file without a footer whose partner is missing: an old store's open pair.
+    /// A final-named file without a footer whose partner is missing, in a window WAL records
+    /// hold rows of: an old store's open pair.
     UnfinishedLoneFile,
     /// A lone file in a window prune deletes anyway (a prune interrupted between its deletes).
     LoneFileInPrunedWindow,
@@ -234,9 +235,9 @@ pub(crate) fn open_floor(catalogue: &BTreeMap<u64, Arc<ClosedPair>>) -> u64 {
 /// | one final, one open-named and finished          | the rename is completed (a crash between the two renames of a finalization) |
 /// | both open-named, or one open-named alone        | deleted: the open pair of a crashed store; its rows are in the WAL, whose segments are dropped only after both renames are durable |
 /// | open-named below the newest closed pair, or beside a complete final pair | quarantined (no crash leaves one) |
-/// | one final, partner missing, no footer           | deleted (the open pair of a store before issue 9; its rows are in the WAL) |
+/// | one final, partner missing, no footer, WAL records hold rows of its window | deleted (the open pair of a store before issue 9; its rows are in the WAL) |
 /// | one final, partner missing, in a window prune would delete | deleted, as prune would (a prune interrupted between its two deletes leaves one) |
-/// | one final, partner missing, otherwise           | quarantined: its rows are in no WAL record    |
+/// | one final, partner missing, otherwise (finished, or footerless with no WAL row of its window) | quarantined: its rows are in no WAL record (a footerless one may be a finished file whose trailer rotted) |
 pub(crate) async fn scan<F: Fs>(
     fs: &F,
     dir: &Path,
@@ -305,7 +306,12 @@ pub(crate) async fn scan<F: Fs>(
     let (catalogue, seen) =
         closed_pairs(fs, dir, listing.pairs, &open_starts, wal_heights, effects).await?;
     for name in &listing.lone {
-        lone_file(fs, dir, name, &catalogue, seen, config, effects).await?;
+        let lone = Lone {
+            name,
+            open_starts: &open_starts,
+            wal_heights,
+        };
+        lone_file(fs, dir, lone, &catalogue, seen, config, effects).await?;
     }
     Ok(Scan { catalogue, seen })
 }
@@ -431,23 +437,44 @@ async fn closed_pairs<F: Fs>(
     Ok((catalogue, seen))
 }
 
+/// A final-named pair file whose partner is missing, with what tells whether the WAL holds
+/// its rows.
+struct Lone<'a> {
+    name: &'a str,
+    /// Starts of open-named pairs (a window also ends where one starts).
+    open_starts: &'a std::collections::BTreeSet<u64>,
+    wal_heights: &'a std::collections::BTreeSet<u64>,
+}
+
 /// Decides the fate of a final-named pair file whose partner is missing (see [`scan`]).
 async fn lone_file<F: Fs>(
     fs: &F,
     dir: &Path,
-    name: &str,
+    lone: Lone<'_>,
     catalogue: &BTreeMap<u64, Arc<ClosedPair>>,
     seen: Option<u64>,
     config: &Config,
     effects: &mut Effects,
 ) -> Result<()> {
     mark!("open-lone-pair-file");
+    let name = lone.name;
     let path = dir.join(name);
     let start = parse_pair_name(name).map_or(0, |(_, s)| s);
     let unfinished = match ParquetFile::open(&path, kind_of(name), read_file(fs, &path).await?) {
         Ok(_) => false,
         Err(e) => is_unfinished(&e),
     };
+    // Its window ends where the next pair on disk (final or open-named) starts. A footerless
+    // file is an old store's open pair only when WAL records hold rows of that window; without
+    // them it may be a finished file whose trailer rotted, the only copy of its rows.
+    let end = catalogue
+        .keys()
+        .chain(lone.open_starts)
+        .copied()
+        .filter(|&s| s > start)
+        .min()
+        .unwrap_or(u64::MAX);
+    let wal_holds_rows = lone.wal_heights.range(start..end).next().is_some();
     let prunable = config.keep_recent > 0
         && seen.is_some_and(|latest| {
             let mut starts: Vec<u64> = catalogue.keys().copied().collect();
@@ -456,11 +483,11 @@ async fn lone_file<F: Fs>(
             starts.dedup();
             prune::select(&starts, latest.saturating_sub(config.keep_recent)).contains(&start)
         });
-    if unfinished || prunable {
-        let reason = if unfinished {
-            DiscardReason::UnfinishedLoneFile
-        } else {
+    if (unfinished && wal_holds_rows) || prunable {
+        let reason = if prunable {
             DiscardReason::LoneFileInPrunedWindow
+        } else {
+            DiscardReason::UnfinishedLoneFile
         };
         return effects.discard(fs, dir, vec![path], reason).await;
     }
