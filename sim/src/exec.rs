@@ -956,6 +956,18 @@ impl Run<'_> {
                         )),
                     }
                 }
+                Op::SetFlushInterval { blocks } => {
+                    let r = store.set_block_flush_interval(*blocks).await;
+                    self.log(format!("  -> {r:?}"));
+                    match r {
+                        Ok(()) => {}
+                        Err(Error::Poisoned(_)) if self.faulted_since_open() => {}
+                        r => self.fail(Failure::new(
+                            Check::Write,
+                            format!("set_block_flush_interval({blocks}) answered {r:?}"),
+                        )),
+                    }
+                }
                 Op::Flush => {
                     let r = store.flush().await;
                     self.log(format!("  -> {r:?}"));

@@ -122,6 +122,8 @@ pub enum OpKind {
     BitRot,
     /// One flipped bit at rest in the synced bytes of a WAL segment.
     WalRot,
+    /// Change the automatic flush interval mid-run (0 switches automatic flushes off).
+    SetFlushInterval,
 }
 
 impl OpKind {
@@ -144,6 +146,7 @@ impl OpKind {
                 | OpKind::AfterEnd
                 | OpKind::BitRot
                 | OpKind::WalRot
+                | OpKind::SetFlushInterval
         )
     }
 }
@@ -275,6 +278,11 @@ pub enum Op {
     },
     /// Flush the open pair's buffered rows as a row group.
     Flush,
+    /// Set the automatic flush interval to `blocks` (0: no automatic flush) until the next
+    /// reopen, which restores the configured one.
+    SetFlushInterval {
+        blocks: u64,
+    },
     /// The process dies after `after_fs_calls` more disk-changing filesystem calls (whatever op
     /// or background task makes them, open and replay included), with a power loss when
     /// `power_loss`. The op that follows is chosen to be one worth crashing inside.
@@ -323,6 +331,7 @@ impl Op {
             Op::FsFault { .. } => "fs_fault",
             Op::Resize { .. } => "resize",
             Op::Flush => "flush",
+            Op::SetFlushInterval { .. } => "set_flush_interval",
             Op::CrashInside { .. } => "crash_inside",
             Op::AfterEnd { .. } => "after_end",
             Op::BitRot { .. } => "bit_rot",
@@ -696,6 +705,9 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
                 },
             },
             OpKind::Flush => Op::Flush,
+            OpKind::SetFlushInterval => Op::SetFlushInterval {
+                blocks: rng.random_range(0..=8),
+            },
             OpKind::CrashInside => {
                 let power_loss = match (
                     swarm.weights.contains_key(&OpKind::Crash),

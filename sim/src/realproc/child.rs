@@ -117,6 +117,11 @@ async fn child_run(plan: &Plan, dir: &Path, from_op: usize) -> i32 {
                 let r = store.flush().await;
                 emit_result(i, &r, Msg::Done(i));
             }
+            Op::SetFlushInterval { blocks } => {
+                emit(&Msg::Issued(i));
+                let r = store.set_block_flush_interval(*blocks).await;
+                emit_result(i, &r, Msg::Done(i));
+            }
             Op::CloseReopen => {
                 emit(&Msg::Issued(i));
                 return child_close(&store, i + 1).await;
