@@ -175,6 +175,14 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The README's table of coverage marks by scenario, from campaign reports (`run --report`,
+    /// e.g. `reports/ci-*-SEED.json` of one CI run): the share of seeds hitting each mark, claims
+    /// in bold, marks no scenario reaches listed too.
+    MarksTable {
+        /// Campaign reports, one per scenario.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// Bounded exhaustive crash exploration: short plans around rotation, flush, prune, close
     /// and reopen, and replay; a crash after every disk-changing filesystem call of each op
     /// crashed inside, as a process crash and as every distinct power-loss image the salts draw.
@@ -292,6 +300,75 @@ fn parse_shard(shard: Option<&str>) -> (u64, u64) {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// See [`Cmd::MarksTable`].
+fn marks_table(reports: &[PathBuf]) -> String {
+    // (scenario, seeds, mark -> seeds hitting it, claims)
+    let mut columns: Vec<(
+        String,
+        u64,
+        std::collections::BTreeMap<String, u64>,
+        Vec<String>,
+    )> = Vec::new();
+    for path in reports {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| die(&format!("{}: {e}", path.display())));
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| die(&format!("{}: {e}", path.display())));
+        let field = |name: &str| {
+            v.get(name)
+                .unwrap_or_else(|| die(&format!("{}: no field {name:?}", path.display())))
+        };
+        let scenario = field("scenario").as_str().unwrap_or("?").to_string();
+        let seeds = field("seeds").as_u64().unwrap_or(0);
+        let marks = field("marks")
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v["seeds"].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let claims = field("claimed_marks")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        columns.push((scenario, seeds, marks, claims));
+    }
+    columns.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::from("| mark |");
+    for (name, seeds, ..) in &columns {
+        out += &format!(" {name} ({seeds}) |");
+    }
+    out += "\n|---|";
+    out += &"---:|".repeat(columns.len());
+    out += "\n";
+    for (mark, _) in receipt_store::marks::ALL {
+        out += &format!("| `{mark}` |");
+        for (_, seeds, marks, claims) in &columns {
+            let hit = marks.get(*mark).copied().unwrap_or(0);
+            let pct = 100.0 * hit as f64 / (*seeds).max(1) as f64;
+            let shown = if hit == 0 {
+                "0".to_string()
+            } else if pct >= 10.0 {
+                format!("{pct:.0}")
+            } else {
+                format!("{pct:.1}")
+            };
+            if claims.iter().any(|c| c == mark) {
+                out += &format!(" **{shown}** |");
+            } else {
+                out += &format!(" {shown} |");
+            }
+        }
+        out += "\n";
+    }
+    out
+}
+
 fn campaign(
     scenario: String,
     seeds: u64,
@@ -672,6 +749,7 @@ fn main() {
             let failed = receipt_sim::realproc::run_campaign(&c, |s| generate(s, &sc), &report);
             std::process::exit(i32::from(failed));
         }
+        Cmd::MarksTable { reports } => print!("{}", marks_table(&reports)),
         Cmd::Explore {
             max_crash_point,
             salts,
