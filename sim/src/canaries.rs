@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 10] = [
+pub const TABLE: [(Canary, &str); 11] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -25,6 +25,7 @@ pub const TABLE: [(Canary, &str); 10] = [
     (Canary::DirSyncAfterWalDrop, "power-loss"),
     (Canary::MissingTopicMatches, "default"),
     (Canary::ZeroHeightSentinel, "edges"),
+    (Canary::SkipReusedSegmentSync, "crash-storm"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -35,6 +35,9 @@ pub enum Check {
     /// What must happen did not: a window prune may delete is still tracked after a prune, or
     /// a clean close left WAL records that closed pairs cover.
     Liveness,
+    /// What an open recovered (or built on) is not durable yet: a directory entry a power loss
+    /// would undo, or WAL bytes it would drop, right after open returned.
+    Durability,
     /// The simulation itself stopped (deadlock, step limit).
     Sim,
 }
@@ -53,6 +56,7 @@ impl Check {
             Check::Files => "files",
             Check::Determinism => "determinism",
             Check::Liveness => "liveness",
+            Check::Durability => "durability",
             Check::Sim => "sim",
         }
     }
@@ -64,7 +68,7 @@ impl Check {
     }
 }
 
-pub const ALL_CHECKS: [Check; 12] = [
+pub const ALL_CHECKS: [Check; 13] = [
     Check::Open,
     Check::Recovery,
     Check::Phantom,
@@ -76,6 +80,7 @@ pub const ALL_CHECKS: [Check; 12] = [
     Check::Files,
     Check::Determinism,
     Check::Liveness,
+    Check::Durability,
     Check::Sim,
 ];
 

@@ -299,6 +299,45 @@ impl SimFs {
             .count()
     }
 
+    /// What a power loss now would change under `dir` (not below it): entries it would undo
+    /// (created, renamed in or removed since the directory's last sync) and files whose bytes
+    /// it would cut (unsynced appends). Sorted, one line each.
+    pub fn undurable(&self, dir: &Path) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        let Some(d) = s.dirs.get(dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let names: BTreeSet<&String> = d.entries.keys().chain(d.durable.keys()).collect();
+        for name in names {
+            let path = dir.join(name);
+            match (d.entries.get(name), d.durable.get(name)) {
+                (Some(a), Some(b)) if a == b => {
+                    let inode = &s.inodes[a];
+                    if inode.data != inode.durable {
+                        out.push(format!(
+                            "{}: {} of {} bytes synced",
+                            path.display(),
+                            inode.durable.len().min(inode.data.len()),
+                            inode.data.len()
+                        ));
+                    }
+                }
+                (Some(_), Some(_)) => out.push(format!(
+                    "{}: renamed over, the rename not synced",
+                    path.display()
+                )),
+                (Some(_), None) => out.push(format!("{}: entry not synced", path.display())),
+                (None, Some(_)) => out.push(format!(
+                    "{}: removed, the removal not synced",
+                    path.display()
+                )),
+                (None, None) => unreachable!("a name from one of the two maps"),
+            }
+        }
+        out
+    }
+
     /// Every visible file and its bytes.
     pub fn snapshot_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let s = self.state.lock().unwrap();

@@ -154,10 +154,13 @@ mod canaries {
         assert!(r.failures > 0, "{bug:?} survived {} states", r.states);
         let f = &r.found[0];
         eprintln!("{bug:?} found in {}: {}: {}", f.case, f.crash, f.failure);
-        // Lost blocks ([recovery]), or a pair torn by the power loss that open refuses as
-        // corrupt ([open]: since footers carry their own checksum).
+        // Lost blocks ([recovery]), a pair torn by the power loss that open refuses as corrupt
+        // ([open]: since footers carry their own checksum), or state an open built on that a
+        // power loss would undo ([durability]).
         assert!(
-            f.failure.starts_with("[recovery]") || f.failure.starts_with("[open]"),
+            f.failure.starts_with("[recovery]")
+                || f.failure.starts_with("[open]")
+                || f.failure.starts_with("[durability]"),
             "{}",
             f.failure
         );
@@ -177,6 +180,14 @@ mod canaries {
     #[test]
     fn skipping_the_directory_sync_at_rotation_fails_the_exploration() {
         assert_found(Canary::SkipRotationDirSync, &["rotate-write/always"]);
+    }
+
+    #[test]
+    fn reusing_a_wal_segment_without_syncing_it_fails_the_exploration() {
+        assert_found(
+            Canary::SkipReusedSegmentSync,
+            &["poisoned-rotation-reopen/always"],
+        );
     }
 
     #[test]

@@ -30,10 +30,13 @@ pub enum Canary {
     /// Block 0 is a "nothing seen yet" sentinel (upstream's zero): after block 0 the store acts
     /// as if no block was seen, so a second write to block 0 rotates the window again.
     ZeroHeightSentinel,
+    /// Open appends to a WAL segment it found without records and did not rewrite, without
+    /// syncing it and its directory: an earlier open's rename that never reached the disk.
+    SkipReusedSegmentSync,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 10] = [
+    pub const ALL: [Canary; 11] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -44,6 +47,7 @@ impl Canary {
         Canary::DirSyncAfterWalDrop,
         Canary::MissingTopicMatches,
         Canary::ZeroHeightSentinel,
+        Canary::SkipReusedSegmentSync,
     ];
 }
 

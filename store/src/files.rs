@@ -13,6 +13,7 @@
 //! * `wal/`: the write-ahead log (see `wal`).
 
 use crate::env::{Fs, FsFile};
+use crate::mark;
 use crate::parquet::reader::FileKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -342,9 +343,19 @@ pub async fn quarantine<F: Fs>(
         }
         Evidence::Bytes { bytes, .. } => {
             let mut f = fs.create_new(&target).await.map_err(io_err(&target))?;
-            f.append(bytes).await.map_err(io_err(&target))?;
-            f.sync_all().await.map_err(io_err(&target))?;
+            let written = match f.append(bytes).await {
+                Ok(()) => f.sync_all().await,
+                Err(e) => Err(e),
+            };
             drop(f);
+            if let Err(e) = written {
+                // A copy whose bytes may never reach the disk (a failed fsync drops them) is no
+                // evidence: remove it, best effort, so a retry's copy is the only one. The
+                // bytes are still in the file they are cut from, which nothing changed yet.
+                mark!("quarantine-failed-copy-removed");
+                let _ = fs.remove(&target).await;
+                return Err(io_err(&target)(e));
+            }
             fs.sync_dir(&qdir).await.map_err(io_err(&qdir))?;
         }
     }

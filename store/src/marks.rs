@@ -54,6 +54,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("wal-duplicate-record-merged", "identical records under one sequence number are read once"),
     ("wal-rewritten-at-open", "open rewrites the valid records into a fresh fsynced segment"),
     (
+        "quarantine-failed-copy-removed",
+        "a quarantine copy whose write or fsync failed is removed, so only a retry's copy is kept",
+    ),
+    (
         "wal-reused-segment-made-durable",
         "open appends to a segment without records and syncs it and its directory first",
     ),

@@ -593,7 +593,7 @@ impl<F: Fs> WalContents<F> {
             Some(seg) => {
                 let mut file = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
                 let len = file.len().await.map_err(io(&seg.path))?;
-                if !read_any {
+                if !read_any && !crate::planted!(SkipReusedSegmentSync) {
                     // Nothing was rewritten, so nothing above made this segment durable. What
                     // open sees may be an earlier incarnation's unsynced work (a crash between a
                     // rewrite's rename and its directory sync leaves a segment whose entry a power
