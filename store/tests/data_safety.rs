@@ -40,6 +40,16 @@ async fn open(dir: &Path, c: Config) -> S {
 }
 
 /// Regular files directly in `dir` (hidden ones included), sorted.
+/// A closed store on windows of 4 with one receipt (one log) at each block 1..=9: pairs 0 and 4
+/// closed, block 8 and 9 finalized into pair 8 by the close.
+async fn closed_store_of_blocks_1_to_9(dir: &Path) {
+    let s = open(dir, config(4)).await;
+    for b in 1..=9 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    s.close().await.unwrap();
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -226,11 +236,7 @@ async fn a_failed_pair_creation_leaves_no_stray_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_finished_pair_file_is_quarantined_and_the_store_opens() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = open(tmp.path(), config(4)).await;
-    for b in 1..=9 {
-        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
-    }
-    s.close().await.unwrap();
+    closed_store_of_blocks_1_to_9(tmp.path()).await;
     let lone = tmp.path().join("receipts_4.parquet");
     let bytes = std::fs::read(&lone).unwrap();
     std::fs::remove_file(tmp.path().join("logs_4.parquet")).unwrap();
@@ -278,11 +284,7 @@ async fn a_lone_finished_pair_file_is_quarantined_and_the_store_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_footerless_file_no_wal_record_covers_is_quarantined_not_deleted() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = open(tmp.path(), config(4)).await;
-    for b in 1..=9 {
-        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
-    }
-    s.close().await.unwrap();
+    closed_store_of_blocks_1_to_9(tmp.path()).await;
     let lone = tmp.path().join("receipts_4.parquet");
     let mut bytes = std::fs::read(&lone).unwrap();
     let last = bytes.len() - 1;
@@ -662,11 +664,7 @@ async fn open_completes_a_finalization_interrupted_between_its_renames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_named_file_below_a_closed_pair_is_quarantined() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = open(tmp.path(), config(4)).await;
-    for b in 1..=9 {
-        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
-    }
-    s.close().await.unwrap();
+    closed_store_of_blocks_1_to_9(tmp.path()).await;
     std::fs::copy(
         tmp.path().join("receipts_4.parquet"),
         tmp.path().join(".receipts_0.parquet.open"),
