@@ -257,13 +257,13 @@ async fn main() {
 
     // 6. Simulator.
     eprintln!("simulator campaigns");
-    let sims = match sim::build_sim().and_then(|b| {
-        if on("sim") {
-            Ok(b)
-        } else {
-            Err("skipped (--only)".into())
-        }
-    }) {
+    // Built only when its part runs: `--only commit` must not start a release build.
+    let built = if on("sim") {
+        sim::build_sim()
+    } else {
+        Err("skipped (--only)".into())
+    };
+    let sims = match built {
         Ok(bin) => {
             let mut v = Vec::new();
             for (seeds, jobs, ops) in [

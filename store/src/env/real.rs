@@ -2,14 +2,17 @@
 //!
 //! File operations are blocking calls made from async functions. The store issues them from a
 //! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
-//! at most a worker or two, the same trade the upstream Go store makes.
+//! at most a worker or two, the same trade the upstream Go store makes. The CPU-heavy part of
+//! reads (parquet decoding, filtering) runs on a bounded pool instead ([`TokioSpawner`]).
 
-use super::{BoxFuture, Clock, Env, Fs, FsFile, Spawner};
+use super::{BlockingPool, BoxFuture, Clock, Env, Fs, FsFile, Spawner};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug, Default)]
 pub struct RealFs;
@@ -125,8 +128,68 @@ impl Clock for TokioClock {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct TokioSpawner;
+/// Tokio's `spawn`, and a bounded pool for heavy read work (see [`BlockingPool`]).
+///
+/// The pool is tokio's blocking threads behind a semaphore of [`decode_slots`] permits, one
+/// semaphore for the whole process: the bound is about the machine's cores, so two stores in
+/// one process share it rather than each taking all but one core.
+#[derive(Clone, Debug)]
+pub struct TokioSpawner {
+    slots: Arc<Semaphore>,
+}
+
+impl Default for TokioSpawner {
+    fn default() -> Self {
+        static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+        TokioSpawner {
+            slots: SLOTS
+                .get_or_init(|| Arc::new(Semaphore::new(decode_slots())))
+                .clone(),
+        }
+    }
+}
+
+/// Cores left to the async workers (the coordinator, the application's tasks) when every
+/// decode slot is busy.
+pub const CORES_RESERVED_FOR_ASYNC: usize = 1;
+/// The fewest decode slots, whatever the core count: reads must make progress.
+pub const DECODE_SLOTS_MIN: usize = 1;
+
+/// Heavy read work allowed at once: every core but [`CORES_RESERVED_FOR_ASYNC`], at least
+/// [`DECODE_SLOTS_MIN`] (1 on this project's 2-core machine).
+pub fn decode_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores
+        .saturating_sub(CORES_RESERVED_FOR_ASYNC)
+        .max(DECODE_SLOTS_MIN)
+}
+
+impl BlockingPool for TokioSpawner {
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        let slots = self.slots.clone();
+        async move {
+            // Waiting for a slot is an async wait: a queued read holds no thread.
+            let permit = slots
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let done = tokio::task::spawn_blocking(move || {
+                let out = work();
+                drop(permit);
+                out
+            })
+            .await;
+            match done {
+                Ok(out) => out,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("heavy read work was cancelled (runtime shutting down): {e}"),
+            }
+        }
+    }
+}
 
 impl Spawner for TokioSpawner {
     fn spawn(&self, _name: &'static str, future: BoxFuture<()>) {
