@@ -40,8 +40,11 @@ pub struct Phase {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// `get_logs` calls the readers completed while the commits were timed.
+    /// `get_logs` calls the readers completed while the commits were timed, and per second.
     pub reads_done: u64,
+    pub reads_per_s: f64,
+    /// Median latency of the readers' `get_logs` calls that ended in the phase (0 when idle).
+    pub read_p50_ms: f64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -123,11 +126,15 @@ async fn phase(
         let (s, stop, reads) = (s.clone(), stop.clone(), reads.clone());
         tasks.push(tokio::spawn(async move {
             let f = reader_filter();
+            let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 let n = s.get_logs(&f).await.expect("get_logs").len();
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
                 assert_eq!(n, rows, "reader got a different answer under write load");
                 reads.fetch_add(1, Ordering::Relaxed);
             }
+            lat
         }));
     }
     if readers > 0 {
@@ -138,6 +145,7 @@ async fn phase(
         let (s, reads) = (s.clone(), reads.clone());
         tokio::spawn(async move {
             let reads_before = reads.load(Ordering::Relaxed);
+            let started = Instant::now();
             let mut lat = Vec::new();
             let mut rest = Vec::new();
             for (b, rs) in (first..).zip(inputs) {
@@ -149,14 +157,22 @@ async fn phase(
                 s.write_receipts(b, rs).await.expect("write");
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            (lat, reads.load(Ordering::Relaxed) - reads_before, rest)
+            let timed_s = started.elapsed().as_secs_f64();
+            (
+                lat,
+                reads.load(Ordering::Relaxed) - reads_before,
+                timed_s,
+                rest,
+            )
         })
     };
-    let (mut lat, reads_done, rest) = writer.await.expect("writer task");
+    let (mut lat, reads_done, timed_s, rest) = writer.await.expect("writer task");
     stop.store(true, Ordering::Relaxed);
+    let mut read_lat = Vec::new();
     for t in tasks {
-        t.await.expect("reader task");
+        read_lat.extend(t.await.expect("reader task"));
     }
+    read_lat.sort_by(f64::total_cmp);
     for (b, rs) in rest {
         s.write_receipts(b, rs).await.expect("untimed write");
     }
@@ -168,6 +184,12 @@ async fn phase(
         p99_ms: pick(&lat, 0.99),
         max_ms: lat[lat.len() - 1],
         reads_done,
+        reads_per_s: reads_done as f64 / timed_s,
+        read_p50_ms: if read_lat.is_empty() {
+            0.0
+        } else {
+            pick(&read_lat, 0.50)
+        },
     };
     (p, window_end + 1)
 }
@@ -203,8 +225,8 @@ pub async fn measure(dir: &Path, receipts: u32) -> CommitLatency {
         let (loaded, n) = phase(&s, n, receipts, READERS_LOADED, rows).await;
         next = n;
         eprintln!(
-            "  run {run}: commit p50 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms ({} reads)",
-            idle.p50_ms, loaded.p50_ms, idle.p99_ms, loaded.p99_ms, loaded.reads_done
+            "  run {run}: commit p50 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms ({:.1} reads/s, read p50 {:.0} ms)",
+            idle.p50_ms, loaded.p50_ms, idle.p99_ms, loaded.p99_ms, loaded.reads_per_s, loaded.read_p50_ms
         );
         runs.push(Run {
             p50_ratio: loaded.p50_ms / idle.p50_ms,

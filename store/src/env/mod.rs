@@ -88,11 +88,11 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
 pub struct Inline;
 
 impl BlockingPool for Inline {
-    fn run_blocking<T: Send + 'static>(
+    async fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        async move { work() }
+    ) -> T {
+        work()
     }
 }
 

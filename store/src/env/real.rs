@@ -2,8 +2,9 @@
 //!
 //! File operations are blocking calls made from async functions. The store issues them from a
 //! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
-//! at most a worker or two, the same trade the upstream Go store makes. The CPU-heavy part of
-//! reads (parquet decoding, filtering) runs on a bounded pool instead ([`TokioSpawner`]).
+//! at most a worker or two, the same trade the upstream Go store makes. The heavy part of reads
+//! runs on a bounded pool instead ([`TokioSpawner`]): parquet decoding and filtering, and reads
+//! larger than [`READ_INLINE_BYTES_MAX`].
 
 use super::{BlockingPool, BoxFuture, Clock, Env, Fs, FsFile, Spawner};
 use std::fs::{File, OpenOptions};
@@ -17,21 +18,43 @@ use tokio::sync::Semaphore;
 #[derive(Clone, Debug, Default)]
 pub struct RealFs;
 
+/// Reads up to this size are made on the calling task (a footer tail, a bloom filter: a few
+/// microseconds); larger ones (row groups, whole files) go to the [`TokioSpawner`] pool, so a
+/// reader copying tens of megabytes never holds an async worker.
+pub const READ_INLINE_BYTES_MAX: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub struct RealFile {
-    file: File,
+    /// Shared so a large read can run on a pool thread while the handle stays here.
+    file: Arc<File>,
+}
+
+impl RealFile {
+    fn new(file: File) -> RealFile {
+        RealFile {
+            file: Arc::new(file),
+        }
+    }
+}
+
+fn pread(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 impl FsFile for RealFile {
     async fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.seek(SeekFrom::End(0))?;
-        self.file.write_all(buf)
+        let mut file = &*self.file;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(buf)
     }
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        if len <= READ_INLINE_BYTES_MAX {
+            return pread(&self.file, offset, len);
+        }
+        read_off_workers(self.file.clone(), offset, len).await
     }
     async fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -56,7 +79,7 @@ impl Fs for RealFs {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn create_new(&self, path: &Path) -> io::Result<RealFile> {
         let file = OpenOptions::new()
@@ -64,15 +87,15 @@ impl Fs for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn open(&self, path: &Path) -> io::Result<RealFile> {
         let file = File::open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn open_append(&self, path: &Path) -> io::Result<RealFile> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -154,6 +177,12 @@ impl Default for TokioSpawner {
 pub const CORES_RESERVED_FOR_ASYNC: usize = 1;
 /// The fewest decode slots, whatever the core count: reads must make progress.
 pub const DECODE_SLOTS_MIN: usize = 1;
+/// Large file reads in flight at once (see [`READ_INLINE_BYTES_MAX`]). Their own bound, apart
+/// from the decode slots: a row-group read queued behind every waiting decode would make a
+/// 100-row-group query wait for a hundred decodes. Copying from the page cache is short next
+/// to decoding, so one slot keeps a disk busy without taking a core from the async workers
+/// for long.
+pub const READ_SLOTS: usize = 1;
 
 /// Heavy read work allowed at once: every core but [`CORES_RESERVED_FOR_ASYNC`], at least
 /// [`DECODE_SLOTS_MIN`] (1 on this project's 2-core machine).
@@ -164,30 +193,44 @@ pub fn decode_slots() -> usize {
         .max(DECODE_SLOTS_MIN)
 }
 
+/// Runs `work` on a tokio blocking thread once a permit of `slots` is free.
+async fn run_bounded<T: Send + 'static>(
+    slots: Arc<Semaphore>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    // Waiting for a slot is an async wait: a queued read holds no thread.
+    let permit = slots
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let done = tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    })
+    .await;
+    match done {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("heavy read work was cancelled (runtime shutting down): {e}"),
+    }
+}
+
+/// A large file read on a blocking thread, behind the process's [`READ_SLOTS`].
+async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    let slots = SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(READ_SLOTS)))
+        .clone();
+    run_bounded(slots, move || pread(&file, offset, len)).await
+}
+
 impl BlockingPool for TokioSpawner {
     fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send {
-        let slots = self.slots.clone();
-        async move {
-            // Waiting for a slot is an async wait: a queued read holds no thread.
-            let permit = slots
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let done = tokio::task::spawn_blocking(move || {
-                let out = work();
-                drop(permit);
-                out
-            })
-            .await;
-            match done {
-                Ok(out) => out,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("heavy read work was cancelled (runtime shutting down): {e}"),
-            }
-        }
+        run_bounded(self.slots.clone(), work)
     }
 }
 
