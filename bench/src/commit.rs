@@ -40,8 +40,9 @@ pub struct Phase {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// `get_logs` calls the readers completed while the commits were timed, and per second.
+    /// `get_logs` calls the readers completed while the commits were timed.
     pub reads_done: u64,
+    /// Readers' throughput over the whole phase (from their start to their stop).
     pub reads_per_s: f64,
     /// Median latency of the readers' `get_logs` calls that ended in the phase (0 when idle).
     pub read_p50_ms: f64,
@@ -121,6 +122,7 @@ async fn phase(
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
+    let readers_started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..readers {
         let (s, stop, reads) = (s.clone(), stop.clone(), reads.clone());
@@ -145,7 +147,6 @@ async fn phase(
         let (s, reads) = (s.clone(), reads.clone());
         tokio::spawn(async move {
             let reads_before = reads.load(Ordering::Relaxed);
-            let started = Instant::now();
             let mut lat = Vec::new();
             let mut rest = Vec::new();
             for (b, rs) in (first..).zip(inputs) {
@@ -157,21 +158,16 @@ async fn phase(
                 s.write_receipts(b, rs).await.expect("write");
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            let timed_s = started.elapsed().as_secs_f64();
-            (
-                lat,
-                reads.load(Ordering::Relaxed) - reads_before,
-                timed_s,
-                rest,
-            )
+            (lat, reads.load(Ordering::Relaxed) - reads_before, rest)
         })
     };
-    let (mut lat, reads_done, timed_s, rest) = writer.await.expect("writer task");
+    let (mut lat, reads_done, rest) = writer.await.expect("writer task");
     stop.store(true, Ordering::Relaxed);
     let mut read_lat = Vec::new();
     for t in tasks {
         read_lat.extend(t.await.expect("reader task"));
     }
+    let readers_s = readers_started.elapsed().as_secs_f64();
     read_lat.sort_by(f64::total_cmp);
     for (b, rs) in rest {
         s.write_receipts(b, rs).await.expect("untimed write");
@@ -184,7 +180,7 @@ async fn phase(
         p99_ms: pick(&lat, 0.99),
         max_ms: lat[lat.len() - 1],
         reads_done,
-        reads_per_s: reads_done as f64 / timed_s,
+        reads_per_s: read_lat.len() as f64 / readers_s,
         read_p50_ms: if read_lat.is_empty() {
             0.0
         } else {

@@ -50,6 +50,9 @@ struct Args {
     /// their chain first.
     #[arg(long)]
     only: Option<String>,
+    /// Run only the read queries whose name contains this text (e.g. "receipt by hash").
+    #[arg(long)]
+    query: Option<String>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "reports/bench.json")]
     out: PathBuf,
@@ -156,7 +159,10 @@ async fn main() {
     }
 
     // 2. Reads, store and DuckDB over the same closed files.
-    let qs = reads::queries(a.blocks, a.receipts);
+    let qs: Vec<Query> = reads::queries(a.blocks, a.receipts)
+        .into_iter()
+        .filter(|q| a.query.as_deref().is_none_or(|t| q.name.contains(t)))
+        .collect();
     let budget = Budget {
         budget_s: a.read_budget_s,
         max_iters: 500,
@@ -171,7 +177,15 @@ async fn main() {
     let mut store_lat: Vec<Latency> = Vec::new();
     for q in qs.iter().filter(|_| on("reads")) {
         for &r in &readers {
-            store_lat.push(reads::measure_store(&store, q, r, budget).await);
+            let l = reads::measure_store(&store, q, r, budget).await;
+            eprintln!(
+                "  {:<36} {r} readers: p50 {} p99 {}, {:.0} data bytes/query",
+                q.name,
+                ms(l.p50_us),
+                ms(l.p99_us),
+                l.data_bytes_per_query.unwrap_or(f64::NAN)
+            );
+            store_lat.push(l);
         }
     }
     let duck = if a.no_duckdb || !on("reads") {
