@@ -6,13 +6,13 @@ use crate::coordinator::{replay::read_file, Chunk, Snapshot};
 use crate::env::{BlockingPool, Fs};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
-use crate::parquet::index::FileIndex;
+use crate::parquet::index::{FetchedGroups, FileIndex};
 use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// eth_getLogs positions: at most four topic positions.
@@ -144,6 +144,49 @@ impl IndexCache {
     }
 }
 
+/// One file's candidate row groups, read and verified, not yet decoded (decoding is the
+/// pool's work).
+pub(crate) enum Candidates {
+    /// No row group can match.
+    Nothing(PathBuf),
+    /// Ranged reads of the candidate row groups.
+    Ranged(Arc<FileIndex>, FetchedGroups),
+    /// A file without row-group checksums, read whole; verified when parsed.
+    Whole(Arc<FileIndex>, Vec<u8>, Vec<usize>),
+}
+
+impl Candidates {
+    fn path(&self) -> &Path {
+        match self {
+            Candidates::Nothing(path) => path,
+            Candidates::Ranged(idx, _) | Candidates::Whole(idx, _, _) => &idx.path,
+        }
+    }
+
+    /// Decodes every candidate row group.
+    fn decode(self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Candidates::Nothing(_) => Ok(Vec::new()),
+            Candidates::Ranged(idx, fetched) => idx.decode(fetched),
+            Candidates::Whole(idx, bytes, groups) => {
+                ParquetFile::open(&idx.path, idx.kind, bytes)?.batches(groups)
+            }
+        }
+    }
+
+    /// Decodes the candidate row groups whose `tx_hash` column holds `hash` (a ranged read
+    /// first decodes that column alone; a whole file is decoded as before).
+    fn decode_holding(self, hash: &TxHash) -> Result<Vec<RecordBatch>> {
+        match self {
+            Candidates::Ranged(idx, fetched) => {
+                let fetched = idx.keep_groups_holding(fetched, hash)?;
+                idx.decode(fetched)
+            }
+            other => other.decode(),
+        }
+    }
+}
+
 /// Runs reads over a snapshot. File bytes come through `fs` (async); everything CPU-heavy
 /// (decoding footers and row groups, filtering rows, scanning the open window) runs on `pool`,
 /// so a long `get_logs` never holds an async worker the coordinator needs.
@@ -196,40 +239,33 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
 
     /// Rows of one file: the row groups that may hold rows in `[from, to]` matching every
     /// `(column, values)` pair are read (each verified against its checksum; a file without
-    /// row-group checksums is read and verified whole), then decoded and handed to `rows` on
-    /// the pool. With no candidate row group, `rows` gets no batches.
+    /// row-group checksums is read and verified whole), then `rows` decodes them on the pool.
+    /// With no candidate row group, `rows` runs here on nothing.
     async fn file_rows<T: Send + 'static>(
         &self,
         pair: &ClosedPair,
         kind: FileKind,
         (from, to): (u64, u64),
         must_match: &[(&str, &[&[u8]])],
-        rows: impl FnOnce(&Path, Vec<RecordBatch>) -> Result<T> + Send + 'static,
+        rows: impl FnOnce(Candidates) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let idx = self.index(pair, kind).await?;
         let groups = candidate_groups(&idx.row_groups, from, to, must_match);
         if groups.len() < idx.row_groups.len() {
             crate::mark!("read-row-group-skipped");
         }
-        if groups.is_empty() {
-            return rows(&idx.path, Vec::new());
-        }
-        if idx.spans.is_some() {
+        let candidates = if groups.is_empty() {
+            return rows(Candidates::Nothing(idx.path.clone()));
+        } else if idx.spans.is_some() {
             let fetched = idx.fetch_groups(self.fs, groups).await?;
             self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
-            self.pool
-                .run_blocking(move || rows(&idx.path, idx.decode(fetched)?))
-                .await
+            Candidates::Ranged(idx, fetched)
         } else {
             let bytes = read_file(self.fs, &idx.path).await?;
             self.cache.lock().unwrap().data_bytes_read += bytes.len() as u64;
-            self.pool
-                .run_blocking(move || {
-                    let file = ParquetFile::open(&idx.path, kind, bytes)?;
-                    rows(&idx.path, file.batches(groups)?)
-                })
-                .await
-        }
+            Candidates::Whole(idx, bytes, groups)
+        };
+        self.pool.run_blocking(move || rows(candidates)).await
     }
 
     /// The lowest block with a receipt: the first closed pair with rows (its index's row-group
@@ -269,7 +305,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     FileKind::Receipts,
                     (from, to),
                     &[("tx_hash", &hashes)],
-                    move |path, batches| receipts_from(path, batches, Some(&hash), from, to),
+                    move |c| {
+                        let path = c.path().to_path_buf();
+                        receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
+                    },
                 )
                 .await?,
             );
@@ -314,13 +353,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 break;
             }
             out.extend(
-                self.file_rows(
-                    pair,
-                    FileKind::Receipts,
-                    (from, to),
-                    &[],
-                    move |path, batches| receipts_from(path, batches, None, from, to),
-                )
+                self.file_rows(pair, FileKind::Receipts, (from, to), &[], move |c| {
+                    let path = c.path().to_path_buf();
+                    receipts_from(&path, c.decode()?, None, from, to)
+                })
                 .await?,
             );
         }
@@ -367,9 +403,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     FileKind::Logs,
                     (from, to),
                     &[("address", &addrs), ("topic0", &topic0)],
-                    move |path, batches| {
+                    move |c| {
+                        let path = c.path().to_path_buf();
                         let mut found =
-                            logs_from(path, batches, |b, a, t| filter.matches_raw(b, a, t))?;
+                            logs_from(&path, c.decode()?, |b, a, t| filter.matches_raw(b, a, t))?;
                         sort(&mut found);
                         Ok(found)
                     },

@@ -5,11 +5,13 @@
 use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
-use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
+use super::{hash_column_holds, BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
+use crate::types::TxHash;
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
@@ -22,6 +24,7 @@ const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Only the byte ranges that were fetched; reading anything else is an error, which is how the
 /// index proves it touches no data page.
+#[derive(Clone)]
 pub(crate) struct Sparse {
     len: u64,
     ranges: BTreeMap<u64, Bytes>,
@@ -359,6 +362,40 @@ impl FileIndex {
         })
     }
 
+    /// Of the fetched groups, those whose `tx_hash` column holds `hash`. Only that column is
+    /// decoded (32 bytes a row), so a bloom filter's false positive, which every absent-hash
+    /// lookup meets about once per hundred row groups, costs a fraction of a full decode and
+    /// materializes no receipt. CPU work, like [`FileIndex::decode`].
+    pub(crate) fn keep_groups_holding(
+        &self,
+        fetched: FetchedGroups,
+        hash: &TxHash,
+    ) -> Result<FetchedGroups, Error> {
+        let schema = self.metadata.metadata().file_metadata().schema_descr();
+        let leaf = (0..schema.num_columns())
+            .find(|&i| schema.column(i).name() == "tx_hash")
+            .expect("columns checked when the index was loaded");
+        let mut holding = Vec::new();
+        for &g in &fetched.groups {
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                fetched.sparse.clone(),
+                self.metadata.clone(),
+            )
+            .with_projection(ProjectionMask::leaves(schema, [leaf]));
+            let mut holds = false;
+            for batch in decode_groups(&self.path, builder, vec![g])? {
+                holds |= hash_column_holds(&batch, hash).map_err(|e| corrupt(&self.path, e))?;
+            }
+            if holds {
+                holding.push(g);
+            }
+        }
+        Ok(FetchedGroups {
+            groups: holding,
+            ..fetched
+        })
+    }
+
     /// Decodes fetched row groups into Arrow batches (CPU work; run it on a blocking pool).
     pub(crate) fn decode(
         &self,
@@ -369,5 +406,59 @@ impl FileIndex {
             self.metadata.clone(),
         );
         decode_groups(&self.path, builder, fetched.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::real::{RealEnv, RealFs};
+    use crate::{Config, ReceiptInput, Store};
+
+    fn receipt(block: u64, i: u8) -> ReceiptInput {
+        ReceiptInput {
+            tx_hash: [block as u8 * 16 + i; 32],
+            tx_index: u32::from(i),
+            receipt_bytes: vec![i; 10],
+            logs: vec![],
+        }
+    }
+
+    /// The hash pre-check behind absent-hash lookups: of fetched row groups, it keeps exactly
+    /// those whose `tx_hash` column holds the hash, and none for an absent one.
+    #[tokio::test]
+    async fn only_row_groups_whose_hash_column_holds_the_hash_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_blocks_per_file: 10,
+            ..Config::default()
+        };
+        let s = Store::open(RealEnv::default(), dir.path(), config)
+            .await
+            .unwrap();
+        for b in [1u64, 2, 3, 10] {
+            s.write_receipts(b, (0..4).map(|i| receipt(b, i)).collect())
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap();
+        let path = dir.path().join("receipts_0.parquet");
+        let idx = FileIndex::load(&RealFs, &path, FileKind::Receipts)
+            .await
+            .unwrap();
+        assert_eq!(idx.row_groups.len(), 3, "one row group per block");
+        let all = || idx.fetch_groups(&RealFs, vec![0, 1, 2]);
+        let in_block_2 = receipt(2, 3).tx_hash;
+        let kept = idx
+            .keep_groups_holding(all().await.unwrap(), &in_block_2)
+            .unwrap();
+        assert_eq!(kept.groups, vec![1]);
+        let batches = idx.decode(kept).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        let absent = idx
+            .keep_groups_holding(all().await.unwrap(), &[0xEE; 32])
+            .unwrap();
+        assert!(absent.groups.is_empty(), "{:?}", absent.groups);
+        assert!(idx.decode(absent).unwrap().is_empty());
     }
 }
