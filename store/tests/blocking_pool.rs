@@ -4,7 +4,7 @@
 //! bound, passes panics on, and large file reads made through it return the right bytes.
 
 use receipt_store::env::real::{
-    decode_slots, RealFs, TokioClock, TokioSpawner, READ_INLINE_BYTES_MAX,
+    decode_slots, RealFs, TokioClock, TokioSpawner, POOL_THREAD_NICE, READ_INLINE_BYTES_MAX,
 };
 use receipt_store::env::{BlockingPool, BoxFuture, Env, Fs, FsFile, Spawner};
 use receipt_store::{Config, LogFilter, LogInput, ReceiptInput, Store};
@@ -244,7 +244,7 @@ async fn a_panic_in_pool_work_resumes_in_the_awaiting_task() {
         .copied()
         .expect("a &str panic payload");
     assert_eq!(msg, "decoder bug 42");
-    // The slot was given back: the pool still runs work.
+    // The pool thread survived the panic: the pool still runs work.
     assert_eq!(TokioSpawner::default().run_blocking(|| 7).await, 7);
 }
 
@@ -276,5 +276,27 @@ async fn reads_above_the_inline_bound_return_the_bytes_on_disk() {
             .expect_err("a large read past the end fails")
             .kind(),
         std::io::ErrorKind::UnexpectedEof
+    );
+}
+
+/// This thread's nice value, from `/proc/thread-self/stat` (field 19).
+#[cfg(target_os = "linux")]
+fn this_thread_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').expect("comm ends with )") + 2..];
+    // Fields after the name start at field 3 (state); nice is field 19.
+    after_name.split(' ').nth(19 - 3).unwrap().parse().unwrap()
+}
+
+/// Pool work runs below the async workers in the OS scheduler, so a busy machine gives a
+/// commit the CPU before a decode.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn pool_threads_run_at_the_pool_nice_value() {
+    let caller = this_thread_nice();
+    let pool = TokioSpawner::default().run_blocking(this_thread_nice).await;
+    assert!(
+        pool >= i64::from(POOL_THREAD_NICE) && pool >= caller,
+        "pool thread nice {pool}, caller {caller}, wanted at least {POOL_THREAD_NICE}"
     );
 }

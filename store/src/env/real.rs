@@ -1,10 +1,12 @@
-//! The production environment: `std::fs` with real fsyncs, tokio's clock and spawner.
+//! The production environment: `std::fs` with real fsyncs, tokio's clock and spawner, and two
+//! small thread pools for the heavy part of reads.
 //!
 //! File operations are blocking calls made from async functions. The store issues them from a
 //! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
 //! at most a worker or two, the same trade the upstream Go store makes. The heavy part of reads
-//! runs on a bounded pool instead ([`TokioSpawner`]): parquet decoding and filtering, and reads
-//! larger than [`READ_INLINE_BYTES_MAX`].
+//! runs on bounded pools of lower-priority threads instead: parquet decoding and filtering
+//! ([`TokioSpawner`]'s [`BlockingPool`]), and reads larger than [`READ_INLINE_BYTES_MAX`]. These
+//! are the only threads the store starts, and only here in the real environment.
 
 use super::{BlockingPool, BoxFuture, Clock, Env, Fs, FsFile, Spawner};
 use std::fs::{File, OpenOptions};
@@ -13,14 +15,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug, Default)]
 pub struct RealFs;
 
 /// Reads up to this size are made on the calling task (a footer tail, a bloom filter: a few
-/// microseconds); larger ones (row groups, whole files) go to the [`TokioSpawner`] pool, so a
-/// reader copying tens of megabytes never holds an async worker.
+/// microseconds); larger ones (row groups, whole files) go to a read pool of [`READ_SLOTS`]
+/// threads, so a reader copying tens of megabytes never holds an async worker.
 pub const READ_INLINE_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
@@ -153,21 +154,21 @@ impl Clock for TokioClock {
 
 /// Tokio's `spawn`, and a bounded pool for heavy read work (see [`BlockingPool`]).
 ///
-/// The pool is tokio's blocking threads behind a semaphore of [`decode_slots`] permits, one
-/// semaphore for the whole process: the bound is about the machine's cores, so two stores in
-/// one process share it rather than each taking all but one core.
+/// The pool is [`decode_slots`] threads of this process, started on first use and shared by
+/// every store in it: the bound is about the machine's cores, so two stores in one process
+/// share it rather than each taking all but one core. The threads run at a lower OS priority
+/// ([`POOL_THREAD_NICE`]) than the async workers, so when every core is busy the coordinator's
+/// commit gets the CPU before a decode does.
 #[derive(Clone, Debug)]
 pub struct TokioSpawner {
-    slots: Arc<Semaphore>,
+    pool: &'static Pool,
 }
 
 impl Default for TokioSpawner {
     fn default() -> Self {
-        static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+        static DECODE: OnceLock<Pool> = OnceLock::new();
         TokioSpawner {
-            slots: SLOTS
-                .get_or_init(|| Arc::new(Semaphore::new(decode_slots())))
-                .clone(),
+            pool: DECODE.get_or_init(|| Pool::start("receipt-store-decode", decode_slots())),
         }
     }
 }
@@ -177,12 +178,14 @@ impl Default for TokioSpawner {
 pub const CORES_RESERVED_FOR_ASYNC: usize = 1;
 /// The fewest decode slots, whatever the core count: reads must make progress.
 pub const DECODE_SLOTS_MIN: usize = 1;
-/// Large file reads in flight at once (see [`READ_INLINE_BYTES_MAX`]). Their own bound, apart
-/// from the decode slots: a row-group read queued behind every waiting decode would make a
+/// Threads for large file reads (see [`READ_INLINE_BYTES_MAX`]). Their own pool, apart from
+/// the decode slots: a row-group read queued behind every waiting decode would make a
 /// 100-row-group query wait for a hundred decodes. Copying from the page cache is short next
-/// to decoding, so one slot keeps a disk busy without taking a core from the async workers
-/// for long.
+/// to decoding, so one thread keeps a disk busy without taking a core for long.
 pub const READ_SLOTS: usize = 1;
+/// Nice value (Linux, per thread) of the pool threads; the async workers keep the process's.
+/// Best effort: where it cannot be set, the pool runs at the process's priority.
+pub const POOL_THREAD_NICE: i32 = 10;
 
 /// Heavy read work allowed at once: every core but [`CORES_RESERVED_FOR_ASYNC`], at least
 /// [`DECODE_SLOTS_MIN`] (1 on this project's 2-core machine).
@@ -193,36 +196,85 @@ pub fn decode_slots() -> usize {
         .max(DECODE_SLOTS_MIN)
 }
 
-/// Runs `work` on a tokio blocking thread once a permit of `slots` is free.
-async fn run_bounded<T: Send + 'static>(
-    slots: Arc<Semaphore>,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    // Waiting for a slot is an async wait: a queued read holds no thread.
-    let permit = slots
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
-    let done = tokio::task::spawn_blocking(move || {
-        let out = work();
-        drop(permit);
-        out
-    })
-    .await;
-    match done {
-        Ok(out) => out,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("heavy read work was cancelled (runtime shutting down): {e}"),
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs from one queue. The threads never exit (a job's panic
+/// is caught and handed to its caller), so the bound on concurrent work is the thread count.
+#[derive(Debug)]
+pub struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn start(name: &str, threads: usize) -> Pool {
+        assert!(threads > 0, "a pool needs at least one thread");
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    lower_this_thread_priority();
+                    // Runs for the life of the process: the sender lives in a static.
+                    loop {
+                        let job = queue.lock().unwrap().recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("starting a pool thread");
+        }
+        Pool { jobs }
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send + 'static {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            // The caller may have gone (a dropped read): its result is thrown away.
+            let _ = done.send(out);
+        });
+        let sent = self.jobs.send(job);
+        async move {
+            sent.expect("pool threads never exit");
+            match result.await.expect("every job sends its result") {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
     }
 }
 
-/// A large file read on a blocking thread, behind the process's [`READ_SLOTS`].
+#[cfg(target_os = "linux")]
+fn lower_this_thread_priority() {
+    extern "C" {
+        fn gettid() -> i32;
+        fn setpriority(which: u32, who: u32, prio: i32) -> i32;
+    }
+    const PRIO_PROCESS: u32 = 0;
+    // SAFETY: two syscalls about this thread only; no memory is passed or returned. On Linux
+    // a thread id given to PRIO_PROCESS sets that thread's nice value alone. The result is
+    // ignored on purpose (best effort): a process already nicer than POOL_THREAD_NICE may not
+    // raise a thread's priority, and then the pool simply runs at the process's.
+    unsafe { setpriority(PRIO_PROCESS, gettid() as u32, POOL_THREAD_NICE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_thread_priority() {}
+
+/// A large file read on the read pool ([`READ_SLOTS`] threads).
 async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    let slots = SLOTS
-        .get_or_init(|| Arc::new(Semaphore::new(READ_SLOTS)))
-        .clone();
-    run_bounded(slots, move || pread(&file, offset, len)).await
+    static READS: OnceLock<Pool> = OnceLock::new();
+    READS
+        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS))
+        .run(move || pread(&file, offset, len))
+        .await
 }
 
 impl BlockingPool for TokioSpawner {
@@ -230,7 +282,7 @@ impl BlockingPool for TokioSpawner {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send {
-        run_bounded(self.slots.clone(), work)
+        self.pool.run(work)
     }
 }
 
