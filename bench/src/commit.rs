@@ -38,6 +38,8 @@ pub struct Phase {
     pub readers: usize,
     pub commits: usize,
     pub p50_ms: f64,
+    /// With 60 commits p99 is the largest; p90 says whether a tail is one stall or many.
+    pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
     /// `get_logs` calls the readers completed while the commits were timed.
@@ -53,6 +55,7 @@ pub struct Run {
     pub idle: Phase,
     pub loaded: Phase,
     pub p50_ratio: f64,
+    pub p90_ratio: f64,
     pub p99_ratio: f64,
 }
 
@@ -78,7 +81,10 @@ pub struct CommitLatency {
     pub idle_p99_ms: Spread,
     pub loaded_p50_ms: Spread,
     pub loaded_p99_ms: Spread,
+    pub idle_p90_ms: Spread,
+    pub loaded_p90_ms: Spread,
     pub p50_ratio: Spread,
+    pub p90_ratio: Spread,
     pub p99_ratio: Spread,
 }
 
@@ -177,6 +183,7 @@ async fn phase(
         readers,
         commits: lat.len(),
         p50_ms: pick(&lat, 0.50),
+        p90_ms: pick(&lat, 0.90),
         p99_ms: pick(&lat, 0.99),
         max_ms: lat[lat.len() - 1],
         reads_done,
@@ -221,11 +228,12 @@ pub async fn measure(dir: &Path, receipts: u32) -> CommitLatency {
         let (loaded, n) = phase(&s, n, receipts, READERS_LOADED, rows).await;
         next = n;
         eprintln!(
-            "  run {run}: commit p50 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms ({:.1} reads/s, read p50 {:.0} ms)",
-            idle.p50_ms, loaded.p50_ms, idle.p99_ms, loaded.p99_ms, loaded.reads_per_s, loaded.read_p50_ms
+            "  run {run}: commit p50 {:.1} -> {:.1} ms, p90 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms ({:.1} reads/s, read p50 {:.0} ms)",
+            idle.p50_ms, loaded.p50_ms, idle.p90_ms, loaded.p90_ms, idle.p99_ms, loaded.p99_ms, loaded.reads_per_s, loaded.read_p50_ms
         );
         runs.push(Run {
             p50_ratio: loaded.p50_ms / idle.p50_ms,
+            p90_ratio: loaded.p90_ms / idle.p90_ms,
             p99_ratio: loaded.p99_ms / idle.p99_ms,
             idle,
             loaded,
@@ -254,7 +262,10 @@ pub async fn measure(dir: &Path, receipts: u32) -> CommitLatency {
         idle_p99_ms: of(|r| r.idle.p99_ms),
         loaded_p50_ms: of(|r| r.loaded.p50_ms),
         loaded_p99_ms: of(|r| r.loaded.p99_ms),
+        idle_p90_ms: of(|r| r.idle.p90_ms),
+        loaded_p90_ms: of(|r| r.loaded.p90_ms),
         p50_ratio: of(|r| r.p50_ratio),
+        p90_ratio: of(|r| r.p90_ratio),
         p99_ratio: of(|r| r.p99_ratio),
         runs,
     }

@@ -434,10 +434,13 @@ fn tables(r: &serde_json::Value, a: &Args) -> String {
             c["readers"],
         );
         t += &format!(
-            "| commit p50 | {} | {} | {} |\n| commit p99 | {} | {} | {} |\n",
+            "| commit p50 | {} | {} | {} |\n| commit p90 | {} | {} | {} |\n| commit p99 | {} | {} | {} |\n",
             cell("idle_p50_ms"),
             cell("loaded_p50_ms"),
             ratio("p50_ratio"),
+            cell("idle_p90_ms"),
+            cell("loaded_p90_ms"),
+            ratio("p90_ratio"),
             cell("idle_p99_ms"),
             cell("loaded_p99_ms"),
             ratio("p99_ratio")
