@@ -3,6 +3,7 @@
 //! to DuckDB running upstream's SQL over the same files, recovery times and the simulator's
 //! throughput. Writes `reports/bench.json` and the table between the bench markers of README.md.
 
+mod commit;
 mod data;
 mod reads;
 mod recovery;
@@ -43,10 +44,15 @@ struct Args {
     /// Skip the DuckDB comparison (it needs python3 and PyPI on first use).
     #[arg(long)]
     no_duckdb: bool,
-    /// Run one part only (write, reads, load, recovery, sim), e.g. under a profiler; the
-    /// report and README are then not written. Reads and load still write their chain first.
+    /// Run one part only (write, reads, load, commit, recovery, sim), e.g. under a profiler;
+    /// its table is printed, the report and README are not written (the commit part still
+    /// writes its own `commit-latency.json` next to the report). Reads and load still write
+    /// their chain first.
     #[arg(long)]
     only: Option<String>,
+    /// Run only the read queries whose name contains this text (e.g. "receipt by hash").
+    #[arg(long)]
+    query: Option<String>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "reports/bench.json")]
     out: PathBuf,
@@ -153,7 +159,10 @@ async fn main() {
     }
 
     // 2. Reads, store and DuckDB over the same closed files.
-    let qs = reads::queries(a.blocks, a.receipts);
+    let qs: Vec<Query> = reads::queries(a.blocks, a.receipts)
+        .into_iter()
+        .filter(|q| a.query.as_deref().is_none_or(|t| q.name.contains(t)))
+        .collect();
     let budget = Budget {
         budget_s: a.read_budget_s,
         max_iters: 500,
@@ -168,7 +177,15 @@ async fn main() {
     let mut store_lat: Vec<Latency> = Vec::new();
     for q in qs.iter().filter(|_| on("reads")) {
         for &r in &readers {
-            store_lat.push(reads::measure_store(&store, q, r, budget).await);
+            let l = reads::measure_store(&store, q, r, budget).await;
+            eprintln!(
+                "  {:<36} {r} readers: p50 {} p99 {}, {:.0} data bytes/query",
+                q.name,
+                ms(l.p50_us),
+                ms(l.p99_us),
+                l.data_bytes_per_query.unwrap_or(f64::NAN)
+            );
+            store_lat.push(l);
         }
     }
     let duck = if a.no_duckdb || !on("reads") {
@@ -218,7 +235,29 @@ async fn main() {
         .await
         .unwrap();
 
-    // 4. Recovery.
+    // 4. Block-commit latency, idle and with heavy readers (its own store and directory).
+    let commit = if on("commit") {
+        eprintln!(
+            "block commits: {} receipts, sync always, 0 vs {} readers",
+            a.receipts,
+            commit::READERS_LOADED
+        );
+        let c = commit::measure(&sub("commit"), a.receipts).await;
+        if !a.quick {
+            let path = a.out.with_file_name("commit-latency.json");
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).unwrap();
+            }
+            let doc = json!({ "machine": machine(), "commit_latency": c });
+            std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+            eprintln!("  wrote {}", path.display());
+        }
+        Some(c)
+    } else {
+        None
+    };
+
+    // 5. Recovery.
     eprintln!("recovery");
     let pairs = if a.quick { 20 } else { 1000 };
     let mut recovery = Vec::new();
@@ -230,15 +269,15 @@ async fn main() {
         eprintln!("  {:<40} {:>9.1} ms", r.name, r.open_ms);
     }
 
-    // 5. Simulator.
+    // 6. Simulator.
     eprintln!("simulator campaigns");
-    let sims = match sim::build_sim().and_then(|b| {
-        if on("sim") {
-            Ok(b)
-        } else {
-            Err("skipped (--only)".into())
-        }
-    }) {
+    // Built only when its part runs: `--only commit` must not start a release build.
+    let built = if on("sim") {
+        sim::build_sim()
+    } else {
+        Err("skipped (--only)".into())
+    };
+    let sims = match built {
         Ok(bin) => {
             let mut v = Vec::new();
             for (seeds, jobs, ops) in [
@@ -270,10 +309,12 @@ async fn main() {
         "write": writes,
         "reads": { "store": store_lat, "duckdb": duck_lat, "duckdb_error": duck.err() },
         "reads_under_write_load": load,
+        "commit_latency": commit,
         "recovery": recovery,
         "simulator": sims,
     });
     if let Some(part) = &a.only {
+        println!("{}", tables(&report, &a));
         eprintln!("--only {part}: report and README not written");
         return;
     }
@@ -294,89 +335,141 @@ async fn main() {
 /// The README section: one table per part, from the JSON report.
 fn tables(r: &serde_json::Value, a: &Args) -> String {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // A part that did not run (`--only`) has no rows and gets no table.
+    let rows = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
     let mut t = format!(
         "Measured by `cargo run --release -p receipt-bench` on {} ({:.0} s in all{}).\n\n",
         r["machine"].as_str().unwrap_or("?"),
         f(r, "seconds"),
         if a.quick { ", QUICK SMOKE SIZES" } else { "" }
     );
-    t += &format!(
+    if !rows(&r["write"]).is_empty() {
+        t += &format!(
         "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | process peak RSS so far |\n|---|---:|---:|---:|---:|---:|\n",
         a.blocks, a.receipts
     );
-    for w in r["write"].as_array().unwrap() {
-        t += &format!(
-            "| {} | {:.0} | {:.0}k..{:.0}k | {:.1} | {:.2}x | {} |\n",
-            w["name"].as_str().unwrap(),
-            f(w, "receipts_per_s"),
-            f(w, "min_receipts_per_s") / 1e3,
-            f(w, "max_receipts_per_s") / 1e3,
-            f(w, "mb_per_s"),
-            f(w, "ratio_to_ceiling"),
-            mib(w["peak_rss_bytes"].as_u64())
-        );
+        for w in r["write"].as_array().unwrap() {
+            t += &format!(
+                "| {} | {:.0} | {:.0}k..{:.0}k | {:.1} | {:.2}x | {} |\n",
+                w["name"].as_str().unwrap(),
+                f(w, "receipts_per_s"),
+                f(w, "min_receipts_per_s") / 1e3,
+                f(w, "max_receipts_per_s") / 1e3,
+                f(w, "mb_per_s"),
+                f(w, "ratio_to_ceiling"),
+                mib(w["peak_rss_bytes"].as_u64())
+            );
+        }
     }
-    t += "\n**Reads**, warm, same files (DuckDB runs upstream's `read_parquet` SQL):\n\n| query | readers | rows | store p50 / p99 | DuckDB p50 / p99 | DuckDB p50 / store p50 | store µs/log |\n|---|---:|---:|---:|---:|---:|---:|\n";
-    let duck = r["reads"]["duckdb"].as_array().cloned().unwrap_or_default();
-    for s in r["reads"]["store"].as_array().unwrap() {
-        let d = duck
-            .iter()
-            .find(|d| d["query"] == s["query"] && d["readers"] == s["readers"]);
-        let rows = s["rows"].as_u64().unwrap_or(0);
-        let per_log = if rows > 0 && s["query"].as_str().unwrap().starts_with("logs") {
-            format!("{:.2}", f(s, "p50_us") / rows as f64)
-        } else {
-            "".into()
+    if !rows(&r["reads"]["store"]).is_empty() {
+        t += "\n**Reads**, warm, same files (DuckDB runs upstream's `read_parquet` SQL):\n\n| query | readers | rows | store p50 / p99 | DuckDB p50 / p99 | DuckDB p50 / store p50 | store µs/log |\n|---|---:|---:|---:|---:|---:|---:|\n";
+        let duck = r["reads"]["duckdb"].as_array().cloned().unwrap_or_default();
+        for s in r["reads"]["store"].as_array().unwrap() {
+            let d = duck
+                .iter()
+                .find(|d| d["query"] == s["query"] && d["readers"] == s["readers"]);
+            let rows = s["rows"].as_u64().unwrap_or(0);
+            let per_log = if rows > 0 && s["query"].as_str().unwrap().starts_with("logs") {
+                format!("{:.2}", f(s, "p50_us") / rows as f64)
+            } else {
+                "".into()
+            };
+            t += &format!(
+                "| {} | {} | {} | {} / {} | {} | {} | {} |\n",
+                s["query"].as_str().unwrap(),
+                s["readers"],
+                rows,
+                ms(f(s, "p50_us")),
+                ms(f(s, "p99_us")),
+                d.map_or("n/a".into(), |d| format!(
+                    "{} / {}",
+                    ms(f(d, "p50_us")),
+                    ms(f(d, "p99_us"))
+                )),
+                d.map_or("n/a".into(), |d| format!(
+                    "{:.1}x",
+                    f(d, "p50_us") / f(s, "p50_us")
+                )),
+                per_log
+            );
+        }
+    }
+    if !rows(&r["reads_under_write_load"]).is_empty() {
+        t += "\n**Reads under write load** (one reader; a writer commits a block every 100 ms):\n\n| query | idle p99 | loaded p99 | ratio |\n|---|---:|---:|---:|\n";
+        for u in r["reads_under_write_load"].as_array().unwrap() {
+            t += &format!(
+                "| {} | {} | {} | {:.2}x |\n",
+                u["query"].as_str().unwrap(),
+                ms(f(&u["idle"], "p99_us")),
+                ms(f(&u["loaded"], "p99_us")),
+                f(u, "p99_ratio")
+            );
+        }
+    }
+    if let Some(c) = r["commit_latency"].as_object() {
+        let c = serde_json::Value::Object(c.clone());
+        let cell = |k: &str| {
+            format!(
+                "{:.1} ms ({:.1}..{:.1})",
+                f(&c[k], "median"),
+                f(&c[k], "min"),
+                f(&c[k], "max")
+            )
+        };
+        let ratio = |k: &str| {
+            format!(
+                "{:.2}x ({:.2}..{:.2})",
+                f(&c[k], "median"),
+                f(&c[k], "min"),
+                f(&c[k], "max")
+            )
         };
         t += &format!(
-            "| {} | {} | {} | {} / {} | {} | {} | {} |\n",
-            s["query"].as_str().unwrap(),
-            s["readers"],
-            rows,
-            ms(f(s, "p50_us")),
-            ms(f(s, "p99_us")),
-            d.map_or("n/a".into(), |d| format!(
-                "{} / {}",
-                ms(f(d, "p50_us")),
-                ms(f(d, "p99_us"))
-            )),
-            d.map_or("n/a".into(), |d| format!(
-                "{:.1}x",
-                f(d, "p50_us") / f(s, "p50_us")
-            )),
-            per_log
+            "\n**Block commits** ({} receipts, sync always, {} blocks of history in {}-block pairs; readers loop on {}; median of {} runs, range in brackets):\n\n| | idle | {} readers | loaded / idle |\n|---|---:|---:|---:|\n",
+            c["receipts_per_block"],
+            c["history_blocks"],
+            c["window_blocks"],
+            c["reader_query"].as_str().unwrap_or("?"),
+            rows(&c["runs"]).len(),
+            c["readers"],
+        );
+        t += &format!(
+            "| commit p50 | {} | {} | {} |\n| commit p90 | {} | {} | {} |\n| commit p99 | {} | {} | {} |\n",
+            cell("idle_p50_ms"),
+            cell("loaded_p50_ms"),
+            ratio("p50_ratio"),
+            cell("idle_p90_ms"),
+            cell("loaded_p90_ms"),
+            ratio("p90_ratio"),
+            cell("idle_p99_ms"),
+            cell("loaded_p99_ms"),
+            ratio("p99_ratio")
         );
     }
-    t += "\n**Reads under write load** (one reader; a writer commits a block every 100 ms):\n\n| query | idle p99 | loaded p99 | ratio |\n|---|---:|---:|---:|\n";
-    for u in r["reads_under_write_load"].as_array().unwrap() {
-        t += &format!(
-            "| {} | {} | {} | {:.2}x |\n",
-            u["query"].as_str().unwrap(),
-            ms(f(&u["idle"], "p99_us")),
-            ms(f(&u["loaded"], "p99_us")),
-            f(u, "p99_ratio")
-        );
+    if !rows(&r["recovery"]).is_empty() {
+        t += "\n**Recovery** (median open time):\n\n| case | open | WAL bytes |\n|---|---:|---:|\n";
+        for o in r["recovery"].as_array().unwrap() {
+            t += &format!(
+                "| {} | {:.1} ms | {} |\n",
+                o["name"].as_str().unwrap(),
+                f(o, "open_ms"),
+                o["wal_bytes"]
+            );
+        }
     }
-    t += "\n**Recovery** (median open time):\n\n| case | open | WAL bytes |\n|---|---:|---:|\n";
-    for o in r["recovery"].as_array().unwrap() {
-        t += &format!(
-            "| {} | {:.1} ms | {} |\n",
-            o["name"].as_str().unwrap(),
-            f(o, "open_ms"),
-            o["wal_bytes"]
-        );
-    }
-    t += "\n**Simulator** (default scenario, release):\n\n| campaign | seeds | seconds | seeds/s | ops/s per core | peak RSS |\n|---|---:|---:|---:|---:|---:|\n";
-    for s in r["simulator"].as_array().unwrap() {
-        t += &format!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
-            s["name"].as_str().unwrap(),
-            s["seeds"],
-            f(s, "seconds"),
-            f(s, "seeds_per_s"),
-            f(s, "ops_per_s_per_core"),
-            mib(s["peak_rss_bytes"].as_u64())
-        );
+    if !rows(&r["simulator"]).is_empty() {
+        t += "\n**Simulator** (default scenario, release):\n\n| campaign | seeds | seconds | seeds/s | ops/s per core | peak RSS |\n|---|---:|---:|---:|---:|---:|\n";
+        for s in r["simulator"].as_array().unwrap() {
+            t += &format!(
+                "| {} | {} | {:.1} | {:.1} | {:.0} | {} |\n",
+                s["name"].as_str().unwrap(),
+                s["seeds"],
+                f(s, "seconds"),
+                f(s, "seeds_per_s"),
+                f(s, "ops_per_s_per_core"),
+                mib(s["peak_rss_bytes"].as_u64())
+            );
+        }
     }
     t
 }

@@ -36,6 +36,9 @@ pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
     pub mean_us: f64,
+    /// Bytes of data files (row groups) the store read per query; absent for DuckDB.
+    #[serde(default)]
+    pub data_bytes_per_query: Option<f64>,
 }
 
 /// How long each (query, readers) cell runs, and its most iterations per reader.
@@ -157,6 +160,7 @@ fn summarize(engine: &str, q: &Query, readers: usize, rows: usize, mut lat: Vec<
         p50_us: pick(0.50),
         p99_us: pick(0.99),
         mean_us: lat.iter().sum::<f64>() / lat.len() as f64,
+        data_bytes_per_query: None,
     }
 }
 
@@ -164,6 +168,7 @@ fn summarize(engine: &str, q: &Query, readers: usize, rows: usize, mut lat: Vec<
 /// return the same number of rows.
 pub async fn measure_store(s: &Arc<S>, q: &Query, readers: usize, budget: Budget) -> Latency {
     let rows = run_once(s, q).await; // warm-up: file indexes and page cache
+    let (_, data_before, _) = s.read_stats();
     let mut tasks = Vec::new();
     for _ in 0..readers {
         let (s, q) = (s.clone(), q.clone());
@@ -183,7 +188,10 @@ pub async fn measure_store(s: &Arc<S>, q: &Query, readers: usize, budget: Budget
     for t in tasks {
         lat.extend(t.await.expect("reader task"));
     }
-    summarize("receipt-store", q, readers, rows, lat)
+    let (_, data_after, _) = s.read_stats();
+    let mut l = summarize("receipt-store", q, readers, rows, lat);
+    l.data_bytes_per_query = Some((data_after - data_before) as f64 / l.samples as f64);
+    l
 }
 
 /// A Python virtualenv under `target/` with DuckDB and pyarrow, created on first use.

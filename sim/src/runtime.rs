@@ -13,7 +13,7 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use receipt_store::env::{BoxFuture, Clock, Env, Spawner};
+use receipt_store::env::{BlockingPool, BoxFuture, Clock, Env, Spawner};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -280,6 +280,17 @@ impl Clock for SimClock {
 
 #[derive(Clone)]
 pub struct SimSpawner(pub Handle);
+
+/// Heavy read work runs inline, on the reading task when it is polled: no thread, no added
+/// await point, so the schedule (and every seed's trace) is what it was without the pool.
+impl BlockingPool for SimSpawner {
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        async move { work() }
+    }
+}
 
 impl Spawner for SimSpawner {
     fn spawn(&self, _name: &'static str, future: BoxFuture<()>) {

@@ -220,9 +220,10 @@ impl<E: Env> Store<E> {
         self.call(|reply| Request::Snapshot { reply }).await
     }
 
-    fn reader(&self) -> Reader<'_, E::Fs> {
+    fn reader(&self) -> Reader<'_, E::Fs, E::Spawner> {
         Reader {
             fs: self.env.fs(),
+            pool: self.env.spawner(),
             cache: &self.cache,
         }
     }

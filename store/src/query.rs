@@ -1,16 +1,18 @@
 //! Read queries over a snapshot: receipts by hash and eth_getLogs filters. Reads run on the
-//! caller's task, never on the coordinator, so a slow query does not hold up block commits.
+//! caller's task, never on the coordinator, and their heavy part runs on the env's blocking pool,
+//! so a slow query does not hold up block commits.
 
-use crate::coordinator::{replay::read_file, Snapshot};
-use crate::env::Fs;
+use crate::coordinator::{replay::read_file, Chunk, Snapshot};
+use crate::env::{BlockingPool, Fs};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
-use crate::parquet::index::FileIndex;
+use crate::parquet::index::{FetchedGroups, FileIndex};
 use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// eth_getLogs positions: at most four topic positions.
@@ -142,12 +144,85 @@ impl IndexCache {
     }
 }
 
-pub(crate) struct Reader<'a, F: Fs> {
+/// One file's candidate row groups, read and verified, not yet decoded (decoding is the
+/// pool's work).
+pub(crate) enum Candidates {
+    /// No row group can match.
+    Nothing(PathBuf),
+    /// Ranged reads of the candidate row groups.
+    Ranged(Arc<FileIndex>, FetchedGroups),
+    /// A file without row-group checksums, read whole; verified when parsed.
+    Whole(Arc<FileIndex>, Vec<u8>, Vec<usize>),
+}
+
+impl Candidates {
+    fn path(&self) -> &Path {
+        match self {
+            Candidates::Nothing(path) => path,
+            Candidates::Ranged(idx, _) | Candidates::Whole(idx, _, _) => &idx.path,
+        }
+    }
+
+    /// Decodes every candidate row group.
+    fn decode(self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Candidates::Nothing(_) => Ok(Vec::new()),
+            Candidates::Ranged(idx, fetched) => idx.decode(fetched),
+            Candidates::Whole(idx, bytes, groups) => {
+                ParquetFile::open(&idx.path, idx.kind, bytes)?.batches(groups)
+            }
+        }
+    }
+
+    /// Decodes the candidate row groups whose `tx_hash` column holds `hash` (a ranged read
+    /// first decodes that column alone; a whole file is decoded as before).
+    fn decode_holding(self, hash: &TxHash) -> Result<Vec<RecordBatch>> {
+        match self {
+            Candidates::Ranged(idx, fetched) => {
+                let fetched = idx.keep_groups_holding(fetched, hash)?;
+                idx.decode(fetched)
+            }
+            other => other.decode(),
+        }
+    }
+}
+
+/// Runs reads over a snapshot. File bytes come through `fs` (async); everything CPU-heavy
+/// (decoding footers and row groups, filtering rows, scanning the open window) runs on `pool`,
+/// so a long `get_logs` never holds an async worker the coordinator needs.
+pub(crate) struct Reader<'a, F: Fs, P: BlockingPool> {
     pub fs: &'a F,
+    pub pool: &'a P,
     pub cache: &'a Mutex<IndexCache>,
 }
 
-impl<F: Fs> Reader<'_, F> {
+/// Rows of the open window's chunks that `keep` selects, and how many chunks were scanned;
+/// with `first_only`, the scan stops after the first chunk that yields a row.
+fn scan_open<T: Clone>(
+    chunks: &[Arc<Chunk>],
+    rows: impl Fn(&Chunk) -> &[T],
+    keep: impl Fn(&T) -> bool,
+    first_only: bool,
+) -> (Vec<T>, usize) {
+    let mut out = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        out.extend(rows(chunk).iter().filter(|x| keep(x)).cloned());
+        if first_only && !out.is_empty() {
+            return (out, i + 1);
+        }
+    }
+    (out, chunks.len())
+}
+
+fn overlapping(snap: &Snapshot, from: u64, to: u64) -> Vec<Arc<Chunk>> {
+    snap.open
+        .iter()
+        .filter(|c| c.overlaps(from, to))
+        .cloned()
+        .collect()
+}
+
+impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
     async fn index(&self, pair: &ClosedPair, kind: FileKind) -> Result<Arc<FileIndex>> {
         let key = (pair.start, kind == FileKind::Logs);
         if let Some(i) = self.cache.lock().unwrap().get(key) {
@@ -157,40 +232,40 @@ impl<F: Fs> Reader<'_, F> {
             FileKind::Receipts => &pair.receipt_path,
             FileKind::Logs => &pair.log_path,
         };
-        let index = Arc::new(FileIndex::load(self.fs, path, kind).await?);
+        let index = Arc::new(FileIndex::load_on(self.fs, self.pool, path, kind).await?);
         self.cache.lock().unwrap().put(key, index.clone());
         Ok(index)
     }
 
-    /// Decodes the row groups of one file that may hold rows in `[from, to]` matching every
-    /// `(column, values)` pair. Only those row groups' bytes are read, each verified against its
-    /// checksum; a file without row-group checksums is read and verified whole.
-    async fn candidate_batches(
+    /// Rows of one file: the row groups that may hold rows in `[from, to]` matching every
+    /// `(column, values)` pair are read (each verified against its checksum; a file without
+    /// row-group checksums is read and verified whole), then `rows` decodes them on the pool.
+    /// With no candidate row group, `rows` runs here on nothing.
+    async fn file_rows<T: Send + 'static>(
         &self,
         pair: &ClosedPair,
         kind: FileKind,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         must_match: &[(&str, &[&[u8]])],
-    ) -> Result<Vec<RecordBatch>> {
+        rows: impl FnOnce(Candidates) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let idx = self.index(pair, kind).await?;
         let groups = candidate_groups(&idx.row_groups, from, to, must_match);
         if groups.len() < idx.row_groups.len() {
             crate::mark!("read-row-group-skipped");
         }
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (batches, bytes_read) = if idx.spans.is_some() {
-            idx.read_groups(self.fs, groups).await?
+        let candidates = if groups.is_empty() {
+            return rows(Candidates::Nothing(idx.path.clone()));
+        } else if idx.spans.is_some() {
+            let fetched = idx.fetch_groups(self.fs, groups).await?;
+            self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
+            Candidates::Ranged(idx, fetched)
         } else {
             let bytes = read_file(self.fs, &idx.path).await?;
-            let n = bytes.len() as u64;
-            let file = ParquetFile::open(&idx.path, kind, bytes)?;
-            (file.batches(groups)?, n)
+            self.cache.lock().unwrap().data_bytes_read += bytes.len() as u64;
+            Candidates::Whole(idx, bytes, groups)
         };
-        self.cache.lock().unwrap().data_bytes_read += bytes_read;
-        Ok(batches)
+        self.pool.run_blocking(move || rows(candidates)).await
     }
 
     /// The lowest block with a receipt: the first closed pair with rows (its index's row-group
@@ -217,41 +292,51 @@ impl<F: Fs> Reader<'_, F> {
         first_only: bool,
     ) -> Result<Vec<ReceiptRecord>> {
         let (from, to) = block.map_or((0, u64::MAX), |b| (b, b));
+        let hash = *hash;
         let mut out = Vec::new();
         for pair in &snap.closed {
             if pair.start > to {
                 break;
             }
             let hashes: [&[u8]; 1] = [&hash[..]];
-            let batches = self
-                .candidate_batches(pair, FileKind::Receipts, from, to, &[("tx_hash", &hashes)])
-                .await?;
-            out.extend(receipts_from(
-                &pair.receipt_path,
-                batches,
-                Some(hash),
-                from,
-                to,
-            )?);
-            if first_only && !out.is_empty() {
-                return Ok(out);
-            }
-        }
-        for chunk in snap.open.iter().filter(|c| c.overlaps(from, to)) {
-            crate::mark!("read-open-window");
             out.extend(
-                chunk
-                    .receipts
-                    .iter()
-                    .filter(|r| {
-                        &r.tx_hash == hash && r.block_number >= from && r.block_number <= to
-                    })
-                    .cloned(),
+                self.file_rows(
+                    pair,
+                    FileKind::Receipts,
+                    (from, to),
+                    &[("tx_hash", &hashes)],
+                    move |c| {
+                        let path = c.path().to_path_buf();
+                        receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
+                    },
+                )
+                .await?,
             );
             if first_only && !out.is_empty() {
                 return Ok(out);
             }
         }
+        let chunks = overlapping(snap, from, to);
+        if chunks.is_empty() {
+            return Ok(out);
+        }
+        let (found, scanned) = self
+            .pool
+            .run_blocking(move || {
+                scan_open(
+                    &chunks,
+                    |c| &c.receipts,
+                    |r: &ReceiptRecord| {
+                        r.tx_hash == hash && r.block_number >= from && r.block_number <= to
+                    },
+                    first_only,
+                )
+            })
+            .await;
+        for _ in 0..scanned {
+            crate::mark!("read-open-window");
+        }
+        out.extend(found);
         Ok(out)
     }
 
@@ -267,19 +352,28 @@ impl<F: Fs> Reader<'_, F> {
             if pair.start > to {
                 break;
             }
-            let batches = self
-                .candidate_batches(pair, FileKind::Receipts, from, to, &[])
-                .await?;
-            out.extend(receipts_from(&pair.receipt_path, batches, None, from, to)?);
-        }
-        for chunk in snap.open.iter().filter(|c| c.overlaps(from, to)) {
             out.extend(
-                chunk
-                    .receipts
-                    .iter()
-                    .filter(|r| r.block_number >= from && r.block_number <= to)
-                    .cloned(),
+                self.file_rows(pair, FileKind::Receipts, (from, to), &[], move |c| {
+                    let path = c.path().to_path_buf();
+                    receipts_from(&path, c.decode()?, None, from, to)
+                })
+                .await?,
             );
+        }
+        let chunks = overlapping(snap, from, to);
+        if !chunks.is_empty() {
+            let (found, _) = self
+                .pool
+                .run_blocking(move || {
+                    scan_open(
+                        &chunks,
+                        |c| &c.receipts,
+                        |r: &ReceiptRecord| r.block_number >= from && r.block_number <= to,
+                        false,
+                    )
+                })
+                .await;
+            out.extend(found);
         }
         Ok(out)
     }
@@ -294,6 +388,7 @@ impl<F: Fs> Reader<'_, F> {
             .first()
             .map(|s| s.iter().map(|t| &t[..]).collect())
             .unwrap_or_default();
+        let shared = Arc::new(filter.clone());
         let mut out: Vec<LogRecord> = Vec::new();
         let sort =
             |v: &mut Vec<LogRecord>| v.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
@@ -301,32 +396,39 @@ impl<F: Fs> Reader<'_, F> {
             if out.len() >= limit || pair.start > to {
                 break;
             }
-            let batches = self
-                .candidate_batches(
+            let filter = shared.clone();
+            out.extend(
+                self.file_rows(
                     pair,
                     FileKind::Logs,
-                    from,
-                    to,
+                    (from, to),
                     &[("address", &addrs), ("topic0", &topic0)],
+                    move |c| {
+                        let path = c.path().to_path_buf();
+                        let mut found =
+                            logs_from(&path, c.decode()?, |b, a, t| filter.matches_raw(b, a, t))?;
+                        sort(&mut found);
+                        Ok(found)
+                    },
                 )
-                .await?;
-            let mut found = logs_from(&pair.log_path, batches, |b, a, t| {
-                filter.matches_raw(b, a, t)
-            })?;
-            sort(&mut found);
-            out.extend(found);
+                .await?,
+            );
         }
         if out.len() < limit {
-            let mut found: Vec<LogRecord> = snap
-                .open
-                .iter()
-                .filter(|c| c.overlaps(from, to))
-                .flat_map(|c| c.logs.iter())
-                .filter(|x| filter.matches(x))
-                .cloned()
-                .collect();
-            sort(&mut found);
-            out.extend(found);
+            let chunks = overlapping(snap, from, to);
+            if !chunks.is_empty() {
+                let filter = shared.clone();
+                let found = self
+                    .pool
+                    .run_blocking(move || {
+                        let (mut found, _) =
+                            scan_open(&chunks, |c| &c.logs, |x| filter.matches(x), false);
+                        sort(&mut found);
+                        found
+                    })
+                    .await;
+                out.extend(found);
+            }
         }
         if filter.limit.is_some_and(|l| out.len() >= l) {
             crate::mark!("read-limit-reached");

@@ -1,4 +1,5 @@
-//! The three seams the store is written against: a filesystem, a clock and a task spawner.
+//! The three seams the store is written against: a filesystem, a clock and a task spawner
+//! (with its pool for heavy work).
 //!
 //! Production plugs in [`real::RealEnv`] (std::fs with real fsyncs, tokio time and spawn); the
 //! simulator plugs in deterministic implementations. Nothing in the store touches the OS except
@@ -62,8 +63,42 @@ pub trait Clock: Clone + Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static;
 }
 
-/// Spawns tasks. The store spawns exactly one: its coordinator.
-pub trait Spawner: Clone + Send + Sync + 'static {
+/// Runs CPU-heavy work (decoding parquet, filtering decoded rows) where it cannot starve the
+/// async tasks, above all the coordinator, which owns every write: a reader decoding a 100-block
+/// `get_logs` on an async worker held that worker for tens of milliseconds and block commits
+/// waited for it (issue 10: commit p99 5 -> 126 ms under 8 readers).
+///
+/// Contract: awaited to the end, the future runs `work` once and yields its result; a panic in
+/// `work` resumes in the caller. Dropped early, `work` may never start, or may still run to
+/// its end with the result thrown away (so it must not leave shared state half-changed). `work` does no I/O through the seams (it cannot await); the caller
+/// reads the bytes first. Implementations bound how many run at once, so reads queue for a
+/// slot rather than for the cores. Coverage marks and canaries are per thread: only an
+/// implementation that runs `work` on the calling thread (the simulator's) counts marks hit in
+/// it, so `work` should leave marks to its caller where a count matters.
+pub trait BlockingPool: Clone + Send + Sync + 'static {
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send;
+}
+
+/// Runs the work on the caller's task, when it is polled. For callers that are one task on
+/// their own anyway: the open-time scan (before the coordinator runs) and the read-only CLI.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inline;
+
+impl BlockingPool for Inline {
+    async fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        work()
+    }
+}
+
+/// Spawns tasks. The store spawns exactly one: its coordinator. Heavy work of reads goes to
+/// the spawner's [`BlockingPool`].
+pub trait Spawner: BlockingPool {
     fn spawn(&self, name: &'static str, future: BoxFuture<()>);
 }
 

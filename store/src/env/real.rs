@@ -1,34 +1,61 @@
-//! The production environment: `std::fs` with real fsyncs, tokio's clock and spawner.
+//! The production environment: `std::fs` with real fsyncs, tokio's clock and spawner, and two
+//! small thread pools for the heavy part of reads.
 //!
 //! File operations are blocking calls made from async functions. The store issues them from a
 //! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
-//! at most a worker or two, the same trade the upstream Go store makes.
+//! at most a worker or two, the same trade the upstream Go store makes. The heavy part of reads
+//! runs on bounded pools of lower-priority threads instead: parquet decoding and filtering
+//! ([`TokioSpawner`]'s [`BlockingPool`]), and reads larger than [`READ_INLINE_BYTES_MAX`]. These
+//! are the only threads the store starts, and only here in the real environment.
 
-use super::{BoxFuture, Clock, Env, Fs, FsFile, Spawner};
+use super::{BlockingPool, BoxFuture, Clock, Env, Fs, FsFile, Spawner};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Default)]
 pub struct RealFs;
 
+/// Reads up to this size are made on the calling task (a footer tail, a bloom filter: a few
+/// microseconds); larger ones (row groups, whole files) go to a read pool of [`READ_SLOTS`]
+/// threads, so a reader copying tens of megabytes never holds an async worker.
+pub const READ_INLINE_BYTES_MAX: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub struct RealFile {
-    file: File,
+    /// Shared so a large read can run on a pool thread while the handle stays here.
+    file: Arc<File>,
+}
+
+impl RealFile {
+    fn new(file: File) -> RealFile {
+        RealFile {
+            file: Arc::new(file),
+        }
+    }
+}
+
+fn pread(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 impl FsFile for RealFile {
     async fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.seek(SeekFrom::End(0))?;
-        self.file.write_all(buf)
+        let mut file = &*self.file;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(buf)
     }
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        if len <= READ_INLINE_BYTES_MAX {
+            return pread(&self.file, offset, len);
+        }
+        read_off_workers(self.file.clone(), offset, len).await
     }
     async fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -53,7 +80,7 @@ impl Fs for RealFs {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn create_new(&self, path: &Path) -> io::Result<RealFile> {
         let file = OpenOptions::new()
@@ -61,15 +88,15 @@ impl Fs for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn open(&self, path: &Path) -> io::Result<RealFile> {
         let file = File::open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn open_append(&self, path: &Path) -> io::Result<RealFile> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile::new(file))
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -125,8 +152,139 @@ impl Clock for TokioClock {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct TokioSpawner;
+/// Tokio's `spawn`, and a bounded pool for heavy read work (see [`BlockingPool`]).
+///
+/// The pool is [`decode_slots`] threads of this process, started on first use and shared by
+/// every store in it: the bound is about the machine's cores, so two stores in one process
+/// share it rather than each taking all but one core. The threads run at a lower OS priority
+/// ([`POOL_THREAD_NICE`]) than the async workers, so when every core is busy the coordinator's
+/// commit gets the CPU before a decode does.
+#[derive(Clone, Debug)]
+pub struct TokioSpawner {
+    pool: &'static Pool,
+}
+
+impl Default for TokioSpawner {
+    fn default() -> Self {
+        static DECODE: OnceLock<Pool> = OnceLock::new();
+        TokioSpawner {
+            pool: DECODE.get_or_init(|| Pool::start("receipt-store-decode", decode_slots())),
+        }
+    }
+}
+
+/// Cores left to the async workers (the coordinator, the application's tasks) when every
+/// decode slot is busy.
+pub const CORES_RESERVED_FOR_ASYNC: usize = 1;
+/// The fewest decode slots, whatever the core count: reads must make progress.
+pub const DECODE_SLOTS_MIN: usize = 1;
+/// Threads for large file reads (see [`READ_INLINE_BYTES_MAX`]). Their own pool, apart from
+/// the decode slots: a row-group read queued behind every waiting decode would make a
+/// 100-row-group query wait for a hundred decodes. Copying from the page cache is short next
+/// to decoding, so one thread keeps a disk busy without taking a core for long.
+pub const READ_SLOTS: usize = 1;
+/// Nice value (Linux, per thread) of the pool threads; the async workers keep the process's.
+/// Best effort: where it cannot be set, the pool runs at the process's priority.
+pub const POOL_THREAD_NICE: i32 = 10;
+
+/// Heavy read work allowed at once: every core but [`CORES_RESERVED_FOR_ASYNC`], at least
+/// [`DECODE_SLOTS_MIN`] (1 on this project's 2-core machine).
+pub fn decode_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores
+        .saturating_sub(CORES_RESERVED_FOR_ASYNC)
+        .max(DECODE_SLOTS_MIN)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs from one queue. The threads never exit (a job's panic
+/// is caught and handed to its caller), so the bound on concurrent work is the thread count.
+#[derive(Debug)]
+pub struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn start(name: &str, threads: usize) -> Pool {
+        assert!(threads > 0, "a pool needs at least one thread");
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    lower_this_thread_priority();
+                    // Runs for the life of the process: the sender lives in a static.
+                    loop {
+                        let job = queue.lock().unwrap().recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("starting a pool thread");
+        }
+        Pool { jobs }
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send + 'static {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            // The caller may have gone (a dropped read): its result is thrown away.
+            let _ = done.send(out);
+        });
+        let sent = self.jobs.send(job);
+        async move {
+            sent.expect("pool threads never exit");
+            match result.await.expect("every job sends its result") {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_this_thread_priority() {
+    extern "C" {
+        fn gettid() -> i32;
+        fn setpriority(which: u32, who: u32, prio: i32) -> i32;
+    }
+    const PRIO_PROCESS: u32 = 0;
+    // SAFETY: two syscalls about this thread only; no memory is passed or returned. On Linux
+    // a thread id given to PRIO_PROCESS sets that thread's nice value alone. The result is
+    // ignored on purpose (best effort): a process already nicer than POOL_THREAD_NICE may not
+    // raise a thread's priority, and then the pool simply runs at the process's.
+    unsafe { setpriority(PRIO_PROCESS, gettid() as u32, POOL_THREAD_NICE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_thread_priority() {}
+
+/// A large file read on the read pool ([`READ_SLOTS`] threads).
+async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    static READS: OnceLock<Pool> = OnceLock::new();
+    READS
+        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS))
+        .run(move || pread(&file, offset, len))
+        .await
+}
+
+impl BlockingPool for TokioSpawner {
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        self.pool.run(work)
+    }
+}
 
 impl Spawner for TokioSpawner {
     fn spawn(&self, _name: &'static str, future: BoxFuture<()>) {

@@ -5,13 +5,15 @@
 use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
-use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
-use crate::env::{Fs, FsFile};
+use super::{hash_column_holds, BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
+use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
+use crate::types::TxHash;
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Only the byte ranges that were fetched; reading anything else is an error, which is how the
 /// index proves it touches no data page.
+#[derive(Clone)]
 pub(crate) struct Sparse {
     len: u64,
     ranges: BTreeMap<u64, Bytes>,
@@ -113,8 +116,101 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// A decoded footer: what the index needs before it can fetch the bloom filters.
+struct Footer {
+    metadata: ParquetMetaData,
+    last_seen_block: Option<u64>,
+    /// Written by this store (has a body checksum): every bloom filter must have a checksum.
+    ours: bool,
+    bloom_crcs: BTreeMap<u64, (usize, u32)>,
+    /// The raw row-group checksum list, parsed once the bloom filters are in.
+    row_group_crcs: Option<String>,
+}
+
+/// Decodes and checks a footer (CPU work: thrift and the footer checksum).
+fn decode_footer(path: &Path, footer: &[u8]) -> Result<Footer, Error> {
+    let metadata = ParquetMetaDataReader::decode_metadata(footer)
+        .map_err(|e| corrupt(path, format!("footer: {e}")))?;
+    let kv = metadata.file_metadata().key_value_metadata();
+    let find = |k: &str| {
+        kv.and_then(|kv| kv.iter().find(|e| e.key == k))
+            .and_then(|e| e.value.clone())
+    };
+    let last_seen_block = footer_facts(path, footer, &find)?;
+    let ours = find(BODY_CRC_KEY).is_some();
+    let mut bloom_crcs: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
+    for entry in find(BLOOM_CRC_KEY)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.is_empty())
+    {
+        let (o, l, c) = parse_crc_entry(entry)
+            .ok_or_else(|| corrupt(path, format!("bad bloom checksum entry {entry:?}")))?;
+        bloom_crcs.insert(o, (l, c));
+    }
+    let row_group_crcs = find(ROW_GROUP_CRC_KEY);
+    Ok(Footer {
+        metadata,
+        last_seen_block,
+        ours,
+        bloom_crcs,
+        row_group_crcs,
+    })
+}
+
+/// Where each row group's bytes are, from the footer's checksum list.
+fn parse_spans(
+    path: &Path,
+    list: &str,
+    row_groups: usize,
+    footer_start: u64,
+) -> Result<Vec<RowGroupSpan>, Error> {
+    let mut spans = Vec::with_capacity(row_groups);
+    for entry in list.split(',').filter(|e| !e.is_empty()) {
+        let (offset, len, crc) = parse_crc_entry(entry)
+            .ok_or_else(|| corrupt(path, format!("bad row group checksum entry {entry:?}")))?;
+        if offset + len as u64 > footer_start {
+            return Err(corrupt(
+                path,
+                format!("row group bytes at {offset}+{len} overlap the footer"),
+            ));
+        }
+        spans.push(RowGroupSpan { offset, len, crc });
+    }
+    if spans.len() != row_groups {
+        return Err(corrupt(
+            path,
+            format!(
+                "{} row group checksums for {row_groups} row groups",
+                spans.len()
+            ),
+        ));
+    }
+    Ok(spans)
+}
+
+/// The bytes of some row groups of one file, fetched and verified, not yet decoded.
+pub(crate) struct FetchedGroups {
+    sparse: Sparse,
+    groups: Vec<usize>,
+    /// Bytes read to fetch them.
+    pub bytes_read: u64,
+}
+
 impl FileIndex {
+    /// Loads the index, decoding on the caller's task (open's scan, the read-only CLI).
     pub async fn load<F: Fs>(fs: &F, path: &Path, kind: FileKind) -> Result<FileIndex, Error> {
+        Self::load_on(fs, &Inline, path, kind).await
+    }
+
+    /// Loads the index: the footer and bloom filters are read through `fs` (bloom filters are
+    /// verified as they arrive), and decoding the footer and building the index run on `pool`.
+    pub async fn load_on<F: Fs, P: BlockingPool>(
+        fs: &F,
+        pool: &P,
+        path: &Path,
+        kind: FileKind,
+    ) -> Result<FileIndex, Error> {
         let io = |e| Error::io(path, e);
         let file = fs.open(path).await.map_err(io)?;
         let len = file.len().await.map_err(io)?;
@@ -138,25 +234,16 @@ impl FileIndex {
             .await
             .map_err(io)?;
         let mut bytes_read = 8 + footer_len;
-        let metadata = ParquetMetaDataReader::decode_metadata(&footer)
-            .map_err(|e| corrupt(path, format!("footer: {e}")))?;
-        let kv = metadata.file_metadata().key_value_metadata();
-        let find = |k: &str| {
-            kv.and_then(|kv| kv.iter().find(|e| e.key == k))
-                .and_then(|e| e.value.clone())
-        };
-        let last_seen_block = footer_facts(path, &footer, &find)?;
-        let ours = find(BODY_CRC_KEY).is_some();
-        let mut bloom_crcs: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
-        for entry in find(BLOOM_CRC_KEY)
-            .unwrap_or_default()
-            .split(',')
-            .filter(|e| !e.is_empty())
-        {
-            let (o, l, c) = parse_crc_entry(entry)
-                .ok_or_else(|| corrupt(path, format!("bad bloom checksum entry {entry:?}")))?;
-            bloom_crcs.insert(o, (l, c));
-        }
+        let owned = path.to_path_buf();
+        let Footer {
+            metadata,
+            last_seen_block,
+            ours,
+            bloom_crcs,
+            row_group_crcs,
+        } = pool
+            .run_blocking(move || decode_footer(&owned, &footer))
+            .await?;
         let mut sparse = Sparse {
             len,
             ranges: BTreeMap::new(),
@@ -197,74 +284,62 @@ impl FileIndex {
             }
         }
         drop(file);
-        let spans = match find(ROW_GROUP_CRC_KEY) {
-            None => None,
-            Some(list) => {
-                let mut spans = Vec::with_capacity(metadata.num_row_groups());
-                for entry in list.split(',').filter(|e| !e.is_empty()) {
-                    let (offset, len, crc) = parse_crc_entry(entry).ok_or_else(|| {
-                        corrupt(path, format!("bad row group checksum entry {entry:?}"))
-                    })?;
-                    if offset + len as u64 > footer_start {
-                        return Err(corrupt(
-                            path,
-                            format!("row group bytes at {offset}+{len} overlap the footer"),
-                        ));
-                    }
-                    spans.push(RowGroupSpan { offset, len, crc });
-                }
-                if spans.len() != metadata.num_row_groups() {
-                    return Err(corrupt(
-                        path,
-                        format!(
-                            "{} row group checksums for {} row groups",
-                            spans.len(),
-                            metadata.num_row_groups()
-                        ),
-                    ));
-                }
-                Some(spans)
-            }
-        };
-        let metadata = Arc::new(metadata);
-        let arrow_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())
-            .map_err(|e| corrupt(path, e.to_string()))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
-        let row_groups = row_group_index(path, kind, &builder)?;
-        Ok(FileIndex {
-            path: path.to_path_buf(),
-            kind,
-            len,
-            row_groups,
-            spans,
-            bytes_read,
-            last_seen_block,
-            metadata: arrow_meta,
+        let path = path.to_path_buf();
+        pool.run_blocking(move || {
+            let spans = match row_group_crcs {
+                None => None,
+                Some(list) => Some(parse_spans(
+                    &path,
+                    &list,
+                    metadata.num_row_groups(),
+                    footer_start,
+                )?),
+            };
+            let metadata = Arc::new(metadata);
+            let arrow_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())
+                .map_err(|e| corrupt(&path, e.to_string()))?;
+            let builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
+            let row_groups = row_group_index(&path, kind, &builder)?;
+            Ok(FileIndex {
+                path,
+                kind,
+                len,
+                row_groups,
+                spans,
+                bytes_read,
+                last_seen_block,
+                metadata: arrow_meta,
+            })
         })
+        .await
     }
 
-    /// Fetches only the bytes of `groups`, verifies each against its recorded checksum and
-    /// decodes them. Returns the batches and the number of bytes read. Needs `spans`.
-    pub async fn read_groups<F: Fs>(
+    /// Fetches only the bytes of `groups` and verifies each against its recorded checksum, as
+    /// it arrives. Decoding them is [`FileIndex::decode`]'s (CPU) work. Needs `spans`.
+    pub(crate) async fn fetch_groups<F: Fs>(
         &self,
         fs: &F,
         groups: Vec<usize>,
-    ) -> Result<(Vec<arrow_array::RecordBatch>, u64), Error> {
+    ) -> Result<FetchedGroups, Error> {
         let spans = self
             .spans
             .as_ref()
             .expect("ranged reads need row group checksums");
-        if groups.is_empty() {
-            return Ok((Vec::new(), 0));
-        }
-        let path = &self.path;
-        let io = |e| Error::io(path, e);
-        let file = fs.open(path).await.map_err(io)?;
         let mut sparse = Sparse {
             len: self.len,
             ranges: BTreeMap::new(),
         };
+        if groups.is_empty() {
+            return Ok(FetchedGroups {
+                sparse,
+                groups,
+                bytes_read: 0,
+            });
+        }
+        let path = &self.path;
+        let io = |e| Error::io(path, e);
+        let file = fs.open(path).await.map_err(io)?;
         let mut bytes_read = 0;
         for &g in &groups {
             let span = spans[g];
@@ -280,8 +355,110 @@ impl FileIndex {
             sparse.ranges.insert(span.offset, Bytes::from(bytes));
         }
         drop(file);
-        let builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.metadata.clone());
-        Ok((decode_groups(path, builder, groups)?, bytes_read))
+        Ok(FetchedGroups {
+            sparse,
+            groups,
+            bytes_read,
+        })
+    }
+
+    /// Of the fetched groups, those whose `tx_hash` column holds `hash`. Only that column is
+    /// decoded (32 bytes a row), so a bloom filter's false positive, which every absent-hash
+    /// lookup meets about once per hundred row groups, costs a fraction of a full decode and
+    /// materializes no receipt. CPU work, like [`FileIndex::decode`].
+    pub(crate) fn keep_groups_holding(
+        &self,
+        fetched: FetchedGroups,
+        hash: &TxHash,
+    ) -> Result<FetchedGroups, Error> {
+        let schema = self.metadata.metadata().file_metadata().schema_descr();
+        let leaf = (0..schema.num_columns())
+            .find(|&i| schema.column(i).name() == "tx_hash")
+            .expect("columns checked when the index was loaded");
+        let mut holding = Vec::new();
+        for &g in &fetched.groups {
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                fetched.sparse.clone(),
+                self.metadata.clone(),
+            )
+            .with_projection(ProjectionMask::leaves(schema, [leaf]));
+            let mut holds = false;
+            for batch in decode_groups(&self.path, builder, vec![g])? {
+                holds |= hash_column_holds(&batch, hash).map_err(|e| corrupt(&self.path, e))?;
+            }
+            if holds {
+                holding.push(g);
+            }
+        }
+        Ok(FetchedGroups {
+            groups: holding,
+            ..fetched
+        })
+    }
+
+    /// Decodes fetched row groups into Arrow batches (CPU work; run it on a blocking pool).
+    pub(crate) fn decode(
+        &self,
+        fetched: FetchedGroups,
+    ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            fetched.sparse,
+            self.metadata.clone(),
+        );
+        decode_groups(&self.path, builder, fetched.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::real::{RealEnv, RealFs};
+    use crate::{Config, ReceiptInput, Store};
+
+    fn receipt(block: u64, i: u8) -> ReceiptInput {
+        ReceiptInput {
+            tx_hash: [block as u8 * 16 + i; 32],
+            tx_index: u32::from(i),
+            receipt_bytes: vec![i; 10],
+            logs: vec![],
+        }
+    }
+
+    /// The hash pre-check behind absent-hash lookups: of fetched row groups, it keeps exactly
+    /// those whose `tx_hash` column holds the hash, and none for an absent one.
+    #[tokio::test]
+    async fn only_row_groups_whose_hash_column_holds_the_hash_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_blocks_per_file: 10,
+            ..Config::default()
+        };
+        let s = Store::open(RealEnv::default(), dir.path(), config)
+            .await
+            .unwrap();
+        for b in [1u64, 2, 3, 10] {
+            s.write_receipts(b, (0..4).map(|i| receipt(b, i)).collect())
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap();
+        let path = dir.path().join("receipts_0.parquet");
+        let idx = FileIndex::load(&RealFs, &path, FileKind::Receipts)
+            .await
+            .unwrap();
+        assert_eq!(idx.row_groups.len(), 3, "one row group per block");
+        let all = || idx.fetch_groups(&RealFs, vec![0, 1, 2]);
+        let in_block_2 = receipt(2, 3).tx_hash;
+        let kept = idx
+            .keep_groups_holding(all().await.unwrap(), &in_block_2)
+            .unwrap();
+        assert_eq!(kept.groups, vec![1]);
+        let batches = idx.decode(kept).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        let absent = idx
+            .keep_groups_holding(all().await.unwrap(), &[0xEE; 32])
+            .unwrap();
+        assert!(absent.groups.is_empty(), "{:?}", absent.groups);
+        assert!(idx.decode(absent).unwrap().is_empty());
     }
 }

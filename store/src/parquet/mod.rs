@@ -5,7 +5,7 @@ pub mod index;
 pub mod reader;
 pub mod writer;
 
-use crate::types::{LogRecord, ReceiptRecord, Topic};
+use crate::types::{LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::builder::{BinaryBuilder, BooleanBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, BinaryArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -174,18 +174,42 @@ fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], String> {
 }
 
 pub fn batch_to_receipts(batch: &RecordBatch) -> Result<Vec<ReceiptRecord>, String> {
+    batch_to_receipts_where(batch, |_, _| true)
+}
+
+/// The receipts of `batch` for which `keep(tx_hash, block)` holds. Every row's hash is checked
+/// (a malformed one is an error wherever it is), but only kept rows are materialized: a lookup
+/// by hash copies one receipt, not the row group's thousands.
+pub fn batch_to_receipts_where(
+    batch: &RecordBatch,
+    keep: impl Fn(&TxHash, u64) -> bool,
+) -> Result<Vec<ReceiptRecord>, String> {
     let hash = col::<BinaryArray>(batch, "tx_hash")?;
     let block = col::<UInt64Array>(batch, "block_number")?;
     let bytes = col::<BinaryArray>(batch, "receipt_bytes")?;
-    (0..batch.num_rows())
-        .map(|i| {
-            Ok(ReceiptRecord {
-                tx_hash: fixed(hash.value(i), "tx_hash")?,
+    let mut out = Vec::new();
+    for i in 0..batch.num_rows() {
+        let tx_hash = fixed(hash.value(i), "tx_hash")?;
+        if keep(&tx_hash, block.value(i)) {
+            out.push(ReceiptRecord {
+                tx_hash,
                 block_number: block.value(i),
                 receipt_bytes: bytes.value(i).to_vec(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a decoded `tx_hash` column holds `hash`. Every value is checked to be a hash, so a
+/// malformed row is the same error it is in [`batch_to_receipts_where`].
+pub(crate) fn hash_column_holds(batch: &RecordBatch, hash: &TxHash) -> Result<bool, String> {
+    let column = col::<BinaryArray>(batch, "tx_hash")?;
+    let mut found = false;
+    for i in 0..batch.num_rows() {
+        found |= fixed::<32>(column.value(i), "tx_hash")? == *hash;
+    }
+    Ok(found)
 }
 
 pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {

@@ -2,8 +2,8 @@
 //! row-group skipping by statistics and bloom filters.
 
 use super::{
-    batch_to_logs_where, batch_to_receipts, log_schema, receipt_schema, BODY_CRC_KEY, BODY_LEN_KEY,
-    LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
+    batch_to_logs_where, batch_to_receipts_where, log_schema, receipt_schema, BODY_CRC_KEY,
+    BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
 };
 use super::{footer_crc_ok, FOOTER_CRC_KEY};
 use crate::error::Error;
@@ -305,10 +305,12 @@ pub(crate) fn receipts_from(
 ) -> Result<Vec<ReceiptRecord>, Error> {
     let mut out = Vec::new();
     for batch in batches {
-        let rows = batch_to_receipts(&batch).map_err(|e| corrupt(path, e))?;
-        out.extend(rows.into_iter().filter(|r| {
-            hash.is_none_or(|h| &r.tx_hash == h) && r.block_number >= from && r.block_number <= to
-        }));
+        out.extend(
+            batch_to_receipts_where(&batch, |h, block| {
+                hash.is_none_or(|want| h == want) && block >= from && block <= to
+            })
+            .map_err(|e| corrupt(path, e))?,
+        );
     }
     Ok(out)
 }
