@@ -174,9 +174,11 @@ impl<F: Fs + Clone> DirectoryView<F> {
         &self.open
     }
 
-    fn reader(&self) -> Reader<'_, F> {
+    /// The CLI answers one query and exits: its decoding runs on the calling task.
+    fn reader(&self) -> Reader<'_, F, crate::env::Inline> {
         Reader {
             fs: &self.fs,
+            pool: &crate::env::Inline,
             cache: &self.cache,
         }
     }
