@@ -273,11 +273,11 @@ pub fn overdue_for_prune(closed: &[u64], latest: u64, keep_recent: u64) -> Vec<u
 
 /// Liveness of the WAL after a clean close: every record is in a closed pair, so no segment
 /// may hold a byte (the active segment a close leaves is empty).
-pub fn wal_left_after_close(files: &BTreeMap<PathBuf, Vec<u8>>, dir: &Path) -> Vec<Failure> {
+pub fn wal_left_after_close(files: &BTreeMap<PathBuf, usize>, dir: &Path) -> Vec<Failure> {
     let left: Vec<String> = files
         .iter()
-        .filter(|(p, b)| classify(dir, p) == FileKind::WalSegment && !b.is_empty())
-        .map(|(p, b)| format!("{} ({} bytes)", p.display(), b.len()))
+        .filter(|(p, b)| classify(dir, p) == FileKind::WalSegment && **b > 0)
+        .map(|(p, b)| format!("{} ({b} bytes)", p.display()))
         .collect();
     if left.is_empty() {
         return Vec::new();
@@ -470,11 +470,7 @@ pub fn classify(dir: &Path, path: &Path) -> FileKind {
 /// Invariant 6, right after an open: every pair file has its partner; every pair on disk is
 /// tracked (closed or open) or awaiting deletion; every tracked pair is on disk; no window the
 /// model saw pruned durably is back; nothing else but WAL segments lives in the directory.
-pub fn check_files(
-    files: &BTreeMap<PathBuf, Vec<u8>>,
-    dir: &Path,
-    status: &Status,
-) -> Vec<Failure> {
+pub fn check_files(files: &BTreeMap<PathBuf, usize>, dir: &Path, status: &Status) -> Vec<Failure> {
     let mut out = Vec::new();
     let mut pairs: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
     for path in files.keys() {

@@ -338,6 +338,19 @@ impl SimFs {
         out
     }
 
+    /// Every visible file and its length in bytes (what the file checks need, without copying
+    /// every file's bytes at every recovery).
+    pub fn file_sizes(&self) -> BTreeMap<PathBuf, usize> {
+        let s = self.state.lock().unwrap();
+        let mut out = BTreeMap::new();
+        for (dir, d) in &s.dirs {
+            for (name, ino) in &d.entries {
+                out.insert(dir.join(name), s.inodes[ino].data.len());
+            }
+        }
+        out
+    }
+
     /// Every visible file and its bytes.
     pub fn snapshot_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let s = self.state.lock().unwrap();

@@ -132,9 +132,9 @@ pub fn draw_kill(rng: &mut ChaCha8Rng, writes_left: usize, kills_left: usize) ->
     }
 }
 
-/// Reads every file under `dir` (recursively) into a map keyed by path, as the sim fs's
-/// snapshot gives [`check::check_files`].
-fn read_tree(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
+/// Every file under `dir` (recursively) and its length, as the sim fs's `file_sizes` gives
+/// [`check::check_files`].
+fn read_tree(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, usize>> {
     let mut files = BTreeMap::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -144,7 +144,7 @@ fn read_tree(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
             if entry.file_type()?.is_dir() {
                 dirs.push(path);
             } else {
-                files.insert(path.clone(), std::fs::read(&path)?);
+                files.insert(path.clone(), entry.metadata()?.len() as usize);
             }
         }
     }
