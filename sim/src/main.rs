@@ -5,6 +5,11 @@
 //! interfering. Wall-clock time is read here only, for the seeds/s figure.
 
 use clap::{Parser, Subcommand};
+
+/// Allocation-heavy runs (see sim/Cargo.toml): mimalloc in the simulator binary only.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use receipt_sim::exec::{run_plan, run_plan_twice, run_plan_with, Outcome, Trace};
 use receipt_sim::plan::{generate, load_scenario, Plan};
