@@ -100,6 +100,9 @@ pub struct BadRegion {
     pub complete: bool,
     /// The record's height, when its header or trailer is valid.
     pub height: Option<u64>,
+    /// The region is exactly the one frame `height` belongs to (a valid header or trailer gives
+    /// its length): only then does `height` bound every block the region held.
+    pub single_frame: bool,
     /// Valid records of the segment before this region.
     pub records_before: usize,
 }
@@ -137,6 +140,8 @@ enum Frame {
         reason: String,
         complete: bool,
         height: Option<u64>,
+        /// Where this frame ends, when a valid header or trailer gives its length.
+        frame_end: Option<usize>,
     },
 }
 
@@ -160,6 +165,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
                 reason,
                 complete,
                 height,
+                frame_end,
             } => {
                 let resume = (pos + 1..bytes.len()).find_map(|p| {
                     match parse_frame_at(bytes, p, None, allow_v1) {
@@ -187,6 +193,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
                     reason,
                     complete,
                     height,
+                    single_frame: frame_end == Some(end),
                     records_before: scan.records.len(),
                 });
                 pos = end;
@@ -229,6 +236,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             reason,
             complete: height.is_some(),
             height,
+            frame_end: height.map(|_| bytes.len()),
         }
     };
     if !starts_v2(rest) {
@@ -259,6 +267,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             ),
             complete: false,
             height: Some(h.height),
+            frame_end: None,
         };
     }
     let payload = &rest[MARKER_BYTES..MARKER_BYTES + h.payload_len];
@@ -270,6 +279,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             reason: "payload checksum mismatch".to_string(),
             complete: trailer == Some(h),
             height: Some(h.height),
+            frame_end: Some(pos + frame_len),
         };
     }
     if let Some(want) = want_seq.filter(|&w| w != h.seq) {
@@ -277,6 +287,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             reason: format!("sequence {} where {want} was expected", h.seq),
             complete: true,
             height: Some(h.height),
+            frame_end: Some(pos + frame_len),
         };
     }
     match decode_payload(h.seq, payload) {
@@ -288,11 +299,13 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             ),
             complete: true,
             height: Some(h.height),
+            frame_end: Some(pos + frame_len),
         },
         Err(e) => Frame::Bad {
             reason: format!("checksummed payload does not decode: {e}"),
             complete: true,
             height: Some(h.height),
+            frame_end: Some(pos + frame_len),
         },
     }
 }
@@ -456,14 +469,17 @@ struct BadRegionPlan<'a> {
 }
 
 /// A tail's kind (a valid trailer proves it was completely written) and whether its block is in
-/// a closed file (read from its valid header or trailer).
+/// a closed file (read from its valid header or trailer). Only a tail of exactly one frame can be
+/// covered: the height of a region's first frame says nothing of the frames after it, which may
+/// hold blocks no closed file has (reporting those as covered would hide their loss).
 fn tail_verdict(bad: &BadRegion, floor: u64) -> (WalTailKind, bool) {
     let kind = if bad.complete {
         WalTailKind::Corrupt
     } else {
         WalTailKind::Torn
     };
-    (kind, bad.height.is_some_and(|h| h < floor))
+    let covered = bad.single_frame && bad.height.is_some_and(|h| h < floor);
+    (kind, covered)
 }
 
 /// One segment as read, for `inspect`.
@@ -1054,6 +1070,41 @@ mod tests {
             !tail.complete,
             "every trailer spoiled: indistinguishable from a torn append"
         );
+    }
+
+    /// A rotted tail of two records, the first for a block closed files hold, the second for one
+    /// they do not: the first frame's height does not bound the second, so the cut is not
+    /// covered (it was reported as covered, "nothing lost", while the second block was lost).
+    /// A tail of exactly one covered frame still is.
+    #[test]
+    fn only_a_tail_of_one_frame_below_the_floor_is_covered() {
+        let mut bytes = encode_frame(1, 2, &receipts());
+        let first = encode_frame(2, 3, &receipts());
+        let second = encode_frame(3, 4, &receipts());
+        let first_at = bytes.len();
+        bytes.extend(&first);
+        let second_at = bytes.len();
+        bytes.extend(&second);
+        // Payload rot in both: headers and trailers stay valid.
+        bytes[first_at + MARKER_BYTES + 3] ^= 0x20;
+        bytes[second_at + MARKER_BYTES + 3] ^= 0x20;
+        let floor = 4;
+        let scan = scan_segment(&bytes, 1);
+        let tail = scan.tail().expect("both rotted records are the tail");
+        assert_eq!(tail.offset_bytes as usize, first_at);
+        assert_eq!(tail.height, Some(3), "the first frame's header is valid");
+        assert!(!tail.single_frame);
+        assert_eq!(
+            tail_verdict(tail, floor),
+            (WalTailKind::Corrupt, false),
+            "block 4 is in no closed file: the cut lost it"
+        );
+        // Only the first record (block 3, below the floor) rotted and nothing follows it.
+        let one = &bytes[..second_at];
+        let scan = scan_segment(one, 1);
+        let tail = scan.tail().expect("the rotted record is the tail");
+        assert!(tail.single_frame);
+        assert_eq!(tail_verdict(tail, floor), (WalTailKind::Corrupt, true));
     }
 
     /// Rot in a record with valid records after it is a bad region in the middle, not a tail;
