@@ -6,30 +6,15 @@ use receipt_store::env::real::RealEnv;
 use receipt_store::files::QuarantineReason;
 use receipt_store::parquet::reader::{FileKind, ParquetFile};
 use receipt_store::wal::{WalTailKind, WAL_DIR_NAME};
-use receipt_store::{failpoints, Config, FaultHook, LogInput, ReceiptInput, Store, SyncPolicy};
+use receipt_store::{failpoints, Config, FaultHook, Store, SyncPolicy};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-type S = Store<RealEnv>;
+mod common;
+use common::receipt;
 
-fn receipt(block: u64, i: u32, logs: usize) -> ReceiptInput {
-    let mut tx_hash = [0u8; 32];
-    tx_hash[..8].copy_from_slice(&block.to_be_bytes());
-    tx_hash[8..12].copy_from_slice(&i.to_be_bytes());
-    ReceiptInput {
-        tx_hash,
-        tx_index: i,
-        receipt_bytes: format!("receipt {block}/{i}").into_bytes(),
-        logs: (0..logs)
-            .map(|k| LogInput {
-                address: [k as u8 + 1; 20],
-                topics: vec![[7; 32], [k as u8; 32]],
-                data: vec![k as u8; 3],
-            })
-            .collect(),
-    }
-}
+type S = Store<RealEnv>;
 
 fn config(mbf: u64) -> Config {
     Config::new(mbf, 1)
