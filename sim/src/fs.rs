@@ -61,6 +61,39 @@ pub enum Fault {
     SyncLosesData,
 }
 
+/// A change a power loss would undo (see [`SimFs::undurable`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undurable {
+    pub path: PathBuf,
+    pub what: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The entry was created since the directory's last sync.
+    Created,
+    /// Another file was renamed over the entry since the last sync.
+    RenamedOver,
+    /// The entry was removed since the last sync.
+    Removed,
+    /// `synced` of the file's `len` bytes would survive.
+    UnsyncedBytes { synced: usize, len: usize },
+}
+
+impl std::fmt::Display for Undurable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path.display();
+        match self.what {
+            Change::Created => write!(f, "{path}: entry not synced"),
+            Change::RenamedOver => write!(f, "{path}: renamed over, the rename not synced"),
+            Change::Removed => write!(f, "{path}: removed, the removal not synced"),
+            Change::UnsyncedBytes { synced, len } => {
+                write!(f, "{path}: {synced} of {len} bytes synced")
+            }
+        }
+    }
+}
+
 pub type FaultHook = Arc<dyn Fn(FsOp, &Path) -> Option<Fault> + Send + Sync>;
 
 #[derive(Default, Clone, Debug)]
@@ -301,41 +334,38 @@ impl SimFs {
 
     /// What a power loss now would change under `dir` (not below it): entries it would undo
     /// (created, renamed in or removed since the directory's last sync) and files whose bytes
-    /// it would cut (unsynced appends). Sorted, one line each.
-    pub fn undurable(&self, dir: &Path) -> Vec<String> {
+    /// it would cut (unsynced appends), in path order.
+    pub fn undurable(&self, dir: &Path) -> Vec<Undurable> {
         let s = self.state.lock().unwrap();
         let Some(d) = s.dirs.get(dir) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
         let names: BTreeSet<&String> = d.entries.keys().chain(d.durable.keys()).collect();
-        for name in names {
-            let path = dir.join(name);
-            match (d.entries.get(name), d.durable.get(name)) {
-                (Some(a), Some(b)) if a == b => {
-                    let inode = &s.inodes[a];
-                    if inode.data != inode.durable {
-                        out.push(format!(
-                            "{}: {} of {} bytes synced",
-                            path.display(),
-                            inode.durable.len().min(inode.data.len()),
-                            inode.data.len()
-                        ));
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let what = match (d.entries.get(name), d.durable.get(name)) {
+                    (Some(a), Some(b)) if a == b => {
+                        let inode = &s.inodes[a];
+                        if inode.data == inode.durable {
+                            return None;
+                        }
+                        Change::UnsyncedBytes {
+                            synced: inode.durable.len().min(inode.data.len()),
+                            len: inode.data.len(),
+                        }
                     }
-                }
-                (Some(_), Some(_)) => out.push(format!(
-                    "{}: renamed over, the rename not synced",
-                    path.display()
-                )),
-                (Some(_), None) => out.push(format!("{}: entry not synced", path.display())),
-                (None, Some(_)) => out.push(format!(
-                    "{}: removed, the removal not synced",
-                    path.display()
-                )),
-                (None, None) => unreachable!("a name from one of the two maps"),
-            }
-        }
-        out
+                    (Some(_), Some(_)) => Change::RenamedOver,
+                    (Some(_), None) => Change::Created,
+                    (None, Some(_)) => Change::Removed,
+                    (None, None) => unreachable!("a name from one of the two maps"),
+                };
+                Some(Undurable {
+                    path: dir.join(name),
+                    what,
+                })
+            })
+            .collect()
     }
 
     /// Every visible file and its length in bytes (what the file checks need, without copying

@@ -179,43 +179,7 @@ impl Run<'_> {
                 return None;
             }
         };
-        // Open recovered, rewrote or cut what it found and then answers from it: all of that
-        // must survive a power loss right now (the WAL directory's entries and bytes, the data
-        // directory's finished files, and what this open put in quarantine). A crash cannot
-        // leave it to the next open, which would build on the same undurable state (found by
-        // CI: a segment renamed by an open that died before its directory sync, reused by the
-        // next open, lost the blocks acked into it). Exempt: the open pair's files (their rows
-        // are in the WAL), removals (a prune may be half way through them in the background),
-        // and quarantine copies an earlier, crashed open left half written (the copy this open
-        // made is the evidence).
-        let data = Path::new(DATA_DIR);
-        let mut undurable = self.fs.undurable(&data.join("wal"));
-        let kept: Vec<String> = status
-            .quarantined
-            .iter()
-            .map(|q| format!("{}:", q.path.display()))
-            .collect();
-        undurable.extend(
-            self.fs
-                .undurable(&data.join("quarantine"))
-                .into_iter()
-                .filter(|line| kept.iter().any(|k| line.starts_with(k.as_str()))),
-        );
-        undurable.extend(self.fs.undurable(data).into_iter().filter(|line| {
-            !line.contains("removed")
-                && !line
-                    .strip_prefix(&format!("{DATA_DIR}/"))
-                    .is_some_and(|name| name.starts_with('.'))
-        }));
-        if !undurable.is_empty() {
-            self.fail(Failure::new(
-                Check::Durability,
-                format!(
-                    "right after open, a power loss would undo: {}",
-                    undurable.join("; ")
-                ),
-            ));
-        }
+        self.check_durable_after_open(&status);
         let files = self.fs.file_sizes();
         if self.trace_on {
             let listing: Vec<String> = files
@@ -306,6 +270,44 @@ impl Run<'_> {
         self.out.final_state = Some(got);
         self.spawn_readers(&again);
         Some(again)
+    }
+
+    /// Open recovered, rewrote or cut what it found and then answers from it: all of that must
+    /// survive a power loss right now (the WAL directory's entries and bytes, the data
+    /// directory's finished files, and what this open put in quarantine). A crash cannot leave
+    /// it to the next open, which would build on the same undurable state (found by CI: a
+    /// segment renamed by an open that died before its directory sync, reused by the next open,
+    /// lost the blocks acked into it). Exempt: the open pair's files (their rows are in the
+    /// WAL), removals (a prune may be half way through them in the background), and quarantine
+    /// copies an earlier, crashed open left half written (the copy this open made is the
+    /// evidence).
+    fn check_durable_after_open(&mut self, status: &receipt_store::Status) {
+        use crate::fs::Change;
+        let data = Path::new(DATA_DIR);
+        let mut undurable = self.fs.undurable(&data.join("wal"));
+        undurable.extend(
+            self.fs
+                .undurable(&data.join("quarantine"))
+                .into_iter()
+                .filter(|u| status.quarantined.iter().any(|q| q.path == u.path)),
+        );
+        undurable.extend(self.fs.undurable(data).into_iter().filter(|u| {
+            let open_pair = u
+                .path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            u.what != Change::Removed && !open_pair
+        }));
+        if !undurable.is_empty() {
+            let list: Vec<String> = undurable.iter().map(|u| u.to_string()).collect();
+            self.fail(Failure::new(
+                Check::Durability,
+                format!(
+                    "right after open, a power loss would undo: {}",
+                    list.join("; ")
+                ),
+            ));
+        }
     }
 
     /// When the armed crash point was reached, crashes the filesystem as armed (process crash or
