@@ -53,6 +53,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("wal-covered-corruption-quarantined", "open keeps corrupt WAL bytes that closed pairs cover in quarantine and goes on"),
     ("wal-duplicate-record-merged", "identical records under one sequence number are read once"),
     ("wal-rewritten-at-open", "open rewrites the valid records into a fresh fsynced segment"),
+    ("wal-record-reencoded-at-open", "the rewrite at open encodes a v1 frame, or a v2 frame with a damaged trailer, anew"),
     (
         "quarantine-failed-copy-removed",
         "a quarantine copy whose write or fsync failed is removed, so only a retry's copy is kept",

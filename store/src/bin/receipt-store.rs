@@ -579,8 +579,8 @@ fn inspect_wal(view: &DirectoryView<RealFs>, f: &mut Findings) -> Result<(), Sto
     }
     outln!("{WAL_DIR_NAME}/: {} segments", segments.len())?;
     for seg in &segments {
-        let heights: BTreeSet<u64> = seg.scan.records.iter().map(|r| r.height).collect();
-        let seqs = match (seg.scan.records.first(), seg.scan.records.last()) {
+        let heights: BTreeSet<u64> = seg.scan.frames.iter().map(|f| f.height).collect();
+        let seqs = match (seg.scan.frames.first(), seg.scan.frames.last()) {
             (Some(a), Some(b)) => format!(" (seq {}..={})", a.seq, b.seq),
             _ => String::new(),
         };
@@ -608,7 +608,7 @@ fn inspect_wal(view: &DirectoryView<RealFs>, f: &mut Findings) -> Result<(), Sto
         outln!(
             "  {}: {} records{seqs}, blocks {}, {} bytes, {state}",
             seg.path.file_name().unwrap_or_default().to_string_lossy(),
-            seg.scan.records.len(),
+            seg.scan.frames.len(),
             ranges(&heights),
             seg.size_bytes
         )?;

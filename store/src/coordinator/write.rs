@@ -14,6 +14,15 @@ use crate::types::{
 };
 use std::sync::Arc;
 
+/// A chunk's receipts, handed to the write lane without copying them.
+struct ChunkReceipts(Arc<Chunk>);
+
+impl AsRef<[ReceiptRecord]> for ChunkReceipts {
+    fn as_ref(&self) -> &[ReceiptRecord] {
+        &self.0.receipts
+    }
+}
+
 /// Rejects malformed input before anything is staged or logged.
 pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
     for (i, r) in receipts.iter().enumerate() {
@@ -224,19 +233,42 @@ impl<E: Env> State<E> {
         }
         self.failpoint(fp::BEFORE_FLUSH)?;
         let open = self.open.as_mut().expect("checked above");
-        open.writer
-            .write_receipt_row_group(&open.buf_receipts)
-            .await?;
-        self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
-        let open = self.open.as_mut().expect("checked above");
-        open.writer.write_log_row_group(&open.buf_logs).await?;
-        self.failpoint(fp::AFTER_FLUSH)?;
-        let open = self.open.as_mut().expect("checked above");
-        let chunk = Chunk {
+        let chunk = Arc::new(Chunk {
             receipts: std::mem::take(&mut open.buf_receipts),
             logs: std::mem::take(&mut open.buf_logs),
-        };
-        open.flushed.push(Arc::new(chunk));
+        });
+        let written = self.write_chunk(&chunk).await;
+        let open = self.open.as_mut().expect("checked above");
+        match written {
+            Ok(()) => open.flushed.push(chunk),
+            // The store is poisoned by the caller; reads still see the rows (the WAL has them).
+            Err(e) => {
+                let Chunk { receipts, logs } =
+                    Arc::try_unwrap(chunk).unwrap_or_else(|shared| Chunk::clone(&shared));
+                open.buf_receipts = receipts;
+                open.buf_logs = logs;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes `chunk` as one row group per file (both files at once, see
+    /// [`PairWriter::encode_row_groups`]) and appends them, receipts first.
+    async fn write_chunk(&mut self, chunk: &Arc<Chunk>) -> Result<()> {
+        let open = self.open.as_mut().expect("a flush has an open pair");
+        open.writer
+            .encode_row_groups(
+                self.env.spawner(),
+                ChunkReceipts(chunk.clone()),
+                &chunk.logs,
+            )
+            .await?;
+        open.writer.append_receipt_row_group().await?;
+        self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
+        let open = self.open.as_mut().expect("a flush has an open pair");
+        open.writer.append_log_row_group().await?;
+        self.failpoint(fp::AFTER_FLUSH)?;
         Ok(())
     }
 

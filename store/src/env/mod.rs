@@ -80,6 +80,19 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send;
+
+    /// Runs CPU work of the coordinator's own writes: one file's row group is encoded here
+    /// while the coordinator encodes the other file's. Same contract as
+    /// [`BlockingPool::run_blocking`], but never queued behind reads: a block commit must not
+    /// wait for a `get_logs` decode (the real env gives it a lane of its own at the async
+    /// workers' priority). The work may start when this is called, before the future is polled.
+    /// By default it is `run_blocking`, which is right for environments that run work inline.
+    fn run_write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        self.run_blocking(work)
+    }
 }
 
 /// Runs the work on the caller's task, when it is polled. For callers that are one task on

@@ -168,7 +168,7 @@ impl Default for TokioSpawner {
     fn default() -> Self {
         static DECODE: OnceLock<Pool> = OnceLock::new();
         TokioSpawner {
-            pool: DECODE.get_or_init(|| Pool::start("receipt-store-decode", decode_slots())),
+            pool: DECODE.get_or_init(|| Pool::start("receipt-store-decode", decode_slots(), true)),
         }
     }
 }
@@ -183,6 +183,11 @@ pub const DECODE_SLOTS_MIN: usize = 1;
 /// 100-row-group query wait for a hundred decodes. Copying from the page cache is short next
 /// to decoding, so one thread keeps a disk busy without taking a core for long.
 pub const READ_SLOTS: usize = 1;
+/// Threads of the write lane ([`BlockingPool::run_write`]): the coordinator encodes one file of
+/// a flush itself and hands the other to this lane, so one thread makes a flush two-way
+/// parallel. It runs at the process's priority, apart from the decode slots: a commit never
+/// waits for a read.
+pub const WRITE_LANE_THREADS: usize = 1;
 /// Nice value (Linux, per thread) of the pool threads; the async workers keep the process's.
 /// Best effort: where it cannot be set, the pool runs at the process's priority.
 pub const POOL_THREAD_NICE: i32 = 10;
@@ -206,7 +211,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn start(name: &str, threads: usize) -> Pool {
+    fn start(name: &str, threads: usize, nice: bool) -> Pool {
         assert!(threads > 0, "a pool needs at least one thread");
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
@@ -215,7 +220,9 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    lower_this_thread_priority();
+                    if nice {
+                        lower_this_thread_priority();
+                    }
                     // Runs for the life of the process: the sender lives in a static.
                     loop {
                         let job = queue.lock().unwrap().recv();
@@ -272,7 +279,7 @@ fn lower_this_thread_priority() {}
 async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     static READS: OnceLock<Pool> = OnceLock::new();
     READS
-        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS))
+        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS, true))
         .run(move || pread(&file, offset, len))
         .await
 }
@@ -283,6 +290,16 @@ impl BlockingPool for TokioSpawner {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send {
         self.pool.run(work)
+    }
+
+    fn run_write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send {
+        static WRITE: OnceLock<Pool> = OnceLock::new();
+        WRITE
+            .get_or_init(|| Pool::start("receipt-store-write", WRITE_LANE_THREADS, false))
+            .run(work)
     }
 }
 

@@ -107,11 +107,25 @@ pub struct BadRegion {
     pub records_before: usize,
 }
 
-/// What a scan of one segment found.
+/// Where one valid record sits in its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameSpan {
+    pub seq: u64,
+    pub height: u64,
+    pub start_bytes: usize,
+    pub end_bytes: usize,
+    /// The bytes are a whole v2 frame whose trailer repeats its header: exactly what
+    /// `encode_frame` writes for this record, so the rewrite at open copies them as they are
+    /// instead of encoding the decoded record again (a third of a full window's open time).
+    pub exact: bool,
+}
+
+/// What a scan of one segment found. The decoded records are returned beside it (see
+/// [`scan_segment`]), so whoever needs them owns them and nobody holds them twice.
 #[derive(Debug, Default)]
 pub struct SegmentScan {
-    /// Every valid record, in order, including those after a bad region.
-    pub records: Vec<WalRecord>,
+    /// Every valid record's place, in order, including those after a bad region.
+    pub frames: Vec<FrameSpan>,
     /// Byte length of the valid prefix (up to the first bad region).
     pub valid_len: u64,
     /// Offset of the first bad region.
@@ -129,13 +143,14 @@ impl SegmentScan {
     pub fn tail(&self) -> Option<&BadRegion> {
         self.bad
             .last()
-            .filter(|b| b.records_before == self.records.len())
+            .filter(|b| b.records_before == self.frames.len())
     }
 }
 
 /// One frame's verdict.
 enum Frame {
-    Valid(WalRecord, usize),
+    /// The record, where its frame ends, and whether the frame is exact (see [`FrameSpan`]).
+    Valid(WalRecord, usize, bool),
     Bad {
         reason: String,
         complete: bool,
@@ -145,20 +160,30 @@ enum Frame {
     },
 }
 
-/// Scans a segment's bytes. Pure: used by open and by the read-only inspector. After a bad
-/// frame the scan looks for the next valid frame (a sequence number not below the expected one)
-/// and goes on from there; the look-ahead is bounded by the segment's length.
-pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
+/// Scans a segment's bytes and returns what it found with every valid record, decoded, in
+/// order (`scan.frames[i]` is where record `i` sits). Pure: used by open and by the read-only
+/// inspector. After a bad frame the scan looks for the next valid frame (a sequence number not
+/// below the expected one) and goes on from there; the look-ahead is bounded by the segment's
+/// length.
+pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> (SegmentScan, Vec<WalRecord>) {
     let mut scan = SegmentScan::default();
+    let mut records = Vec::new();
     // v1 frames carry no magic, so the look-ahead tries them only in segments written in v1.
     let allow_v1 = !starts_v2(bytes);
     let mut pos = 0usize;
     let mut next_seq = expected_first_seq;
     while pos < bytes.len() {
         match parse_frame_at(bytes, pos, Some(next_seq), allow_v1) {
-            Frame::Valid(rec, end) => {
+            Frame::Valid(rec, end, exact) => {
                 next_seq = rec.seq + 1;
-                scan.records.push(rec);
+                scan.frames.push(FrameSpan {
+                    seq: rec.seq,
+                    height: rec.height,
+                    start_bytes: pos,
+                    end_bytes: end,
+                    exact,
+                });
+                records.push(rec);
                 pos = end;
             }
             Frame::Bad {
@@ -169,7 +194,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
             } => {
                 let resume = (pos + 1..bytes.len()).find_map(|p| {
                     match parse_frame_at(bytes, p, None, allow_v1) {
-                        Frame::Valid(rec, _) if rec.seq >= next_seq => Some((p, rec.seq)),
+                        Frame::Valid(rec, _, _) if rec.seq >= next_seq => Some((p, rec.seq)),
                         _ => None,
                     }
                 });
@@ -194,7 +219,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
                     complete,
                     height,
                     single_frame: frame_end == Some(end),
-                    records_before: scan.records.len(),
+                    records_before: scan.frames.len(),
                 });
                 pos = end;
             }
@@ -203,7 +228,8 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> SegmentScan {
     if scan.bad.is_empty() {
         scan.valid_len = pos as u64;
     }
-    scan
+    debug_assert_eq!(scan.frames.len(), records.len(), "one span per record");
+    (scan, records)
 }
 
 /// Whether a valid trailer of a record numbered `min_seq` or later starts in `bytes[from..to]`.
@@ -244,7 +270,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             return bad("no frame header".to_string());
         }
         return match parse_v1_frame(rest, want_seq) {
-            Ok((rec, len)) => Frame::Valid(rec, pos + len),
+            Ok((rec, len)) => Frame::Valid(rec, pos + len, false),
             Err(reason) => bad(reason),
         };
     }
@@ -291,7 +317,13 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
         };
     }
     match decode_payload(h.seq, payload) {
-        Ok(rec) if rec.height == h.height => Frame::Valid(rec, pos + frame_len.min(rest.len())),
+        Ok(rec) if rec.height == h.height => {
+            let exact = rest
+                .get(MARKER_BYTES + h.payload_len..frame_len)
+                .and_then(|t| decode_marker(t, TAIL_MAGIC))
+                == Some(h);
+            Frame::Valid(rec, pos + frame_len.min(rest.len()), exact)
+        }
         Ok(rec) => Frame::Bad {
             reason: format!(
                 "payload height {} under header height {}",
@@ -373,6 +405,8 @@ pub struct WalContents<F: Fs> {
     scanned: Vec<Scanned>,
     /// Every valid record, in sequence order, duplicates merged.
     pub records: Vec<WalRecord>,
+    /// Where `records[i]` was read: (index into `scanned`, index into its `frames`).
+    sources: Vec<(usize, usize)>,
 }
 
 impl<F: Fs> Wal<F> {
@@ -413,26 +447,29 @@ impl<F: Fs> Wal<F> {
             .collect();
         segments.sort_by_key(|s| s.first_seq);
         let mut scanned = Vec::with_capacity(segments.len());
+        let mut decoded = Vec::with_capacity(segments.len());
         for seg in &segments {
             let bytes = read_all(&fs, &seg.path).await.map_err(io(&seg.path))?;
-            let scan = scan_segment(&bytes, seg.first_seq);
+            let (scan, recs) = scan_segment(&bytes, seg.first_seq);
             scanned.push(Scanned {
                 seg: seg.clone(),
                 bytes,
                 scan,
             });
+            decoded.push(recs);
         }
         // Segments left behind by an undone removal can precede a gap; they are older than
         // everything after them and replay skips what is already in closed files. A rewrite
         // interrupted between its rename and its removals leaves the same records in two
         // segments: identical records under one sequence number are one record.
         let mut records: Vec<WalRecord> = Vec::new();
-        for s in &scanned {
-            for rec in &s.scan.records {
+        let mut sources = Vec::new();
+        for (si, (s, recs)) in scanned.iter().zip(decoded).enumerate() {
+            for (fi, rec) in recs.into_iter().enumerate() {
                 match records.last() {
                     Some(prev) if rec.seq <= prev.seq => {
                         let i = records.partition_point(|r| r.seq < rec.seq);
-                        if records.get(i) != Some(rec) {
+                        if records.get(i) != Some(&rec) {
                             mark!("wal-corrupt-record-refused");
                             return Err(WalError::Corrupt {
                                 path: s.seg.path.clone(),
@@ -445,7 +482,10 @@ impl<F: Fs> Wal<F> {
                         }
                         mark!("wal-duplicate-record-merged");
                     }
-                    _ => records.push(rec.clone()),
+                    _ => {
+                        records.push(rec);
+                        sources.push((si, fi));
+                    }
                 }
             }
         }
@@ -456,6 +496,7 @@ impl<F: Fs> Wal<F> {
             segments,
             scanned,
             records,
+            sources,
         })
     }
 }
@@ -555,6 +596,7 @@ impl<F: Fs> WalContents<F> {
             mut segments,
             scanned,
             mut records,
+            mut sources,
         } = self;
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -562,7 +604,6 @@ impl<F: Fs> WalContents<F> {
         };
         let mut report = WalOpenReport::default();
         Wal::handle_bad_regions(&fs, &data_dir, &scanned, floor, &mut report).await?;
-        drop(scanned);
 
         let next_seq = records
             .last()
@@ -570,7 +611,10 @@ impl<F: Fs> WalContents<F> {
             .unwrap_or_else(|| segments.last().map(|s| s.first_seq).unwrap_or(1));
         let read_any = !records.is_empty();
         let read_count = records.len();
+        let mut keep = records.iter().map(|r| r.height >= floor);
+        sources.retain(|_| keep.next().expect("one source per record"));
         records.retain(|r| r.height >= floor);
+        debug_assert_eq!(records.len(), sources.len());
         if records.len() < read_count {
             mark!("wal-records-below-floor-dropped");
         }
@@ -585,10 +629,18 @@ impl<F: Fs> WalContents<F> {
             let first = records.first().map_or(next_seq, |r| r.seq);
             let tmp = dir.join(REWRITE_TMP);
             let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
-            for r in &records {
-                f.append(&encode_frame(r.seq, r.height, &r.receipts))
-                    .await
-                    .map_err(io(&tmp))?;
+            for (r, &(si, fi)) in records.iter().zip(&sources) {
+                let s = &scanned[si];
+                let span = s.scan.frames[fi];
+                debug_assert_eq!((span.seq, span.height), (r.seq, r.height));
+                let appended = if span.exact {
+                    f.append(&s.bytes[span.start_bytes..span.end_bytes]).await
+                } else {
+                    // v1 frames, and v2 frames with a damaged trailer, are written anew.
+                    mark!("wal-record-reencoded-at-open");
+                    f.append(&encode_frame(r.seq, r.height, &r.receipts)).await
+                };
+                appended.map_err(io(&tmp))?;
             }
             f.sync_data().await.map_err(io(&tmp))?;
             drop(f);
@@ -605,6 +657,7 @@ impl<F: Fs> WalContents<F> {
                 path: target,
             });
         }
+        drop(scanned);
         let (active, active_file, active_len) = match segments.pop() {
             Some(seg) => {
                 let mut file = fs.open_append(&seg.path).await.map_err(io(&seg.path))?;
@@ -660,7 +713,7 @@ impl<F: Fs> Wal<F> {
         let next_height_after = |i: usize| {
             scanned[i + 1..]
                 .iter()
-                .find_map(|s| s.scan.records.first().map(|r| r.height))
+                .find_map(|s| s.scan.frames.first().map(|f| f.height))
         };
         let mut plan = BadRegionPlan {
             covered: Vec::new(),
@@ -670,9 +723,9 @@ impl<F: Fs> Wal<F> {
             for bad in &s.scan.bad {
                 let bound = s
                     .scan
-                    .records
+                    .frames
                     .get(bad.records_before)
-                    .map(|r| r.height)
+                    .map(|f| f.height)
                     .or_else(|| next_height_after(i));
                 match bound {
                     Some(next) if next < floor => {
@@ -1012,8 +1065,8 @@ mod tests {
                         continue;
                     };
                     seen += 1;
-                    let scan = scan_segment(&bytes, 1);
-                    let got = match (scan.records.len(), scan.tail()) {
+                    let (scan, _) = scan_segment(&bytes, 1);
+                    let got = match (scan.frames.len(), scan.tail()) {
                         (2, None) if scan.bad.is_empty() => Verdict::Valid,
                         (1, Some(b)) if scan.bad.len() == 1 && b.complete => Verdict::Corrupt,
                         (1, Some(_)) if scan.bad.len() == 1 => Verdict::Torn,
@@ -1053,8 +1106,8 @@ mod tests {
         bytes[second_at + 10] ^= 0x10;
         bytes[third_at - 10] ^= 0x10;
         bytes[third_at + MARKER_BYTES + 5] ^= 0x10;
-        let scan = scan_segment(&bytes, 1);
-        assert_eq!(scan.records.len(), 1, "only the first record is valid");
+        let (scan, _) = scan_segment(&bytes, 1);
+        assert_eq!(scan.frames.len(), 1, "only the first record is valid");
         let tail = scan.tail().expect("the rotted records are the tail");
         assert_eq!(tail.offset_bytes as usize, second_at);
         assert_eq!(tail.end_bytes as usize, bytes.len());
@@ -1065,7 +1118,7 @@ mod tests {
         // With the third's trailer rotted too, no append in the cut provably completed.
         let last_trailer = bytes.len() - 10;
         bytes[last_trailer] ^= 0x10;
-        let tail = scan_segment(&bytes, 1).tail().cloned().expect("a tail");
+        let tail = scan_segment(&bytes, 1).0.tail().cloned().expect("a tail");
         assert!(
             !tail.complete,
             "every trailer spoiled: indistinguishable from a torn append"
@@ -1089,7 +1142,7 @@ mod tests {
         bytes[first_at + MARKER_BYTES + 3] ^= 0x20;
         bytes[second_at + MARKER_BYTES + 3] ^= 0x20;
         let floor = 4;
-        let scan = scan_segment(&bytes, 1);
+        let (scan, _) = scan_segment(&bytes, 1);
         let tail = scan.tail().expect("both rotted records are the tail");
         assert_eq!(tail.offset_bytes as usize, first_at);
         assert_eq!(tail.height, Some(3), "the first frame's header is valid");
@@ -1101,10 +1154,40 @@ mod tests {
         );
         // Only the first record (block 3, below the floor) rotted and nothing follows it.
         let one = &bytes[..second_at];
-        let scan = scan_segment(one, 1);
+        let (scan, _) = scan_segment(one, 1);
         let tail = scan.tail().expect("the rotted record is the tail");
         assert!(tail.single_frame);
         assert_eq!(tail_verdict(tail, floor), (WalTailKind::Corrupt, true));
+    }
+
+    /// The rewrite at open copies whole v2 frames byte for byte and writes anew a record whose
+    /// trailer rotted (the header alone makes it valid): the new segment holds exactly the frames
+    /// the writer would write, so a rotted trailer does not outlive the open.
+    #[tokio::test]
+    async fn the_rewrite_at_open_copies_exact_frames_and_repairs_a_rotted_trailer() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal).unwrap();
+        let frames: Vec<Vec<u8>> = (1..=3u64)
+            .map(|seq| encode_frame(seq, 10 + seq, &receipts()))
+            .collect();
+        let mut bytes = frames.concat();
+        let second_trailer_at = frames[0].len() + frames[1].len() - 4;
+        bytes[second_trailer_at] ^= 0x01;
+        std::fs::write(wal.join(segment_name(1)), &bytes).unwrap();
+        let (scan, _) = scan_segment(&bytes, 1);
+        assert_eq!(
+            scan.frames.iter().map(|f| f.exact).collect::<Vec<_>>(),
+            vec![true, false, true],
+            "only the rotted trailer's frame is inexact"
+        );
+        let contents = Wal::read(RealFs, tmp.path()).await.unwrap();
+        let (w, records, _) = contents.open(SyncPolicy::Never, 1 << 20, 0).await.unwrap();
+        assert_eq!(records.len(), 3, "a rotted trailer loses nothing");
+        drop(w);
+        let rewritten = std::fs::read(wal.join(segment_name(1))).unwrap();
+        assert_eq!(rewritten, frames.concat(), "exact copies and one repaired frame");
     }
 
     /// Rot in a record with valid records after it is a bad region in the middle, not a tail;
@@ -1117,9 +1200,13 @@ mod tests {
         }
         let frame_len = bytes.len() / 4;
         bytes[frame_len + MARKER_BYTES + 3] ^= 0x40;
-        let scan = scan_segment(&bytes, 1);
+        let (scan, records) = scan_segment(&bytes, 1);
         assert_eq!(
-            scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            scan.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![1, 3, 4]
         );
         assert_eq!(scan.bad.len(), 1);
