@@ -9,7 +9,8 @@ use crate::files::ClosedPair;
 use crate::parquet::index::{FetchedGroups, FileIndex};
 use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
-use arrow_array::RecordBatch;
+use arrow_array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
+use arrow_schema::ArrowError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,58 @@ impl LogFilter {
             &log.address,
             [topic(0), topic(1), topic(2), topic(3)],
         )
+    }
+
+    /// The log columns [`LogFilter::matches_raw`] reads for this filter: the block, the address
+    /// when addresses are given, and topics up to the last constrained position (a constraint
+    /// at position `i` also needs every topic before it to be present).
+    fn columns(&self) -> Vec<&'static str> {
+        const TOPICS: [&str; MAX_TOPIC_POSITIONS] = ["topic0", "topic1", "topic2", "topic3"];
+        let mut cols = vec!["block_number"];
+        if !self.addresses.is_empty() {
+            cols.push("address");
+        }
+        let last = self.topics.iter().rposition(|set| !set.is_empty());
+        cols.extend(last.map_or(&[][..], |i| &TOPICS[..=i]));
+        cols
+    }
+
+    /// [`LogFilter::matches_raw`] over a batch holding (at least) [`LogFilter::columns`]; a
+    /// column the filter does not read may be absent and reads as empty.
+    fn keep_rows(&self, batch: &RecordBatch) -> std::result::Result<BooleanArray, ArrowError> {
+        let binary = |name: &str| -> std::result::Result<Option<&BinaryArray>, ArrowError> {
+            batch
+                .column_by_name(name)
+                .map(|c| {
+                    c.as_any().downcast_ref::<BinaryArray>().ok_or_else(|| {
+                        ArrowError::SchemaError(format!("column {name} is not binary"))
+                    })
+                })
+                .transpose()
+        };
+        let block = batch
+            .column_by_name("block_number")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| ArrowError::SchemaError("no u64 column block_number".into()))?;
+        let address = binary("address")?;
+        let topics = [
+            binary("topic0")?,
+            binary("topic1")?,
+            binary("topic2")?,
+            binary("topic3")?,
+        ];
+        fn value(a: Option<&BinaryArray>, i: usize) -> &[u8] {
+            a.map_or(&[][..], |a| a.value(i))
+        }
+        Ok((0..batch.num_rows())
+            .map(|i| {
+                Some(self.matches_raw(
+                    block.value(i),
+                    value(address, i),
+                    topics.map(|t| value(t, i)),
+                ))
+            })
+            .collect())
     }
 
     /// The filter on column values as stored: absent topics are empty. A log lacking a topic
@@ -171,6 +224,20 @@ impl Candidates {
             Candidates::Whole(idx, bytes, groups) => {
                 ParquetFile::open(&idx.path, idx.kind, bytes)?.batches(groups)
             }
+        }
+    }
+
+    /// Decodes the rows of the candidate row groups that `filter` keeps: ranged reads decode
+    /// the filter's columns first and the rest for kept rows only (see
+    /// [`FileIndex::decode_where`]); a whole file is decoded whole. Rows it returns may still
+    /// include some the filter drops (whole files): callers filter again.
+    fn decode_logs_where(self, filter: Arc<LogFilter>) -> Result<Vec<RecordBatch>> {
+        match self {
+            Candidates::Ranged(idx, fetched) => {
+                let columns = filter.columns();
+                idx.decode_where(fetched, &columns, move |batch| filter.keep_rows(&batch))
+            }
+            other => other.decode(),
         }
     }
 
@@ -405,8 +472,9 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     &[("address", &addrs), ("topic0", &topic0)],
                     move |c| {
                         let path = c.path().to_path_buf();
+                        let batches = c.decode_logs_where(filter.clone())?;
                         let mut found =
-                            logs_from(&path, c.decode()?, |b, a, t| filter.matches_raw(b, a, t))?;
+                            logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))?;
                         sort(&mut found);
                         Ok(found)
                     },

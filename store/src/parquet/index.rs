@@ -10,7 +10,12 @@ use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
 use crate::types::TxHash;
 use bytes::{Buf, Bytes};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::ArrowError;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowFilter,
+    RowSelectionPolicy,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -394,6 +399,29 @@ impl FileIndex {
             groups: holding,
             ..fetched
         })
+    }
+
+    /// Decodes fetched row groups in two passes (late materialization, parquet's `RowFilter`):
+    /// first only the `columns` that `keep` looks at, then every column of the rows it keeps.
+    /// A selective `get_logs` (2% of rows) no longer builds `data`, hashes and topics it throws
+    /// away. `keep` gets a batch of `columns` alone and returns one flag per row. CPU work.
+    pub(crate) fn decode_where(
+        &self,
+        fetched: FetchedGroups,
+        columns: &[&str],
+        keep: impl FnMut(RecordBatch) -> Result<BooleanArray, ArrowError> + Send + 'static,
+    ) -> Result<Vec<RecordBatch>, Error> {
+        let schema = self.metadata.metadata().file_metadata().schema_descr();
+        let mask = ProjectionMask::columns(schema, columns.iter().copied());
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            fetched.sparse,
+            self.metadata.clone(),
+        )
+        .with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
+            mask, keep,
+        ))]))
+        .with_row_selection_policy(RowSelectionPolicy::Selectors);
+        decode_groups(&self.path, builder, fetched.groups)
     }
 
     /// Decodes fetched row groups into Arrow batches (CPU work; run it on a blocking pool).
