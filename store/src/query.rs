@@ -241,13 +241,20 @@ impl Candidates {
         }
     }
 
-    /// Decodes the candidate row groups whose `tx_hash` column holds `hash` (a ranged read
-    /// first decodes that column alone; a whole file is decoded as before).
+    /// Decodes the rows of the candidate row groups whose `tx_hash` is `hash`: a ranged read
+    /// decodes that column alone and materializes only the matching rows (a bloom false positive
+    /// costs one column's decode, a hit one row); a whole file is decoded as before.
     fn decode_holding(self, hash: &TxHash) -> Result<Vec<RecordBatch>> {
         match self {
             Candidates::Ranged(idx, fetched) => {
-                let fetched = idx.keep_groups_holding(fetched, hash)?;
-                idx.decode(fetched)
+                let hash = *hash;
+                idx.decode_where(fetched, &["tx_hash"], move |batch| {
+                    let column = batch
+                        .column_by_name("tx_hash")
+                        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+                        .ok_or_else(|| ArrowError::SchemaError("no binary tx_hash".into()))?;
+                    Ok(column.iter().map(|h| Some(h == Some(&hash[..]))).collect())
+                })
             }
             other => other.decode(),
         }

@@ -5,10 +5,9 @@
 use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
-use super::{hash_column_holds, BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
+use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
-use crate::types::TxHash;
 use bytes::{Buf, Bytes};
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::ArrowError;
@@ -367,40 +366,6 @@ impl FileIndex {
         })
     }
 
-    /// Of the fetched groups, those whose `tx_hash` column holds `hash`. Only that column is
-    /// decoded (32 bytes a row), so a bloom filter's false positive, which every absent-hash
-    /// lookup meets about once per hundred row groups, costs a fraction of a full decode and
-    /// materializes no receipt. CPU work, like [`FileIndex::decode`].
-    pub(crate) fn keep_groups_holding(
-        &self,
-        fetched: FetchedGroups,
-        hash: &TxHash,
-    ) -> Result<FetchedGroups, Error> {
-        let schema = self.metadata.metadata().file_metadata().schema_descr();
-        let leaf = (0..schema.num_columns())
-            .find(|&i| schema.column(i).name() == "tx_hash")
-            .expect("columns checked when the index was loaded");
-        let mut holding = Vec::new();
-        for &g in &fetched.groups {
-            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                fetched.sparse.clone(),
-                self.metadata.clone(),
-            )
-            .with_projection(ProjectionMask::leaves(schema, [leaf]));
-            let mut holds = false;
-            for batch in decode_groups(&self.path, builder, vec![g])? {
-                holds |= hash_column_holds(&batch, hash).map_err(|e| corrupt(&self.path, e))?;
-            }
-            if holds {
-                holding.push(g);
-            }
-        }
-        Ok(FetchedGroups {
-            groups: holding,
-            ..fetched
-        })
-    }
-
     /// Decodes fetched row groups in two passes (late materialization, parquet's `RowFilter`):
     /// first only the `columns` that `keep` looks at, then every column of the rows it keeps.
     /// A selective `get_logs` (2% of rows) no longer builds `data`, hashes and topics it throws
@@ -452,10 +417,11 @@ mod tests {
         }
     }
 
-    /// The hash pre-check behind absent-hash lookups: of fetched row groups, it keeps exactly
-    /// those whose `tx_hash` column holds the hash, and none for an absent one.
+    /// Late materialization behind lookups by hash: of fetched row groups, `decode_where` on
+    /// the `tx_hash` column yields exactly the rows holding the hash (one of the 12 rows of three
+    /// row groups), and nothing for an absent hash.
     #[tokio::test]
-    async fn only_row_groups_whose_hash_column_holds_the_hash_are_kept() {
+    async fn decoding_where_a_hash_matches_yields_only_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             max_blocks_per_file: 10,
@@ -476,17 +442,31 @@ mod tests {
             .unwrap();
         assert_eq!(idx.row_groups.len(), 3, "one row group per block");
         let all = || idx.fetch_groups(&RealFs, vec![0, 1, 2]);
+        let holding = |want: [u8; 32]| {
+            move |batch: RecordBatch| {
+                let hashes = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow_array::BinaryArray>()
+                    .expect("the tx_hash column alone");
+                assert_eq!(batch.num_columns(), 1, "the predicate sees its column only");
+                Ok(hashes.iter().map(|h| Some(h == Some(&want[..]))).collect())
+            }
+        };
         let in_block_2 = receipt(2, 3).tx_hash;
-        let kept = idx
-            .keep_groups_holding(all().await.unwrap(), &in_block_2)
+        let batches = idx
+            .decode_where(all().await.unwrap(), &["tx_hash"], holding(in_block_2))
             .unwrap();
-        assert_eq!(kept.groups, vec![1]);
-        let batches = idx.decode(kept).unwrap();
-        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        let rows: Vec<_> = batches
+            .iter()
+            .flat_map(|b| crate::parquet::batch_to_receipts(b).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].block_number, rows[0].tx_hash), (2, in_block_2));
+        assert_eq!(rows[0].receipt_bytes, receipt(2, 3).receipt_bytes);
         let absent = idx
-            .keep_groups_holding(all().await.unwrap(), &[0xEE; 32])
+            .decode_where(all().await.unwrap(), &["tx_hash"], holding([0xEE; 32]))
             .unwrap();
-        assert!(absent.groups.is_empty(), "{:?}", absent.groups);
-        assert!(idx.decode(absent).unwrap().is_empty());
+        assert_eq!(absent.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     }
 }

@@ -201,17 +201,6 @@ pub fn batch_to_receipts_where(
     Ok(out)
 }
 
-/// Whether a decoded `tx_hash` column holds `hash`. Every value is checked to be a hash, so a
-/// malformed row is the same error it is in [`batch_to_receipts_where`].
-pub(crate) fn hash_column_holds(batch: &RecordBatch, hash: &TxHash) -> Result<bool, String> {
-    let column = col::<BinaryArray>(batch, "tx_hash")?;
-    let mut found = false;
-    for i in 0..batch.num_rows() {
-        found |= fixed::<32>(column.value(i), "tx_hash")? == *hash;
-    }
-    Ok(found)
-}
-
 pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {
     batch_to_logs_where(batch, |_, _, _| true)
 }
