@@ -87,6 +87,9 @@ def measure(con, job, q, readers):
     lock = threading.Lock()
 
     def run():
+        # One connection per reader thread: DuckDB's Python API makes `cursor()` a new
+        # connection to the same database (its docs on multiple Python threads say each thread
+        # must use one), so readers do not serialize on a shared connection.
         cur = con.cursor()
         mine = []
         deadline = time.perf_counter() + budget
