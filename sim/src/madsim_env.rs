@@ -11,7 +11,7 @@
 //! * **the filesystem, power loss included: this crate's [`SimFs`].** `madsim::fs` has no rename,
 //!   remove, directories or power-failure model (its `sync_all` is a no-op), all of which the
 //!   store's durability depends on. A crash is: kill the store's tasks (madsim's node kill, or
-//!   [`MadsimEnv::kill_tasks`]), then [`SimFs::crash_process`] or [`SimFs::power_loss`] (give
+//!   [`MadsimSpawner::kill_tasks`]), then [`SimFs::crash_process`] or [`SimFs::power_loss`] (give
 //!   it an RNG seeded from `madsim::runtime::Handle::current().seed()` to keep the run a function
 //!   of the seed), then open the store again on the same `SimFs`.
 //!
@@ -168,7 +168,8 @@ impl PlanEnv for MadsimEnv {
 
 /// Runs `plan` with every check of [`exec::run_plan_with`], on the madsim runtime that polls
 /// the returned future. The schedule is madsim's (seeded by its runtime seed), not the plan's:
-/// the plan's seed still draws its ops, faults, power-loss images and reader choices.
+/// the plan's seed still draws its ops, faults, power-loss images and reader choices, while its
+/// `time_jump_per_mille` (a knob of the seeded executor) has no effect here.
 pub async fn run_plan(plan: &Plan, trace: Trace) -> exec::Outcome {
     exec::run_plan_on(plan, trace, MadsimEnv::new).await
 }
