@@ -7,6 +7,8 @@ pub mod check;
 pub mod exec;
 pub mod explore;
 pub mod fs;
+#[cfg(madsim)]
+pub mod madsim_env;
 pub mod model;
 pub mod plan;
 pub mod realproc;

@@ -16,16 +16,18 @@ use crate::check::{self, Check, Failure};
 use crate::fs::{Fault, FsOp, SimFs};
 use crate::model::{self, receipts_for, tx_hash, Model, State};
 use crate::plan::{Limit, Op, Plan, FAULT_STREAM, READER_STREAM, STALE_TX_BASE};
-use crate::runtime::{yield_now, Handle, Runtime, SimEnv};
+use crate::runtime::{yield_now, Runtime, SimEnv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use readers::{names_rotted, tolerated_read_error, ReaderShared};
+use receipt_store::env::{Clock, Env, Spawner};
 use receipt_store::{
     Config, Error, FaultHook, LogFilter, LogInput, ReceiptInput, Store, MAX_LOG_DATA_BYTES,
     MAX_RECEIPT_BYTES, MAX_TOPICS_PER_LOG,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,13 +117,34 @@ impl FaultHook for Hook {
     }
 }
 
-type S = Store<SimEnv>;
+/// What the executor needs of an environment besides the store's seams: the simulator's
+/// filesystem (crashes and power loss are applied to it), and the tasks spawned through its
+/// spawner, to kill them all as a crash does and to count those alive. [`SimEnv`] (the seeded
+/// executor) is the default; `MadsimEnv` (with `--cfg madsim`) runs the same plans on madsim.
+pub trait PlanEnv: Env<Fs = SimFs> {
+    /// Drops every task spawned through this env's spawner, as a killed process loses its
+    /// threads; when the future is done, their futures (and the file handles they held) are gone.
+    fn kill_tasks(&self) -> impl Future<Output = ()> + Send;
+    /// Tasks spawned through this env's spawner that are still alive.
+    fn live_tasks(&self) -> usize;
+}
 
-struct Run<'p> {
+impl PlanEnv for SimEnv {
+    async fn kill_tasks(&self) {
+        self.clock.0.abort_all();
+        yield_now().await;
+    }
+    fn live_tasks(&self) -> usize {
+        self.clock.0.live_tasks()
+    }
+}
+
+type S<E> = Store<E>;
+
+struct Run<'p, E: PlanEnv> {
     plan: &'p Plan,
-    env: SimEnv,
+    env: E,
     fs: SimFs,
-    handle: Handle,
     armed: Arc<Armed>,
     model: Arc<Mutex<Model>>,
     out: Outcome,
@@ -174,12 +197,12 @@ fn rejected(e: &Error) -> bool {
     )
 }
 
-impl Run<'_> {
+impl<E: PlanEnv> Run<'_, E> {
     fn log(&mut self, line: String) {
         self.trace_fnv =
             (self.trace_fnv ^ model::fnv(line.as_bytes())).wrapping_mul(0x1000_0000_01b3);
         if self.trace_on {
-            let now = self.handle.now();
+            let now = self.env.clock().now();
             for call in self.fs.take_calls() {
                 self.out.trace.push(format!("[{now:>12?}]     fs: {call}"));
             }
@@ -248,68 +271,12 @@ pub fn run_plan(plan: &Plan, trace_on: bool) -> Outcome {
 
 /// Runs `plan`, keeping the trace `trace` asks for.
 pub fn run_plan_with(plan: &Plan, trace: Trace) -> Outcome {
-    let trace_on = trace != Trace::Off;
     // Marks are counted per thread: drop whatever an earlier run on this thread left.
     receipt_store::marks::take();
     let mut rt = Runtime::new(plan.seed);
     rt.set_time_jump_per_mille(plan.swarm.time_jump_per_mille);
     let handle = rt.handle();
-    let fs = SimFs::new(plan.swarm.torn_bytes);
-    if trace == Trace::EventsAndFsCalls {
-        fs.record_calls();
-    }
-    let armed = Arc::new(Armed::default());
-    let hook_armed = armed.clone();
-    fs.set_fault_hook(Some(Arc::new(move |op, path: &Path| {
-        if !path.starts_with(DATA_DIR) {
-            return None;
-        }
-        let mut a = hook_armed.fs.lock().unwrap();
-        match *a {
-            Some((want, fault, 0)) if want == op => {
-                *a = None;
-                Some(fault)
-            }
-            Some((want, fault, n)) if want == op => {
-                *a = Some((want, fault, n - 1));
-                None
-            }
-            _ => None,
-        }
-    })));
-    let env = SimEnv::new(handle.clone(), fs.clone());
-    let mut run = Run {
-        plan,
-        env,
-        fs: fs.clone(),
-        handle,
-        armed: armed.clone(),
-        model: Arc::new(Mutex::new(Model::new(
-            plan.swarm.sync_policy,
-            plan.swarm.keep_recent,
-        ))),
-        out: Outcome {
-            seed: plan.seed,
-            scenario: plan.scenario.clone(),
-            ..Default::default()
-        },
-        fault_rng: ChaCha8Rng::seed_from_u64(
-            plan.seed ^ FAULT_STREAM ^ plan.fault_salt.rotate_left(17),
-        ),
-        trace_on,
-        trace_fnv: 0xcbf2_9ce4_8422_2325,
-        readers: Arc::new(Mutex::new(ReaderShared::default())),
-        stop_readers: Arc::new(AtomicBool::new(false)),
-        faults_at_open: 0,
-        restart_in: None,
-        poisoned_at_ops: None,
-        restarting_for: None,
-        crash_inside_power: false,
-        rotted: Arc::new(Mutex::new(Vec::new())),
-        wal_rots: Vec::new(),
-        quarantine_seen: BTreeSet::new(),
-        lost_power_unchecked: false,
-    };
+    let mut run = Run::new(plan, trace, |fs| SimEnv::new(handle, fs));
     let r = rt.block_on(run.exec());
     if let Err(e) = r {
         run.fail(Failure::new(
@@ -317,14 +284,93 @@ pub fn run_plan_with(plan: &Plan, trace: Trace) -> Outcome {
             format!("simulation stopped: {e:?} (deadlock or livelock)"),
         ));
     }
-    run.out.faults = fs.stats().faults + armed.fired.load(Ordering::Relaxed);
-    run.out.marks = receipt_store::marks::take()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    run.out.trace_hash =
-        rt.trace_hash() ^ run.trace_fnv.rotate_left(13) ^ run.out.state_hash.rotate_left(29);
-    run.out
+    run.finish(rt.trace_hash())
+}
+
+/// Runs `plan` on whatever runtime polls the returned future, with the env `make_env` builds
+/// around the run's [`SimFs`]: madsim's, with `MadsimEnv` (see `crate::madsim_env`). The same
+/// ops, faults, crashes and checks as [`run_plan_with`]; only the scheduler and the clock
+/// differ, so the trace hash covers the run's events and final state but not the schedule.
+pub async fn run_plan_on<E: PlanEnv>(
+    plan: &Plan,
+    trace: Trace,
+    make_env: impl FnOnce(SimFs) -> E,
+) -> Outcome {
+    receipt_store::marks::take();
+    let mut run = Run::new(plan, trace, make_env);
+    run.exec().await;
+    run.finish(0)
+}
+
+impl<'p, E: PlanEnv> Run<'p, E> {
+    fn new(plan: &'p Plan, trace: Trace, make_env: impl FnOnce(SimFs) -> E) -> Self {
+        let fs = SimFs::new(plan.swarm.torn_bytes);
+        if trace == Trace::EventsAndFsCalls {
+            fs.record_calls();
+        }
+        let armed = Arc::new(Armed::default());
+        let hook_armed = armed.clone();
+        fs.set_fault_hook(Some(Arc::new(move |op, path: &Path| {
+            if !path.starts_with(DATA_DIR) {
+                return None;
+            }
+            let mut a = hook_armed.fs.lock().unwrap();
+            match *a {
+                Some((want, fault, 0)) if want == op => {
+                    *a = None;
+                    Some(fault)
+                }
+                Some((want, fault, n)) if want == op => {
+                    *a = Some((want, fault, n - 1));
+                    None
+                }
+                _ => None,
+            }
+        })));
+        Run {
+            plan,
+            env: make_env(fs.clone()),
+            fs,
+            armed,
+            model: Arc::new(Mutex::new(Model::new(
+                plan.swarm.sync_policy,
+                plan.swarm.keep_recent,
+            ))),
+            out: Outcome {
+                seed: plan.seed,
+                scenario: plan.scenario.clone(),
+                ..Default::default()
+            },
+            fault_rng: ChaCha8Rng::seed_from_u64(
+                plan.seed ^ FAULT_STREAM ^ plan.fault_salt.rotate_left(17),
+            ),
+            trace_on: trace != Trace::Off,
+            trace_fnv: 0xcbf2_9ce4_8422_2325,
+            readers: Arc::new(Mutex::new(ReaderShared::default())),
+            stop_readers: Arc::new(AtomicBool::new(false)),
+            faults_at_open: 0,
+            restart_in: None,
+            poisoned_at_ops: None,
+            restarting_for: None,
+            crash_inside_power: false,
+            rotted: Arc::new(Mutex::new(Vec::new())),
+            wal_rots: Vec::new(),
+            quarantine_seen: BTreeSet::new(),
+            lost_power_unchecked: false,
+        }
+    }
+
+    /// The outcome, with the runtime's own trace hash (0 when it has none) folded in.
+    fn finish(mut self, runtime_trace: u64) -> Outcome {
+        self.out.faults = self.faults();
+        self.out.marks = receipt_store::marks::take()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        self.out.trace_hash =
+            runtime_trace ^ self.trace_fnv.rotate_left(13) ^ self.out.state_hash.rotate_left(29);
+        self.out
+    }
 }
 
 /// Runs `plan` twice and reports a [`Check::Determinism`] failure when the traces differ.

@@ -3,11 +3,11 @@
 
 use super::*;
 
-impl Run<'_> {
+impl<E: PlanEnv> Run<'_, E> {
     /// A write of `receipts` at `height`, with its outcome fed to the model and checked.
     pub(super) async fn write(
         &mut self,
-        store: &S,
+        store: &S<E>,
         height: u64,
         receipts: Vec<ReceiptInput>,
         what: &str,
@@ -224,7 +224,8 @@ impl Run<'_> {
                 }
                 Op::Prune { explicit } => {
                     let before = store.status().await.map(|s| s.closed_pairs).ok();
-                    self.handle
+                    self.env
+                        .clock()
                         .sleep(Duration::from_millis(self.plan.swarm.prune_interval_ms + 1))
                         .await;
                     // A time jump can wake this task before the coordinator has seen its tick,
@@ -465,7 +466,7 @@ impl Run<'_> {
     /// Ends the store's life with `crash()` or `close()`, then checks every call answers the
     /// matching error (`Crashed` after a crash, `Closed` after a close; a second close repeats
     /// the first's answer) and that nothing is left running.
-    pub(super) async fn after_end(&mut self, store: &S, crashed: bool) {
+    pub(super) async fn after_end(&mut self, store: &S<E>, crashed: bool) {
         self.stop_readers.store(true, Ordering::Relaxed);
         let first_close = if crashed {
             store.crash().await;
@@ -530,8 +531,7 @@ impl Run<'_> {
                 format!("close after the store {wanted} answered {again:?} (first close: {first_close:?})"),
             ));
         }
-        self.handle.abort_all();
-        yield_now().await;
+        self.env.kill_tasks().await;
         self.check_no_leftovers(if crashed { "crash()" } else { "close" });
         self.drain_reader_failures();
         self.fs.crash_process();

@@ -23,8 +23,8 @@ pub(super) fn names_rotted(why: &str, rotted: &[String]) -> bool {
     rotted.iter().any(|p| why.contains(p.as_str()))
 }
 
-impl Run<'_> {
-    pub(super) fn spawn_readers(&mut self, store: &S) {
+impl<E: PlanEnv> Run<'_, E> {
+    pub(super) fn spawn_readers(&mut self, store: &S<E>) {
         self.stop_readers = Arc::new(AtomicBool::new(false));
         for r in 0..self.plan.swarm.readers {
             let rng = ChaCha8Rng::seed_from_u64(
@@ -32,7 +32,7 @@ impl Run<'_> {
             );
             let task = reader(
                 self.rotted.clone(),
-                self.handle.clone(),
+                self.env.clock().clone(),
                 store.clone(),
                 self.model.clone(),
                 self.readers.clone(),
@@ -40,7 +40,7 @@ impl Run<'_> {
                 rng,
                 self.plan.seed,
             );
-            self.handle.spawn(Box::pin(task));
+            self.env.spawner().spawn("reader", Box::pin(task));
         }
     }
 
@@ -60,10 +60,10 @@ impl Run<'_> {
 }
 
 /// A reader task: reads at random moments while the writer proceeds, checking every answer.
-pub(super) async fn reader(
+pub(super) async fn reader<E: PlanEnv>(
     rotted: Arc<Mutex<Vec<String>>>,
-    clock: Handle,
-    store: S,
+    clock: E::Clock,
+    store: S<E>,
     model: Arc<Mutex<Model>>,
     shared: Arc<Mutex<ReaderShared>>,
     stop: Arc<AtomicBool>,

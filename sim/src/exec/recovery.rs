@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Run<'_> {
+impl<E: PlanEnv> Run<'_, E> {
     /// How many of the WAL's last records open may have cut for bit rot. The evidence is the
     /// disk, not `Status`: every cut tail is kept in quarantine as
     /// `<segment>.<kind>-tail-at-<offset>.<k>` (an open that died after cutting reports nothing,
@@ -68,14 +68,14 @@ impl Run<'_> {
         may_lose
     }
 
-    pub(super) async fn read_state(&mut self, store: &S) -> Result<State, Error> {
+    pub(super) async fn read_state(&mut self, store: &S<E>) -> Result<State, Error> {
         let receipts = store.receipts_in_range(0, u64::MAX).await?;
         let logs = store.get_logs(&LogFilter::default()).await?;
         Ok(State { receipts, logs })
     }
 
     /// Reads the whole state; an armed read fault may fire once and is then disarmed.
-    pub(super) async fn read_state_retrying(&mut self, store: &S) -> Result<State, Error> {
+    pub(super) async fn read_state_retrying(&mut self, store: &S<E>) -> Result<State, Error> {
         match self.read_state(store).await {
             Err(e) if e.to_string().contains("injected") => {
                 self.log(format!("state read hit an injected fault, retrying: {e}"));
@@ -87,7 +87,7 @@ impl Run<'_> {
     }
 
     pub(super) fn check_no_leftovers(&mut self, when: &str) {
-        let tasks = self.handle.live_tasks();
+        let tasks = self.env.live_tasks();
         if tasks != 0 {
             self.fail(Failure::new(
                 Check::Tasks,
@@ -105,7 +105,7 @@ impl Run<'_> {
 
     /// Opens the store. A failed open must leave no handle and no task; a failure an armed fault
     /// explains is retried once with every fault disarmed.
-    pub(super) async fn open(&mut self) -> Option<S> {
+    pub(super) async fn open(&mut self) -> Option<S<E>> {
         self.settle_crash_point();
         let mut attempt = 0;
         // Bounded: a crash point fires once per arming, so at most one extra round.
@@ -152,7 +152,7 @@ impl Run<'_> {
     /// Opens and checks recovery: files on disk, the recovered state against the model between
     /// the lower bound for this kind of crash and everything issued, and that recovering the same
     /// image again gives the same state. Spawns the readers on the store it returns.
-    pub(super) async fn recover(&mut self, power_loss: bool) -> Option<S> {
+    pub(super) async fn recover(&mut self, power_loss: bool) -> Option<S<E>> {
         self.out.reopens += 1;
         self.restart_in = None;
         self.poisoned_at_ops = None;
@@ -163,8 +163,7 @@ impl Run<'_> {
             }
             // The crash point fell in open's own work (after the coordinator started, say in
             // the prune at open): kill this incarnation and open the crashed image again.
-            self.handle.abort_all();
-            yield_now().await;
+            self.env.kill_tasks().await;
             drop(store);
             self.settle_crash_point();
         };
@@ -195,8 +194,7 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) if self.refused_rot("reading the recovered state", &e) => {
                 // The run stops here: the state cannot be compared without the rotted file.
-                self.handle.abort_all();
-                yield_now().await;
+                self.env.kill_tasks().await;
                 drop(store);
                 return None;
             }
@@ -243,8 +241,7 @@ impl Run<'_> {
             self.fail(f);
         }
         // Invariant 4: the same durable image, recovered again, gives the same state.
-        self.handle.abort_all();
-        yield_now().await;
+        self.env.kill_tasks().await;
         drop(store);
         self.check_no_leftovers("dropping every store task");
         self.fs.crash_process();
@@ -336,7 +333,7 @@ impl Run<'_> {
 
     /// A process crash or power loss: every store task dies with its handles, then the
     /// filesystem crashes, then recovery is checked.
-    pub(super) async fn crash(&mut self, store: S, power_loss: bool) -> Option<S> {
+    pub(super) async fn crash(&mut self, store: S<E>, power_loss: bool) -> Option<S<E>> {
         self.out.crashes += 1;
         if power_loss {
             self.out.power_losses += 1;
@@ -350,8 +347,7 @@ impl Run<'_> {
             self.model().durable_below = d;
         }
         self.stop_readers.store(true, Ordering::Relaxed);
-        self.handle.abort_all();
-        yield_now().await;
+        self.env.kill_tasks().await;
         drop(store);
         self.check_no_leftovers(if power_loss {
             "a power loss"
@@ -374,7 +370,7 @@ impl Run<'_> {
     }
 
     /// Closes the store, lets the readers finish, and checks nothing is left behind.
-    pub(super) async fn close(&mut self, store: S) {
+    pub(super) async fn close(&mut self, store: S<E>) {
         self.stop_readers.store(true, Ordering::Relaxed);
         let r = store.close().await;
         self.log(format!("close: {r:?}"));
@@ -395,10 +391,10 @@ impl Run<'_> {
         drop(store);
         // Readers may be asleep on the clock: wait in virtual time, not only in yields.
         for _ in 0..MAX_DRAIN_ROUNDS {
-            if self.handle.live_tasks() == 0 {
+            if self.env.live_tasks() == 0 {
                 break;
             }
-            self.handle.sleep(Duration::from_millis(1)).await;
+            self.env.clock().sleep(Duration::from_millis(1)).await;
         }
         self.check_no_leftovers("close");
         self.drain_reader_failures();
@@ -413,7 +409,7 @@ impl Run<'_> {
     }
 
     /// A poisoned store is restarted the way an operator would: close (or kill) and reopen.
-    pub(super) async fn restart(&mut self, store: S) -> Option<S> {
+    pub(super) async fn restart(&mut self, store: S<E>) -> Option<S<E>> {
         self.restart_in = None;
         self.restarting_for = self.poisoned_at_ops;
         let restarted = if self.fault_rng.random_bool(0.5) {
