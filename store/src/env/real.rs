@@ -262,14 +262,22 @@ impl Pool {
 fn lower_this_thread_priority() {
     extern "C" {
         fn gettid() -> i32;
+        fn getpriority(which: u32, who: u32) -> i32;
         fn setpriority(which: u32, who: u32, prio: i32) -> i32;
     }
     const PRIO_PROCESS: u32 = 0;
-    // SAFETY: two syscalls about this thread only; no memory is passed or returned. On Linux
-    // a thread id given to PRIO_PROCESS sets that thread's nice value alone. The result is
-    // ignored on purpose (best effort): a process already nicer than POOL_THREAD_NICE may not
-    // raise a thread's priority, and then the pool simply runs at the process's.
-    unsafe { setpriority(PRIO_PROCESS, gettid() as u32, POOL_THREAD_NICE) };
+    // SAFETY: syscalls about this thread only; no memory is passed or returned. On Linux a
+    // thread id given to PRIO_PROCESS reads or sets that thread's nice value alone. Only ever
+    // lowers the priority: in a process already nicer than POOL_THREAD_NICE (started under
+    // `nice -n 19`, say) setting 10 would, for root, raise the pool above the async workers
+    // (found when the test suite ran under `nice -n 19`). Results are ignored on purpose (best
+    // effort): where the nice value cannot be set, the pool runs at the process's.
+    unsafe {
+        let tid = gettid() as u32;
+        if getpriority(PRIO_PROCESS, tid) < POOL_THREAD_NICE {
+            setpriority(PRIO_PROCESS, tid, POOL_THREAD_NICE);
+        }
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
