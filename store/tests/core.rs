@@ -823,3 +823,30 @@ async fn a_failed_explicit_flush_poisons_so_no_row_is_written_twice() {
     );
     s.close().await.unwrap();
 }
+
+/// Liveness of the periodic prune: with nothing but writes (no `prune_now`), the tick alone
+/// untracks and deletes every window wholly below the retention line within a few intervals.
+/// (A coordinator whose tick never prunes passed every other store test: cargo-mutants.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_tick_alone_prunes_eligible_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(2, 1);
+    c.keep_recent = 4;
+    c.prune_interval = std::time::Duration::from_millis(20);
+    let s = open(tmp.path(), c).await;
+    for b in 1..=12u64 {
+        s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
+    }
+    // Generous bound: a liveness check, not a timing one (the tick is every 20 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut st = s.status().await.unwrap();
+    while st.closed_pairs != vec![8, 10] && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        st = s.status().await.unwrap();
+    }
+    assert_eq!(st.closed_pairs, vec![8, 10], "windows ending at or below 12-4 go");
+    assert_eq!(st.pending_deletes, 0, "no read holds them: deleted at once");
+    assert!(!tmp.path().join("receipts_0.parquet").exists());
+    assert!(!tmp.path().join("logs_6.parquet").exists());
+    s.close().await.unwrap();
+}
