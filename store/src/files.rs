@@ -383,6 +383,10 @@ mod tests {
             "receipts_1x.parquet",
             "logs_3.parquet.tmp",
             "receipts_-1.parquet",
+            // `u64::from_str` takes a leading `+`: the digit check must refuse it first
+            // (cargo-mutants: weakening that check passed every other test).
+            "receipts_+5.parquet",
+            "logs_+0.parquet",
             ".receipts_1.parquet.open",
         ] {
             assert_eq!(parse_pair_name(bad), None, "{bad}");
