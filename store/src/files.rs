@@ -126,12 +126,6 @@ pub struct PairFiles {
     pub logs: Option<Named>,
 }
 
-impl PairFiles {
-    pub fn any_open(&self) -> bool {
-        self.receipts == Some(Named::Open) || self.logs == Some(Named::Open)
-    }
-}
-
 /// What the directory listing holds, grouped by pair.
 #[derive(Debug, Default)]
 pub struct Listing {
