@@ -387,6 +387,27 @@ mod tests {
         }
     }
 
+    /// `discard` tries every removal and returns every failure: one failure as itself (callers
+    /// and `Error::Files` see an `Io` naming the path), more as `Several`.
+    #[tokio::test]
+    async fn discard_returns_one_failure_as_itself_and_keeps_them_all() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        // A directory cannot be removed as a file: a failure other than "not found".
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let gone = tmp.path().join("never-there");
+        match discard(&RealFs, tmp.path(), &[gone.clone(), a.clone()]).await {
+            Err(FilesError::Io { path, .. }) => assert_eq!(path, a),
+            other => panic!("one failure, as itself: {other:?}"),
+        }
+        match discard(&RealFs, tmp.path(), &[a.clone(), gone, b.clone()]).await {
+            Err(FilesError::Several(errors)) => assert_eq!(errors.len(), 2, "{errors:?}"),
+            other => panic!("both failures: {other:?}"),
+        }
+    }
+
     #[test]
     fn open_pair_names_never_end_in_parquet_and_round_trip() {
         for kind in [FileKind::Receipts, FileKind::Logs] {
