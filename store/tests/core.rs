@@ -850,3 +850,51 @@ async fn the_periodic_tick_alone_prunes_eligible_windows() {
     assert!(!tmp.path().join("logs_6.parquet").exists());
     s.close().await.unwrap();
 }
+
+/// Sizes at the limits are accepted and one byte over is refused before anything is logged
+/// (cargo-mutants: the limits were off by one without any test noticing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_at_the_limits_are_accepted_and_one_byte_over_is_refused() {
+    use receipt_store::{MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(100, 1)).await;
+    let mut at = receipt(1, 0, 1);
+    at.receipt_bytes = vec![1; MAX_RECEIPT_BYTES];
+    at.logs[0].data = vec![2; MAX_LOG_DATA_BYTES];
+    s.write_receipts(1, vec![at.clone()]).await.unwrap();
+    let mut big_receipt = receipt(2, 0, 0);
+    big_receipt.receipt_bytes = vec![1; MAX_RECEIPT_BYTES + 1];
+    let mut big_data = receipt(2, 1, 1);
+    big_data.logs[0].data = vec![2; MAX_LOG_DATA_BYTES + 1];
+    for over in [big_receipt, big_data] {
+        let err = s.write_receipts(2, vec![over]).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    }
+    let got = s.get_receipt(&at.tx_hash).await.unwrap().expect("at the limit");
+    assert_eq!(got.receipt_bytes.len(), MAX_RECEIPT_BYTES);
+    s.write_receipts(2, vec![receipt(2, 2, 0)]).await.unwrap();
+    assert_eq!(all_blocks(&s).await, vec![1, 2], "refused writes staged nothing");
+    s.close().await.unwrap();
+}
+
+/// A write into a window already closed (after a reopen, at the last seen block) is refused with
+/// the sealed window's last block and the last seen block, both exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_into_a_closed_window_names_its_last_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4, 1)).await;
+    for b in 1..=7 {
+        s.write_receipts(b, vec![receipt(b, 0, 0)]).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let s = open(tmp.path(), config(4, 1)).await;
+    match s.write_receipts(7, vec![receipt(7, 5, 0)]).await {
+        Err(Error::Sealed {
+            height,
+            sealed,
+            last_seen,
+        }) => assert_eq!((height, sealed, last_seen), (7, 7, 7)),
+        other => panic!("a sealed window refuses the write: {other:?}"),
+    }
+    s.close().await.unwrap();
+}
