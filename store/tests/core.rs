@@ -844,7 +844,11 @@ async fn the_periodic_tick_alone_prunes_eligible_windows() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         st = s.status().await.unwrap();
     }
-    assert_eq!(st.closed_pairs, vec![8, 10], "windows ending at or below 12-4 go");
+    assert_eq!(
+        st.closed_pairs,
+        vec![8, 10],
+        "windows ending at or below 12-4 go"
+    );
     assert_eq!(st.pending_deletes, 0, "no read holds them: deleted at once");
     assert!(!tmp.path().join("receipts_0.parquet").exists());
     assert!(!tmp.path().join("logs_6.parquet").exists());
@@ -870,10 +874,18 @@ async fn sizes_at_the_limits_are_accepted_and_one_byte_over_is_refused() {
         let err = s.write_receipts(2, vec![over]).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     }
-    let got = s.get_receipt(&at.tx_hash).await.unwrap().expect("at the limit");
+    let got = s
+        .get_receipt(&at.tx_hash)
+        .await
+        .unwrap()
+        .expect("at the limit");
     assert_eq!(got.receipt_bytes.len(), MAX_RECEIPT_BYTES);
     s.write_receipts(2, vec![receipt(2, 2, 0)]).await.unwrap();
-    assert_eq!(all_blocks(&s).await, vec![1, 2], "refused writes staged nothing");
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1, 2],
+        "refused writes staged nothing"
+    );
     s.close().await.unwrap();
 }
 

@@ -8,9 +8,9 @@ use super::reader::{
 use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
-use bytes::{Buf, Bytes};
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::ArrowError;
+use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowFilter,
     RowSelectionPolicy,

@@ -192,8 +192,7 @@ impl<F: Fs> FileWriter<F> {
             BODY_CRC_KEY.to_string(),
             format!("{crc:08x}"),
         ));
-        encoder
-            .append_key_value_metadata(KeyValue::new(BODY_LEN_KEY.to_string(), len.to_string()));
+        encoder.append_key_value_metadata(KeyValue::new(BODY_LEN_KEY.to_string(), len.to_string()));
         encoder.append_key_value_metadata(KeyValue::new(
             BLOOM_CRC_KEY.to_string(),
             self.bloom_crcs.join(","),
@@ -365,14 +364,15 @@ impl<F: Fs> PairWriter<F> {
             !receipts.as_ref().is_empty(),
             "a flush with no receipts writes nothing"
         );
-        let mut encoder = self
-            .receipts
-            .encoder
-            .take()
-            .expect("no encode in flight");
+        let mut encoder = self.receipts.encoder.take().expect("no encode in flight");
         let (path, base) = (self.receipts.path.clone(), self.receipts.written);
         let receipts_job = lane.run_write(move || {
-            let r = encode_row_group(&mut encoder, &path, base, &receipts_to_batch(receipts.as_ref()));
+            let r = encode_row_group(
+                &mut encoder,
+                &path,
+                base,
+                &receipts_to_batch(receipts.as_ref()),
+            );
             (encoder, r)
         });
         let logs_encoded = if logs.is_empty() {

@@ -1187,7 +1187,11 @@ mod tests {
         assert_eq!(records.len(), 3, "a rotted trailer loses nothing");
         drop(w);
         let rewritten = std::fs::read(wal.join(segment_name(1))).unwrap();
-        assert_eq!(rewritten, frames.concat(), "exact copies and one repaired frame");
+        assert_eq!(
+            rewritten,
+            frames.concat(),
+            "exact copies and one repaired frame"
+        );
     }
 
     /// Rot in a record with valid records after it is a bad region in the middle, not a tail;
