@@ -193,12 +193,40 @@ fn parse_spans(
     Ok(spans)
 }
 
-/// The bytes of some row groups of one file, fetched and verified, not yet decoded.
+/// The bytes of some row groups of one file, fetched, not yet verified or decoded: their
+/// checksums are checked by [`FetchedGroups::verified`] on the blocking pool, before decoding,
+/// so a reader never holds an async worker for a checksum pass over megabytes (the coordinator
+/// shares those workers).
 pub(crate) struct FetchedGroups {
     sparse: Sparse,
     groups: Vec<usize>,
+    /// `(group, span)` of every fetched row group, for [`FetchedGroups::verified`].
+    spans: Vec<(usize, RowGroupSpan)>,
+    path: PathBuf,
     /// Bytes read to fetch them.
     pub bytes_read: u64,
+}
+
+impl FetchedGroups {
+    /// The same groups once every one matches the checksum the writer recorded; a mismatch is
+    /// `CorruptFile` naming the file, the group and its offset. CPU work.
+    fn verified(self) -> Result<FetchedGroups, Error> {
+        for &(g, span) in &self.spans {
+            let bytes = self
+                .sparse
+                .ranges
+                .get(&span.offset)
+                .expect("every span was fetched");
+            if crc32c::crc32c(bytes) != span.crc {
+                crate::mark!("read-row-group-checksum-failed");
+                return Err(corrupt(
+                    &self.path,
+                    format!("row group {g} checksum mismatch at offset {}", span.offset),
+                ));
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl FileIndex {
@@ -338,6 +366,8 @@ impl FileIndex {
             return Ok(FetchedGroups {
                 sparse,
                 groups,
+                spans: Vec::new(),
+                path: self.path.clone(),
                 bytes_read: 0,
             });
         }
@@ -345,10 +375,11 @@ impl FileIndex {
         let io = |e| Error::io(path, e);
         let file = fs.open(path).await.map_err(io)?;
         let mut bytes_read = 0;
+        let mut fetched = Vec::with_capacity(groups.len());
         for &g in &groups {
             let span = spans[g];
             let bytes = file.read_at(span.offset, span.len).await.map_err(io)?;
-            if bytes.len() != span.len || crc32c::crc32c(&bytes) != span.crc {
+            if bytes.len() != span.len {
                 crate::mark!("read-row-group-checksum-failed");
                 return Err(corrupt(
                     path,
@@ -357,11 +388,14 @@ impl FileIndex {
             }
             bytes_read += span.len as u64;
             sparse.ranges.insert(span.offset, Bytes::from(bytes));
+            fetched.push((g, span));
         }
         drop(file);
         Ok(FetchedGroups {
             sparse,
             groups,
+            spans: fetched,
+            path: path.clone(),
             bytes_read,
         })
     }
@@ -376,6 +410,7 @@ impl FileIndex {
         columns: &[&str],
         keep: impl FnMut(RecordBatch) -> Result<BooleanArray, ArrowError> + Send + 'static,
     ) -> Result<Vec<RecordBatch>, Error> {
+        let fetched = fetched.verified()?;
         let schema = self.metadata.metadata().file_metadata().schema_descr();
         let mask = ProjectionMask::columns(schema, columns.iter().copied());
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
@@ -394,6 +429,7 @@ impl FileIndex {
         &self,
         fetched: FetchedGroups,
     ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
+        let fetched = fetched.verified()?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
             fetched.sparse,
             self.metadata.clone(),
