@@ -88,16 +88,7 @@ impl LogFilter {
     /// [`LogFilter::matches_raw`] over a batch holding (at least) [`LogFilter::columns`]; a
     /// column the filter does not read may be absent and reads as empty.
     fn keep_rows(&self, batch: &RecordBatch) -> std::result::Result<BooleanArray, ArrowError> {
-        let binary = |name: &str| -> std::result::Result<Option<&BinaryArray>, ArrowError> {
-            batch
-                .column_by_name(name)
-                .map(|c| {
-                    c.as_any().downcast_ref::<BinaryArray>().ok_or_else(|| {
-                        ArrowError::SchemaError(format!("column {name} is not binary"))
-                    })
-                })
-                .transpose()
-        };
+        let binary = |name| binary_column(batch, name);
         let block = batch
             .column_by_name("block_number")
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
@@ -249,16 +240,29 @@ impl Candidates {
             Candidates::Ranged(idx, fetched) => {
                 let hash = *hash;
                 idx.decode_where(fetched, &["tx_hash"], move |batch| {
-                    let column = batch
-                        .column_by_name("tx_hash")
-                        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
-                        .ok_or_else(|| ArrowError::SchemaError("no binary tx_hash".into()))?;
+                    let column = binary_column(&batch, "tx_hash")?
+                        .ok_or_else(|| ArrowError::SchemaError("no column tx_hash".into()))?;
                     Ok(column.iter().map(|h| Some(h == Some(&hash[..]))).collect())
                 })
             }
             other => other.decode(),
         }
     }
+}
+
+/// The binary column `name` of a predicate's batch, `None` when the batch lacks it.
+fn binary_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> std::result::Result<Option<&'a BinaryArray>, ArrowError> {
+    batch
+        .column_by_name(name)
+        .map(|c| {
+            c.as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| ArrowError::SchemaError(format!("column {name} is not binary")))
+        })
+        .transpose()
 }
 
 /// Runs reads over a snapshot. File bytes come through `fs` (async); everything CPU-heavy

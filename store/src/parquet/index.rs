@@ -194,39 +194,14 @@ fn parse_spans(
 }
 
 /// The bytes of some row groups of one file, fetched, not yet verified or decoded: their
-/// checksums are checked by [`FetchedGroups::verified`] on the blocking pool, before decoding,
-/// so a reader never holds an async worker for a checksum pass over megabytes (the coordinator
+/// checksums are checked by [`FileIndex::verify`] on the blocking pool, before decoding, so a
+/// reader never holds an async worker for a checksum pass over megabytes (the coordinator
 /// shares those workers).
 pub(crate) struct FetchedGroups {
     sparse: Sparse,
     groups: Vec<usize>,
-    /// `(group, span)` of every fetched row group, for [`FetchedGroups::verified`].
-    spans: Vec<(usize, RowGroupSpan)>,
-    path: PathBuf,
     /// Bytes read to fetch them.
     pub bytes_read: u64,
-}
-
-impl FetchedGroups {
-    /// The same groups once every one matches the checksum the writer recorded; a mismatch is
-    /// `CorruptFile` naming the file, the group and its offset. CPU work.
-    fn verified(self) -> Result<FetchedGroups, Error> {
-        for &(g, span) in &self.spans {
-            let bytes = self
-                .sparse
-                .ranges
-                .get(&span.offset)
-                .expect("every span was fetched");
-            if crc32c::crc32c(bytes) != span.crc {
-                crate::mark!("read-row-group-checksum-failed");
-                return Err(corrupt(
-                    &self.path,
-                    format!("row group {g} checksum mismatch at offset {}", span.offset),
-                ));
-            }
-        }
-        Ok(self)
-    }
 }
 
 impl FileIndex {
@@ -366,8 +341,6 @@ impl FileIndex {
             return Ok(FetchedGroups {
                 sparse,
                 groups,
-                spans: Vec::new(),
-                path: self.path.clone(),
                 bytes_read: 0,
             });
         }
@@ -375,7 +348,6 @@ impl FileIndex {
         let io = |e| Error::io(path, e);
         let file = fs.open(path).await.map_err(io)?;
         let mut bytes_read = 0;
-        let mut fetched = Vec::with_capacity(groups.len());
         for &g in &groups {
             let span = spans[g];
             let bytes = file.read_at(span.offset, span.len).await.map_err(io)?;
@@ -388,16 +360,38 @@ impl FileIndex {
             }
             bytes_read += span.len as u64;
             sparse.ranges.insert(span.offset, Bytes::from(bytes));
-            fetched.push((g, span));
         }
         drop(file);
         Ok(FetchedGroups {
             sparse,
             groups,
-            spans: fetched,
-            path: path.clone(),
             bytes_read,
         })
+    }
+
+    /// Checks every fetched row group against the checksum the writer recorded; a mismatch is
+    /// `CorruptFile` naming the file, the group and its offset. CPU work (the decoders call it).
+    fn verify(&self, fetched: &FetchedGroups) -> Result<(), Error> {
+        let spans = self
+            .spans
+            .as_ref()
+            .expect("ranged reads need row group checksums");
+        for &g in &fetched.groups {
+            let span = spans[g];
+            let bytes = fetched
+                .sparse
+                .ranges
+                .get(&span.offset)
+                .expect("every candidate group was fetched");
+            if crc32c::crc32c(bytes) != span.crc {
+                crate::mark!("read-row-group-checksum-failed");
+                return Err(corrupt(
+                    &self.path,
+                    format!("row group {g} checksum mismatch at offset {}", span.offset),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Decodes fetched row groups in two passes (late materialization, parquet's `RowFilter`):
@@ -410,7 +404,7 @@ impl FileIndex {
         columns: &[&str],
         keep: impl FnMut(RecordBatch) -> Result<BooleanArray, ArrowError> + Send + 'static,
     ) -> Result<Vec<RecordBatch>, Error> {
-        let fetched = fetched.verified()?;
+        self.verify(&fetched)?;
         let schema = self.metadata.metadata().file_metadata().schema_descr();
         let mask = ProjectionMask::columns(schema, columns.iter().copied());
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
@@ -429,7 +423,7 @@ impl FileIndex {
         &self,
         fetched: FetchedGroups,
     ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
-        let fetched = fetched.verified()?;
+        self.verify(&fetched)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
             fetched.sparse,
             self.metadata.clone(),

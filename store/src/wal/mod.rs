@@ -595,8 +595,8 @@ impl<F: Fs> WalContents<F> {
             dir,
             mut segments,
             scanned,
-            mut records,
-            mut sources,
+            records,
+            sources,
         } = self;
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -611,10 +611,11 @@ impl<F: Fs> WalContents<F> {
             .unwrap_or_else(|| segments.last().map(|s| s.first_seq).unwrap_or(1));
         let read_any = !records.is_empty();
         let read_count = records.len();
-        let mut keep = records.iter().map(|r| r.height >= floor);
-        sources.retain(|_| keep.next().expect("one source per record"));
-        records.retain(|r| r.height >= floor);
-        debug_assert_eq!(records.len(), sources.len());
+        let (records, sources): (Vec<WalRecord>, Vec<(usize, usize)>) = records
+            .into_iter()
+            .zip(sources)
+            .filter(|(r, _)| r.height >= floor)
+            .unzip();
         if records.len() < read_count {
             mark!("wal-records-below-floor-dropped");
         }
