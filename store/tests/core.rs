@@ -128,6 +128,78 @@ async fn row_groups_follow_the_flush_interval() {
     assert_eq!(f.row_groups.len(), 4);
 }
 
+/// Replay stages the window without encoding it (open returns sooner); the idle coordinator
+/// writes the sealed row groups afterwards, and the pair closes with the same row groups a live
+/// run writes (`row_groups_follow_the_flush_interval`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_window_is_served_at_once_and_written_by_the_idle_coordinator() {
+    use receipt_store::files::open_file_name;
+    use receipt_store::parquet::reader::{FileKind, ParquetFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(100, 2)).await;
+    for b in 1..=7 {
+        s.write_receipts(b, vec![receipt(b, 0, 1), receipt(b, 1, 0)])
+            .await
+            .unwrap();
+    }
+    s.crash().await;
+    let s = open(tmp.path(), config(100, 2)).await;
+    assert_eq!(s.take_replayed_blocks().len(), 7);
+    assert_eq!(
+        all_blocks(&s).await,
+        vec![1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
+    );
+    // Blocks 1..=6 are three sealed row groups; block 7 stays buffered. Nothing but the idle
+    // coordinator writes them: no write, no flush is asked for.
+    let open_receipts = tmp.path().join(open_file_name(FileKind::Receipts, 0));
+    let len = || std::fs::metadata(&open_receipts).map_or(0, |m| m.len());
+    // A new pair's file holds only the 4-byte parquet magic.
+    let empty = 4;
+    const POLLS_MAX: usize = 500;
+    let mut grown = false;
+    for _ in 0..POLLS_MAX {
+        // Each status waits for the chunk being written, if any.
+        s.status().await.unwrap();
+        if len() > empty {
+            grown = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        grown,
+        "the sealed row groups were never written ({empty} bytes)"
+    );
+    s.write_receipts(8, vec![receipt(8, 0, 0)]).await.unwrap();
+    s.close().await.unwrap();
+    // The same blocks written live, without a crash.
+    let live = tempfile::tempdir().unwrap();
+    let s = open(live.path(), config(100, 2)).await;
+    for b in 1..=7 {
+        s.write_receipts(b, vec![receipt(b, 0, 1), receipt(b, 1, 0)])
+            .await
+            .unwrap();
+    }
+    s.write_receipts(8, vec![receipt(8, 0, 0)]).await.unwrap();
+    s.close().await.unwrap();
+    let groups = |dir: &Path| {
+        let f = ParquetFile::open(
+            Path::new("receipts_0.parquet"),
+            FileKind::Receipts,
+            std::fs::read(dir.join("receipts_0.parquet")).unwrap(),
+        )
+        .unwrap();
+        f.row_groups
+            .iter()
+            .map(|g| (g.rows, g.min_block, g.max_block))
+            .collect::<Vec<_>>()
+    };
+    // A flush fires at the first receipt of blocks 3, 5 and 7 (that receipt included).
+    let want = [(5, 1, 3), (4, 3, 5), (4, 5, 7), (2, 7, 8)].map(|(n, a, b)| (n, Some(a), Some(b)));
+    assert_eq!(groups(live.path()), want);
+    assert_eq!(groups(tmp.path()), want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_after_clean_close_restores_data_and_cursor() {
     let tmp = tempfile::tempdir().unwrap();

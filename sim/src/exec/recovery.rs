@@ -153,6 +153,22 @@ impl<E: PlanEnv> Run<'_, E> {
     /// the lower bound for this kind of crash and everything issued, and that recovering the same
     /// image again gives the same state. Spawns the readers on the store it returns.
     pub(super) async fn recover(&mut self, power_loss: bool) -> Option<S<E>> {
+        self.recover_bounded(power_loss, MAX_OPEN_ATTEMPTS).await
+    }
+
+    /// [`Self::recover`], reopening at most `reopens_left` more times when an injected fault
+    /// poisons the store right after open (the coordinator writes the row groups replay sealed
+    /// in the background, and a failed write poisons like a failed flush: only a reopen with
+    /// the fault disarmed restores a readable store, as after a failed open).
+    fn recover_bounded(
+        &mut self,
+        power_loss: bool,
+        reopens_left: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<S<E>>> + Send + '_>> {
+        Box::pin(async move { self.recover_once(power_loss, reopens_left).await })
+    }
+
+    async fn recover_once(&mut self, power_loss: bool, reopens_left: usize) -> Option<S<E>> {
         self.out.reopens += 1;
         self.restart_in = None;
         self.poisoned_at_ops = None;
@@ -197,6 +213,17 @@ impl<E: PlanEnv> Run<'_, E> {
                 self.env.kill_tasks().await;
                 drop(store);
                 return None;
+            }
+            Err(e @ Error::Poisoned(_)) if reopens_left > 0 && self.faulted_since_open() => {
+                self.log(format!(
+                    "an injected fault poisoned the store after open ({e}): crash and reopen"
+                ));
+                self.env.kill_tasks().await;
+                drop(store);
+                self.check_no_leftovers("dropping every store task");
+                self.fs.crash_process();
+                self.armed.clear();
+                return self.recover_bounded(power_loss, reopens_left - 1).await;
             }
             Err(e) => {
                 self.fail(Failure::new(

@@ -156,8 +156,20 @@ pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
     pub buf_receipts: Vec<ReceiptRecord>,
     pub buf_logs: Vec<LogRecord>,
+    /// Sealed chunks, in block order: the first `written` are row groups in the pair's files,
+    /// the rest (the backlog replay leaves, see [`State::replay`]) are only in memory until the
+    /// coordinator writes them, before any later flush and when no request waits.
     pub flushed: Vec<Arc<Chunk>>,
+    pub written: usize,
     pub rows: u64,
+}
+
+impl<E: Env> OpenPair<E> {
+    /// Sealed chunks not yet written to the pair's files.
+    pub fn backlog(&self) -> usize {
+        debug_assert!(self.written <= self.flushed.len());
+        self.flushed.len() - self.written
+    }
 }
 
 pub(crate) struct State<E: Env> {
@@ -255,6 +267,21 @@ impl<E: Env> State<E> {
         let clock = self.env.clock().clone();
         let mut tick = Box::pin(clock.sleep(self.config.prune_interval));
         loop {
+            // The chunks replay sealed (at most a window's) are written one per turn while no
+            // request waits: open returns before the window is encoded, a read or status waits
+            // for at most one chunk, and a write that reaches a flush writes what is left first.
+            if self.has_backlog() {
+                match rx.try_recv() {
+                    Ok(req) => {
+                        if !self.serve(req).await {
+                            return;
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => self.write_backlog_chunk().await,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+                continue;
+            }
             let req = if prune_on {
                 tokio::select! {
                     biased;
@@ -273,6 +300,15 @@ impl<E: Env> State<E> {
                 // are in the WAL and the next open replays them.
                 return;
             };
+            if !self.serve(req).await {
+                return;
+            }
+        }
+    }
+
+    /// Serves one request; `false` when it ended the coordinator (close or crash).
+    async fn serve(&mut self, req: Request) -> bool {
+        {
             match req {
                 Request::Write {
                     height,
@@ -336,15 +372,16 @@ impl<E: Env> State<E> {
                     let ending = Ending::Closed(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                     *self.ending.lock().unwrap() = Some(ending);
                     let _ = reply.send(r);
-                    return;
+                    return false;
                 }
                 Request::Crash { reply } => {
                     self.crash();
                     *self.ending.lock().unwrap() = Some(Ending::Crashed);
                     let _ = reply.send(());
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 }

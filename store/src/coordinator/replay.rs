@@ -1,6 +1,7 @@
 //! Open: startup scan, seeding, and WAL replay (spec 2.5, 2.6, 4.6), with replay failure
 //! discarding everything replay produced (spec 4.8).
 
+use super::write::FlushRule;
 use super::{prune, FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
@@ -648,7 +649,7 @@ impl<E: Env> State<E> {
             mark!("replay-applied");
             let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
             for r in rec.receipts {
-                self.apply(rec.height, r).await?;
+                self.apply(rec.height, r, FlushRule::Seal).await?;
             }
             self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
             match out.last_mut() {

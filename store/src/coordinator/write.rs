@@ -52,6 +52,16 @@ pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
     Ok(())
 }
 
+/// What the block flush interval does when it is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlushRule {
+    /// Write the row group now (live writes).
+    Write,
+    /// Seal the rows as a chunk and leave the encoding for later (replay: open returns once the
+    /// window is staged; the coordinator writes the chunks when idle or at the next flush).
+    Seal,
+}
+
 impl<E: Env> State<E> {
     fn is_boundary(&self, height: u64) -> bool {
         height.is_multiple_of(self.config.max_blocks_per_file)
@@ -122,7 +132,7 @@ impl<E: Env> State<E> {
             self.rotate(height, Some(seq), true).await?;
         }
         for r in receipts {
-            self.apply(height, r).await?;
+            self.apply(height, r, FlushRule::Write).await?;
         }
         self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
@@ -150,7 +160,12 @@ impl<E: Env> State<E> {
     }
 
     /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
-    pub(crate) async fn apply(&mut self, block: u64, input: ReceiptInput) -> Result<()> {
+    pub(crate) async fn apply(
+        &mut self,
+        block: u64,
+        input: ReceiptInput,
+        rule: FlushRule,
+    ) -> Result<()> {
         if self.open.is_none() {
             let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
             if aligned >= self.file_start_block {
@@ -201,9 +216,67 @@ impl<E: Env> State<E> {
         self.log_cursor = Some((block, log_index));
         let bfi = self.config.block_flush_interval;
         if bfi > 0 && self.blocks_since_flush >= bfi {
-            mark!("flush-automatic");
-            self.flush_open().await?;
+            match rule {
+                FlushRule::Write => {
+                    mark!("flush-automatic");
+                    self.flush_open().await?;
+                }
+                FlushRule::Seal => {
+                    mark!("flush-sealed-at-replay");
+                    self.seal_buffers();
+                }
+            }
             self.blocks_since_flush = 0;
+        }
+        Ok(())
+    }
+
+    /// Moves the buffered rows into a sealed chunk (same row-group boundaries as a flush), to be
+    /// written by the next flush or by the coordinator when idle.
+    fn seal_buffers(&mut self) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if open.buf_receipts.is_empty() {
+            return;
+        }
+        open.flushed.push(Arc::new(Chunk {
+            receipts: std::mem::take(&mut open.buf_receipts),
+            logs: std::mem::take(&mut open.buf_logs),
+        }));
+    }
+
+    /// Whether sealed chunks wait to be written (never on a poisoned store: nothing more is
+    /// written until a reopen replays the WAL).
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.poisoned.is_none() && self.open.as_ref().is_some_and(|o| o.backlog() > 0)
+    }
+
+    /// Writes the oldest sealed chunk; a failure poisons the store (the rows stay readable in
+    /// memory until then, and the WAL has them).
+    pub(crate) async fn write_backlog_chunk(&mut self) {
+        debug_assert!(self.has_backlog());
+        mark!("flush-backlog-written");
+        if let Err(e) = self.write_sealed(1).await {
+            mark!("poison-backlog");
+            self.poison(&e);
+        }
+    }
+
+    /// Writes up to `max_chunks` sealed chunks, oldest first, as row groups.
+    async fn write_sealed(&mut self, max_chunks: usize) -> Result<()> {
+        for _ in 0..max_chunks {
+            let Some(chunk) = self
+                .open
+                .as_ref()
+                .and_then(|o| o.flushed.get(o.written).cloned())
+            else {
+                break;
+            };
+            self.failpoint(fp::BEFORE_FLUSH)?;
+            self.write_chunk(&chunk).await?;
+            let open = self.open.as_mut().expect("a flush has an open pair");
+            open.written += 1;
         }
         Ok(())
     }
@@ -216,41 +289,20 @@ impl<E: Env> State<E> {
             buf_receipts: Vec::new(),
             buf_logs: Vec::new(),
             flushed: Vec::new(),
+            written: 0,
             rows: 0,
         });
         Ok(())
     }
 
-    /// Writes the buffered rows as one row group per file (spec 3.5). No fsync: the WAL covers
-    /// the open window. On failure the store is poisoned by the caller, so rows are never
-    /// written twice by a later flush.
+    /// Writes the buffered rows as one row group per file (spec 3.5), after any sealed chunks
+    /// still waiting (file order is block order). No fsync: the WAL covers the open window. On
+    /// failure the store is poisoned by the caller, so rows are never written twice by a later
+    /// flush; the unwritten chunks stay readable in memory.
     pub(crate) async fn flush_open(&mut self) -> Result<()> {
-        let Some(open) = self.open.as_ref() else {
-            return Ok(());
-        };
-        if open.buf_receipts.is_empty() {
-            return Ok(());
-        }
-        self.failpoint(fp::BEFORE_FLUSH)?;
-        let open = self.open.as_mut().expect("checked above");
-        let chunk = Arc::new(Chunk {
-            receipts: std::mem::take(&mut open.buf_receipts),
-            logs: std::mem::take(&mut open.buf_logs),
-        });
-        let written = self.write_chunk(&chunk).await;
-        let open = self.open.as_mut().expect("checked above");
-        match written {
-            Ok(()) => open.flushed.push(chunk),
-            // The store is poisoned by the caller; reads still see the rows (the WAL has them).
-            Err(e) => {
-                let Chunk { receipts, logs } =
-                    Arc::try_unwrap(chunk).unwrap_or_else(|shared| Chunk::clone(&shared));
-                open.buf_receipts = receipts;
-                open.buf_logs = logs;
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.seal_buffers();
+        let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
+        self.write_sealed(backlog).await
     }
 
     /// Encodes `chunk` as one row group per file (both files at once, see
