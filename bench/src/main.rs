@@ -53,6 +53,13 @@ struct Args {
     /// Run only the read queries whose name contains this text (e.g. "receipt by hash").
     #[arg(long)]
     query: Option<String>,
+    /// Internal: run one writer (ceiling, never, always) into `--child-dir` in this process and
+    /// print its figure as JSON (the parent runs every writer in a child of its own, so each
+    /// peak RSS is that writer's alone).
+    #[arg(long, hide = true)]
+    child_writer: Option<String>,
+    #[arg(long, hide = true)]
+    child_dir: Option<PathBuf>,
     /// Where the JSON report goes.
     #[arg(long, default_value = "reports/bench.json")]
     out: PathBuf,
@@ -100,6 +107,20 @@ async fn main() {
         (a.blocks, a.receipts, a.read_budget_s) = (20, 300, 0.05);
         (a.sim_seeds, a.sim_scaling_seeds) = (40, 20);
     }
+    if let Some(writer) = &a.child_writer {
+        let dir = a
+            .child_dir
+            .as_deref()
+            .expect("--child-dir with --child-writer");
+        let fig = match writer.as_str() {
+            "ceiling" => write::ceiling_write(dir, a.blocks, a.receipts),
+            "never" => write::store_write(dir, a.blocks, a.receipts, SyncPolicy::Never).await,
+            "always" => write::store_write(dir, a.blocks, a.receipts, SyncPolicy::Always).await,
+            other => panic!("unknown writer {other}"),
+        };
+        println!("{}", serde_json::to_string(&fig).unwrap());
+        return;
+    }
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
     let sub = |name: &str| {
@@ -123,7 +144,8 @@ async fn main() {
                 write::settle();
                 p
             };
-            rounds[0].push(write::ceiling_write(
+            rounds[0].push(write::in_child(
+                "ceiling",
                 &fresh("ceiling"),
                 a.blocks,
                 a.receipts,
@@ -134,11 +156,9 @@ async fn main() {
                 fresh("never")
             };
             write::settle();
-            rounds[1]
-                .push(write::store_write(&never, a.blocks, a.receipts, SyncPolicy::Never).await);
+            rounds[1].push(write::in_child("never", &never, a.blocks, a.receipts));
             let always = fresh("always");
-            rounds[2]
-                .push(write::store_write(&always, a.blocks, a.receipts, SyncPolicy::Always).await);
+            rounds[2].push(write::in_child("always", &always, a.blocks, a.receipts));
             for name in ["ceiling", "never", "always"] {
                 if !(name == "never" && round + 1 == runs) {
                     let _ = std::fs::remove_dir_all(tmp.path().join(format!("{name}-{round}")));
@@ -345,12 +365,18 @@ fn tables(r: &serde_json::Value, a: &Args) -> String {
     );
     if !rows(&r["write"]).is_empty() {
         t += &format!(
-        "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | process peak RSS so far |\n|---|---:|---:|---:|---:|---:|\n",
+        "**Write path**, {} blocks x {} receipts, one log each, median of {WRITE_RUNS} runs:\n\n| writer | receipts/s | range | MB/s | vs ceiling | peak RSS (own process) | RSS vs ceiling |\n|---|---:|---:|---:|---:|---:|---:|\n",
         a.blocks, a.receipts
     );
+        let ceiling_rss = r["write"][0]["peak_rss_bytes"].as_u64();
         for w in r["write"].as_array().unwrap() {
+            let rss = w["peak_rss_bytes"].as_u64();
+            let rss_ratio = match (rss, ceiling_rss) {
+                (Some(a), Some(c)) if c > 0 => format!("{:.2}x", a as f64 / c as f64),
+                _ => "n/a".into(),
+            };
             t += &format!(
-                "| {} | {:.0} | {:.0}k..{:.0}k | {:.1} | {:.2}x | {} |\n",
+                "| {} | {:.0} | {:.0}k..{:.0}k | {:.1} | {:.2}x | {} | {rss_ratio} |\n",
                 w["name"].as_str().unwrap(),
                 f(w, "receipts_per_s"),
                 f(w, "min_receipts_per_s") / 1e3,

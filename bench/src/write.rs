@@ -7,11 +7,11 @@ use receipt_store::env::real::RealEnv;
 use receipt_store::parquet::writer::properties;
 use receipt_store::parquet::{log_schema, logs_to_batch, receipt_schema, receipts_to_batch};
 use receipt_store::{Config, LogRecord, ReceiptInput, ReceiptRecord, Store, SyncPolicy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct WriteFigure {
     pub name: String,
     pub blocks: u64,
@@ -23,6 +23,8 @@ pub struct WriteFigure {
     pub bytes_on_disk: u64,
     /// Throughput relative to the ceiling measured in the same run.
     pub ratio_to_ceiling: f64,
+    /// Peak RSS of the process that ran this writer alone (inputs generated up front included,
+    /// the same for every writer).
     pub peak_rss_bytes: Option<u64>,
     /// The figure is the median run of `runs`; the spread of all runs follows.
     pub runs: usize,
@@ -159,4 +161,31 @@ pub fn ceiling_write(dir: &Path, blocks: u64, n: u32) -> WriteFigure {
         dir_bytes(dir),
         rss::peak_bytes(),
     )
+}
+
+/// Runs one writer (`ceiling`, `never` or `always`) in a child process of this binary, so its
+/// peak RSS is its own (in one process the allocator keeps what earlier writers freed), and
+/// returns the child's figure.
+pub fn in_child(writer: &str, dir: &Path, blocks: u64, n: u32) -> WriteFigure {
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--child-writer", writer, "--child-dir"])
+        .arg(dir)
+        .args([
+            "--blocks",
+            &blocks.to_string(),
+            "--receipts",
+            &n.to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("starting a writer child");
+    assert!(
+        out.status.success(),
+        "writer child {writer} failed: {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().expect("the child prints its figure");
+    serde_json::from_str(line).expect("the child's figure")
 }
