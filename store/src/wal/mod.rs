@@ -1248,4 +1248,141 @@ mod tests {
         assert_eq!(scan.bad[0].records_before, 1);
         assert!(scan.valid_after_bad && scan.tail().is_none());
     }
+
+    /// A last record whose header rotted takes its height from its intact trailer at the
+    /// segment's end (so a record of a closed window is a covered, single-frame tail), but only
+    /// when that trailer is the same record's: its sequence number is the expected one and the
+    /// frame it closes starts where the bad bytes do.
+    #[test]
+    fn a_rotted_header_takes_its_height_from_its_own_trailer_only() {
+        let bytes = segment(Part::Rotten, Part::Intact, Part::Intact).expect("writable");
+        let (scan, _) = scan_segment(&bytes, 1);
+        let tail = scan.tail().expect("the rotted record is the tail");
+        assert_eq!(tail.height, Some(11), "height read from the trailer");
+        assert!(tail.complete && tail.single_frame);
+        assert_eq!(tail_verdict(tail, 12), (WalTailKind::Corrupt, true));
+        assert_eq!(tail_verdict(tail, 11), (WalTailKind::Corrupt, false));
+
+        // The same bytes where record 3 was expected: the trailer names record 2, not this one.
+        let (scan, _) = scan_segment(&bytes[frame_len()..], 3);
+        let tail = scan.tail().expect("a tail");
+        assert_eq!(
+            tail.height, None,
+            "a trailer of another record gives no height"
+        );
+        assert!(!tail.single_frame);
+
+        // Junk inside the payload: the trailer at the end is record 2's, but the frame it closes
+        // would not start where the bad bytes do.
+        let first = frame_len();
+        let mut longer = bytes[..first + MARKER_BYTES + 4].to_vec();
+        longer.extend([0xAB; 5]);
+        longer.extend(&bytes[first + MARKER_BYTES + 4..]);
+        let (scan, _) = scan_segment(&longer, 1);
+        let tail = scan.tail().expect("a tail");
+        assert_eq!(tail.offset_bytes as usize, first);
+        assert_eq!(tail.height, None, "the trailer's length does not fit");
+        assert!(!tail.single_frame);
+    }
+
+    /// The length of one encoded frame of [`receipts`].
+    fn frame_len() -> usize {
+        encode_frame(1, 10, &receipts()).len()
+    }
+
+    /// Only exact names are segments: twenty digits and `.wal`. Names that almost parse (a
+    /// sign, too few or too many digits) are foreign files, ignored.
+    #[test]
+    fn only_twenty_digit_names_are_segments() {
+        assert_eq!(parse_segment_name("00000000000000000007.wal"), Some(7));
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        for foreign in [
+            "7.wal",
+            "000000000000000000007.wal",
+            "+0000000000000000007.wal",
+            "0000000000000000000x.wal",
+            "00000000000000000007.wal.tmp",
+            "00000000000000000007",
+        ] {
+            assert_eq!(parse_segment_name(foreign), None, "{foreign}");
+        }
+    }
+
+    /// A checksummed frame whose sequence number skips ahead of the expected one is a bad region
+    /// (a record between them is missing), not a record taken as if nothing were lost.
+    #[test]
+    fn a_frame_that_skips_a_sequence_number_is_bad_not_valid() {
+        let mut bytes = encode_frame(1, 10, &receipts());
+        bytes.extend(encode_frame(3, 12, &receipts()));
+        let (scan, records) = scan_segment(&bytes, 1);
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        let tail = scan.tail().expect("the skipping frame is a bad tail");
+        assert_eq!(tail.offset_bytes as usize, frame_len());
+        assert_eq!(tail.end_bytes as usize, bytes.len());
+        assert!(tail.complete, "a whole frame: corrupt, not torn");
+        assert!(tail.single_frame, "the region is that one frame");
+    }
+
+    /// The WAL's record bound is on the payload: a record whose payload is exactly
+    /// [`MAX_RECORD_PAYLOAD_BYTES`] is appended (and read back), one byte more is refused before
+    /// anything is written.
+    #[tokio::test]
+    async fn a_record_at_the_payload_limit_is_appended_and_one_byte_more_is_refused() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = Wal::read(RealFs, &Inline, tmp.path())
+            .await
+            .unwrap()
+            .open(SyncPolicy::Never, 1 << 30, 0)
+            .await
+            .unwrap();
+        // Payload: version, height, count (13 bytes), then per receipt hash, index, length and
+        // log count (44 bytes) and the receipt's bytes.
+        const FIXED_BYTES: usize = 13 + 44;
+        let one = |len: usize| {
+            vec![ReceiptInput {
+                tx_hash: [1; 32],
+                tx_index: 0,
+                receipt_bytes: vec![7; len],
+                logs: Vec::new(),
+            }]
+        };
+        let at_limit = one(MAX_RECORD_PAYLOAD_BYTES - FIXED_BYTES);
+        assert_eq!(
+            encode_frame(1, 1, &at_limit).len() - 2 * MARKER_BYTES,
+            MAX_RECORD_PAYLOAD_BYTES
+        );
+        assert_eq!(w.append(1, &at_limit).await.unwrap(), 1);
+        drop(at_limit);
+        let over = one(MAX_RECORD_PAYLOAD_BYTES - FIXED_BYTES + 1);
+        assert!(matches!(
+            w.append(2, &over).await,
+            Err(WalError::RecordTooLarge { .. })
+        ));
+        drop((w, over));
+        let contents = Wal::read(RealFs, &Inline, tmp.path()).await.unwrap();
+        assert_eq!(contents.records.len(), 1, "only the record at the limit");
+        assert_eq!(
+            contents.records[0].receipts[0].receipt_bytes.len(),
+            MAX_RECORD_PAYLOAD_BYTES - FIXED_BYTES
+        );
+    }
+
+    /// After a bad frame the scan resumes only at a frame numbered at or above the expected
+    /// sequence number: a stale copy of an earlier record further on is part of the bad bytes,
+    /// never read twice.
+    #[test]
+    fn the_scan_never_resumes_at_an_older_record() {
+        let mut bytes = encode_frame(1, 10, &receipts());
+        let bad_at = bytes.len();
+        bytes.extend(encode_frame(2, 11, &receipts()));
+        bytes[bad_at + MARKER_BYTES + 3] ^= 0x40;
+        bytes.extend(encode_frame(1, 10, &receipts()));
+        let (scan, records) = scan_segment(&bytes, 1);
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(scan.bad.len(), 1);
+        assert_eq!(scan.bad[0].offset_bytes as usize, bad_at);
+        assert_eq!(scan.bad[0].end_bytes as usize, bytes.len());
+        assert!(!scan.valid_after_bad);
+    }
 }
