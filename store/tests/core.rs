@@ -382,6 +382,68 @@ impl FaultHook for ArmOnce {
     }
 }
 
+/// A boundary block whose WAL record landed before its rotation could run (the write failed
+/// right after the append, then the process died): replay meets a new window and rotates there,
+/// so every pair holds only its own window's blocks, as a live run leaves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rotates_at_a_boundary_record_the_crash_left_unrotated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(ArmOnce {
+        point: failpoints::AFTER_WAL_APPEND,
+        armed: Mutex::new(false),
+    });
+    let s = Store::open_with_hook(
+        RealEnv::default(),
+        tmp.path(),
+        config(4, 1),
+        Some(hook.clone()),
+    )
+    .await
+    .unwrap();
+    for b in 1..=3 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    *hook.armed.lock().unwrap() = true;
+    assert!(s.write_receipts(4, vec![receipt(4, 0, 1)]).await.is_err());
+    s.crash().await;
+    let s = open(tmp.path(), config(4, 1)).await;
+    let replayed: Vec<u64> = s
+        .take_replayed_blocks()
+        .iter()
+        .map(|b| b.block_number)
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![1, 2, 3, 4],
+        "the appended record is replayed"
+    );
+    let st = s.status().await.unwrap();
+    assert_eq!(
+        st.closed_pairs,
+        vec![0],
+        "replay closed window 0 at block 4"
+    );
+    assert_eq!(st.open_pair, Some(4));
+    s.write_receipts(5, vec![receipt(5, 0, 1)]).await.unwrap();
+    s.close().await.unwrap();
+    for (name, want) in [
+        ("receipts_0.parquet", (1, 3)),
+        ("receipts_4.parquet", (4, 5)),
+    ] {
+        let f = receipt_store::parquet::reader::ParquetFile::open(
+            Path::new(name),
+            receipt_store::parquet::reader::FileKind::Receipts,
+            std::fs::read(tmp.path().join(name)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.min_block(), f.max_block()),
+            (Some(want.0), Some(want.1)),
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_failpoint_loses_nothing_acked() {
     for point in failpoints::ALL {

@@ -1385,4 +1385,99 @@ mod tests {
         assert_eq!(scan.bad[0].end_bytes as usize, bytes.len());
         assert!(!scan.valid_after_bad);
     }
+
+    /// A rewrite at open cut after its rename and before its removals leaves the same records in
+    /// two segments (and its own segment named by its first record, between the old ones): each
+    /// record is read once, in order; the same sequence number with other contents is refused.
+    #[tokio::test]
+    async fn a_rewrite_cut_before_its_removals_reads_each_record_once() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal).unwrap();
+        let frames = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
+            seqs.flat_map(|q| encode_frame(q, 10 + q, &receipts()))
+                .collect()
+        };
+        std::fs::write(wal.join(segment_name(1)), frames(1..=3)).unwrap();
+        std::fs::write(wal.join(segment_name(4)), frames(4..=6)).unwrap();
+        // The rewrite kept records 2..=6 (record 1 was below the floor).
+        std::fs::write(wal.join(segment_name(2)), frames(2..=6)).unwrap();
+        let contents = Wal::read(RealFs, &Inline, tmp.path()).await.unwrap();
+        assert_eq!(
+            contents.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        // Record 5 of the rewritten segment differs from the one already read.
+        let mut other = frames(2..=4);
+        other.extend(encode_frame(5, 99, &receipts()));
+        std::fs::write(wal.join(segment_name(2)), other).unwrap();
+        let err = Wal::read(RealFs, &Inline, tmp.path())
+            .await
+            .err()
+            .expect("a differing duplicate is refused");
+        assert!(
+            matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("record 5")),
+            "{err}"
+        );
+    }
+
+    /// `drop_before` removes exactly the sealed segments whose records all precede the given
+    /// sequence number, says how many, and never the active one.
+    #[tokio::test]
+    async fn drop_before_removes_only_fully_covered_segments_and_counts_them() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut w, _, _) = Wal::read(RealFs, &Inline, tmp.path())
+            .await
+            .unwrap()
+            .open(SyncPolicy::Never, 1 << 20, 0)
+            .await
+            .unwrap();
+        // Segments [1, 2], [3], [4] (active).
+        for (seq, height) in [(1, 10), (2, 11), (3, 12), (4, 13)] {
+            if seq == 3 || seq == 4 {
+                w.roll().await.unwrap();
+            }
+            assert_eq!(w.append(height, &receipts()).await.unwrap(), seq);
+        }
+        let on_disk = || {
+            std::fs::read_dir(tmp.path().join(WAL_DIR_NAME))
+                .unwrap()
+                .count()
+        };
+        assert_eq!((w.segment_count(), on_disk()), (3, 3));
+        assert_eq!(
+            w.drop_before(2).await.unwrap(),
+            0,
+            "record 2 is still needed"
+        );
+        assert_eq!(w.drop_before(3).await.unwrap(), 1);
+        assert_eq!((w.segment_count(), on_disk()), (2, 2));
+        assert_eq!(
+            w.drop_before(u64::MAX).await.unwrap(),
+            1,
+            "never the active one"
+        );
+        assert_eq!((w.segment_count(), on_disk()), (1, 1));
+    }
+
+    /// The read-only reader (for `inspect`) calls a missing WAL directory an empty log, but a
+    /// WAL path it cannot list is an error, never an empty log.
+    #[tokio::test]
+    async fn an_unlistable_wal_directory_is_an_error_not_an_empty_log() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let contents = Wal::read_only(RealFs, tmp.path()).await.unwrap();
+        assert!(contents.records.is_empty(), "no WAL directory: empty");
+        assert!(
+            !tmp.path().join(WAL_DIR_NAME).exists(),
+            "read_only creates nothing"
+        );
+        std::fs::write(tmp.path().join(WAL_DIR_NAME), b"not a directory").unwrap();
+        assert!(matches!(
+            Wal::read_only(RealFs, tmp.path()).await,
+            Err(WalError::Io { .. })
+        ));
+    }
 }
