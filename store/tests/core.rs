@@ -323,6 +323,32 @@ async fn a_footerless_trailing_pair_is_deleted_only_when_the_wal_holds_its_rows(
     s.close().await.unwrap();
 }
 
+/// A store from before issue 9 kept its open pair under the final names: after a crash that
+/// pair has no footer, and open removes it only because the WAL still holds rows of its window
+/// (which ends where the next pair on disk starts); replay then rebuilds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_stores_final_named_open_pair_is_removed_when_the_wal_holds_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4, 1)).await;
+    for b in 1..=5 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    s.crash().await;
+    for kind in ["receipts", "logs"] {
+        std::fs::rename(
+            tmp.path().join(format!(".{kind}_4.parquet.open")),
+            tmp.path().join(format!("{kind}_4.parquet")),
+        )
+        .unwrap();
+    }
+    let s = open(tmp.path(), config(4, 1)).await;
+    assert_eq!(all_blocks(&s).await, vec![1, 2, 3, 4, 5]);
+    let st = s.status().await.unwrap();
+    assert_eq!((st.closed_pairs, st.open_pair), (vec![0], Some(4)));
+    assert!(st.quarantined.is_empty(), "{:?}", st.quarantined);
+    s.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bit_rot_in_a_closed_file_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -442,6 +468,43 @@ async fn replay_rotates_at_a_boundary_record_the_crash_left_unrotated() {
             "{name}"
         );
     }
+}
+
+/// Only a footerless newest pair is the open pair of an old store: one with a footer whose
+/// checksum fails is refused, naming it, and kept, even while the WAL still holds its window (a
+/// crash between its finalization and the WAL drop), since its bytes may be the only copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotted_newest_pair_the_wal_still_covers_is_refused_not_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(ArmOnce {
+        point: failpoints::AFTER_CLOSE_WRITERS,
+        armed: Mutex::new(false),
+    });
+    let s = Store::open_with_hook(
+        RealEnv::default(),
+        tmp.path(),
+        config(4, 1),
+        Some(hook.clone()),
+    )
+    .await
+    .unwrap();
+    for b in 1..=7 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    *hook.armed.lock().unwrap() = true;
+    assert!(s.write_receipts(8, vec![receipt(8, 0, 1)]).await.is_err());
+    s.crash().await;
+    let p = tmp.path().join("receipts_4.parquet");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&p, &bytes).unwrap();
+    let err = Store::open(RealEnv::default(), tmp.path(), config(4, 1))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("receipts_4.parquet"), "{err}");
+    assert_eq!(std::fs::read(&p).unwrap(), bytes, "kept as it is");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -648,21 +648,31 @@ async fn open_completes_a_finalization_interrupted_between_its_renames() {
 /// crash of the store (the open pair is always the newest); it is not deleted but quarantined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_named_file_below_a_closed_pair_is_quarantined() {
-    let tmp = tempfile::tempdir().unwrap();
-    closed_store_of_blocks_1_to_9(tmp.path()).await;
-    std::fs::copy(
-        tmp.path().join("receipts_4.parquet"),
-        tmp.path().join(".receipts_0.parquet.open"),
-    )
-    .unwrap();
-    let s = open(tmp.path(), config(4)).await;
-    let st = s.status().await.unwrap();
-    assert!(
-        matches!(st.quarantined.as_slice(), [q] if q.reason == QuarantineReason::StrayOpenPairFile),
-        "{st:?}"
-    );
-    assert_eq!(all_blocks(&s).await, (1..=9).collect::<Vec<_>>());
-    s.close().await.unwrap();
+    // Beside a closed pair of the same start, and at a start no closed pair has.
+    for stray in [".receipts_0.parquet.open", ".logs_1.parquet.open"] {
+        let tmp = tempfile::tempdir().unwrap();
+        closed_store_of_blocks_1_to_9(tmp.path()).await;
+        std::fs::copy(
+            tmp.path().join("receipts_4.parquet"),
+            tmp.path().join(stray),
+        )
+        .unwrap();
+        let s = open(tmp.path(), config(4)).await;
+        let st = s.status().await.unwrap();
+        assert!(
+            matches!(st.quarantined.as_slice(), [q] if q.reason == QuarantineReason::StrayOpenPairFile),
+            "{stray}: {st:?}"
+        );
+        assert!(
+            std::fs::read_dir(tmp.path().join("quarantine"))
+                .unwrap()
+                .count()
+                == 1,
+            "{stray}: its bytes are kept"
+        );
+        assert_eq!(all_blocks(&s).await, (1..=9).collect::<Vec<_>>());
+        s.close().await.unwrap();
+    }
 }
 
 /// The python with duckdb to run: `RECEIPT_STORE_PYTHON`, else the venv `target/duckdb-venv`

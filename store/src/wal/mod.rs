@@ -1480,4 +1480,36 @@ mod tests {
             Err(WalError::Io { .. })
         ));
     }
+
+    /// A torn tail says how it was cut, in both frame versions: a header cut short is a short
+    /// header (with its length), a whole header that fails its checksum is a checksum mismatch,
+    /// and a v1 frame cut right after its header runs past the end of the segment.
+    #[test]
+    fn a_torn_tail_says_how_it_was_cut_in_both_frame_versions() {
+        use super::record::encode_frame_v1;
+        let reason = |bytes: &[u8]| {
+            let (scan, records) = scan_segment(bytes, 1);
+            assert_eq!(records.len(), 1, "the first record stays");
+            assert!(scan.tail().is_some());
+            scan.reason.clone()
+        };
+        let v2 = [
+            encode_frame(1, 10, &receipts()),
+            encode_frame(2, 11, &receipts()),
+        ]
+        .concat();
+        let second = frame_len();
+        assert_eq!(reason(&v2[..second + 20]), "short frame header (20 bytes)");
+        let mut rotted = v2[..second + MARKER_BYTES].to_vec();
+        rotted[second + 10] ^= 0x01;
+        assert_eq!(reason(&rotted), "frame header checksum mismatch");
+        let first_v1 = encode_frame_v1(1, 10, &receipts());
+        let v1 = [first_v1.clone(), encode_frame_v1(2, 11, &receipts())].concat();
+        let second = first_v1.len();
+        assert_eq!(reason(&v1[..second + 10]), "short frame header (10 bytes)");
+        assert!(
+            reason(&v1[..second + FRAME_V1_HEADER_BYTES]).contains("runs past the end"),
+            "a whole v1 header with nothing after it"
+        );
+    }
 }
