@@ -290,6 +290,26 @@ async fn crash_then_reopen_replays_the_open_window_from_the_wal() {
     s.close().await.unwrap();
 }
 
+/// Writes acked after a replay continue the WAL's sequence, so they survive the next crash and
+/// replay as well as the replayed ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_acked_after_a_replay_survive_the_next_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut acked = Vec::new();
+    for round in 0..3u64 {
+        let s = open(tmp.path(), config(100, 1)).await;
+        for b in round * 3 + 1..=round * 3 + 3 {
+            s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+            acked.push(b);
+        }
+        assert_eq!(all_blocks(&s).await, acked, "round {round}");
+        s.crash().await;
+    }
+    let s = open(tmp.path(), config(100, 1)).await;
+    assert_eq!(all_blocks(&s).await, acked);
+    s.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_footerless_trailing_pair_is_deleted_only_when_the_wal_holds_its_rows() {
     let tmp = tempfile::tempdir().unwrap();

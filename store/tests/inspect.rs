@@ -135,3 +135,46 @@ async fn a_view_reports_what_open_then_does_and_changes_nothing() {
     assert_eq!(s.get_logs(&all).await.unwrap(), view_logs);
     s.close().await.unwrap();
 }
+
+/// A finalization cut between its two renames: the view records the rename open will complete
+/// and, without doing it, reads the pair under the name the file still has; it serves what the
+/// store serves once open has completed the rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_reads_a_pair_whose_rename_it_only_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = Config::new(4, 1);
+    let s = Store::open(RealEnv::default(), dir, config.clone())
+        .await
+        .unwrap();
+    for b in 1..=6u64 {
+        s.write_receipts(b, vec![receipt(b, 0), receipt(b, 1)])
+            .await
+            .unwrap();
+    }
+    s.close().await.unwrap();
+    std::fs::rename(dir.join("logs_4.parquet"), dir.join(".logs_4.parquet.open")).unwrap();
+    let before = tree(dir);
+    let view = DirectoryView::load(&RealFs, dir, &config).await.unwrap();
+    assert_eq!(tree(dir), before, "loading a view changes nothing");
+    assert!(view.refusal().is_none());
+    assert_eq!(
+        view.actions(),
+        &[RecoveryAction::CompleteRename {
+            from: dir.join(".logs_4.parquet.open"),
+            to: dir.join("logs_4.parquet"),
+        }]
+    );
+    let starts: Vec<u64> = view.closed_pairs().iter().map(|p| p.start).collect();
+    assert_eq!(starts, vec![0, 4]);
+    let all = LogFilter::default();
+    let view_logs = view.get_logs(&all).await.unwrap();
+    assert_eq!(
+        view_logs.len(),
+        6 * 3,
+        "every block's logs, pair 4's included"
+    );
+    let s = Store::open(RealEnv::default(), dir, config).await.unwrap();
+    assert_eq!(s.get_logs(&all).await.unwrap(), view_logs);
+    s.close().await.unwrap();
+}
