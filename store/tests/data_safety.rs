@@ -644,6 +644,31 @@ async fn open_completes_a_finalization_interrupted_between_its_renames() {
     }
 }
 
+/// A finished file under the open name whose checksum fails (rot after a finalization cut
+/// between its renames) is neither renamed nor deleted as the open pair of a crash: open
+/// refuses, naming it, and leaves it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotted_file_under_the_open_name_beside_its_final_partner_is_refused_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    for b in 1..=6 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let open_named = tmp.path().join(".logs_4.parquet.open");
+    std::fs::rename(tmp.path().join("logs_4.parquet"), &open_named).unwrap();
+    let mut bytes = std::fs::read(&open_named).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&open_named, &bytes).unwrap();
+    let err = Store::open(RealEnv::default(), tmp.path(), config(4))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(".logs_4.parquet.open"), "{err}");
+    assert_eq!(std::fs::read(&open_named).unwrap(), bytes, "kept as it is");
+}
+
 /// Issue 9 items 3 and 6: a file under the open pair's name below a closed pair is left by no
 /// crash of the store (the open pair is always the newest); it is not deleted but quarantined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
