@@ -310,6 +310,30 @@ async fn writes_acked_after_a_replay_survive_the_next_crash() {
     s.close().await.unwrap();
 }
 
+/// A block written in two calls is one replayed block holding both calls' hashes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_written_in_two_calls_replays_as_one_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(100, 1)).await;
+    s.write_receipts(1, vec![receipt(1, 0, 1)]).await.unwrap();
+    s.write_receipts(2, vec![receipt(2, 0, 1)]).await.unwrap();
+    s.write_receipts(2, vec![receipt(2, 1, 1)]).await.unwrap();
+    s.crash().await;
+    let s = open(tmp.path(), config(100, 1)).await;
+    let replayed = s.take_replayed_blocks();
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|b| (b.block_number, b.tx_hashes.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, vec![receipt(1, 0, 0).tx_hash]),
+            (2, vec![receipt(2, 0, 0).tx_hash, receipt(2, 1, 0).tx_hash]),
+        ]
+    );
+    s.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_footerless_trailing_pair_is_deleted_only_when_the_wal_holds_its_rows() {
     let tmp = tempfile::tempdir().unwrap();

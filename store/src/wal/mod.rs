@@ -1511,5 +1511,9 @@ mod tests {
             reason(&v1[..second + FRAME_V1_HEADER_BYTES]).contains("runs past the end"),
             "a whole v1 header with nothing after it"
         );
+        assert!(
+            reason(&v1[..v1.len() - 3]).contains("runs past the end"),
+            "a v1 payload cut three bytes short"
+        );
     }
 }
