@@ -652,19 +652,18 @@ async fn a_failed_write_poisons_until_reopen_and_replay_restores_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_failure_leaves_no_files_and_no_open_handles() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = open(tmp.path(), config(4, 1)).await;
+    // One window of 100 blocks: the WAL keeps blocks 1..=10 and no pair is closed.
+    let s = open(tmp.path(), config(100, 1)).await;
     for b in 1..=10 {
         s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
     }
-    // Crash before any rotation cleared the WAL past block 1: make replay rotate then fail.
     s.crash().await;
     drop(s);
-    let before_names = names(tmp.path());
-    // Remove the closed pairs so replay has to rebuild windows 0 and 4, and block the creation
-    // of pair 8 with a directory of the same name.
-    for n in &before_names {
+    for n in &names(tmp.path()) {
         std::fs::remove_file(tmp.path().join(n)).unwrap();
     }
+    // Reopened with windows of 4, replay closes pairs 0 and 4, then fails creating pair 8
+    // (a directory of the same name blocks it): everything replay made must go.
     let blocker = tmp.path().join(".receipts_8.parquet.open");
     std::fs::create_dir(&blocker).unwrap();
     std::fs::write(blocker.join("x"), b"x").unwrap();

@@ -700,6 +700,31 @@ async fn an_open_named_file_below_a_closed_pair_is_quarantined() {
     }
 }
 
+/// A pair below the newest with one file under the open name and its partner final: no crash
+/// leaves that (only the newest pair is ever finalized), so the rename is not completed; the
+/// open-named file is quarantined and its partner handled as a lone file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_renamed_pair_below_the_newest_is_not_completed() {
+    let tmp = tempfile::tempdir().unwrap();
+    closed_store_of_blocks_1_to_9(tmp.path()).await;
+    std::fs::rename(
+        tmp.path().join("logs_0.parquet"),
+        tmp.path().join(".logs_0.parquet.open"),
+    )
+    .unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    let st = s.status().await.unwrap();
+    assert!(
+        st.quarantined
+            .iter()
+            .any(|q| q.reason == QuarantineReason::StrayOpenPairFile),
+        "{st:?}"
+    );
+    assert!(!tmp.path().join("logs_0.parquet").exists(), "not renamed");
+    assert_eq!(st.closed_pairs, vec![4, 8]);
+    s.close().await.unwrap();
+}
+
 /// The python with duckdb to run: `RECEIPT_STORE_PYTHON`, else the venv `target/duckdb-venv`
 /// (`python3 -m venv target/duckdb-venv && target/duckdb-venv/bin/pip install duckdb`), else
 /// the benchmark's `target/bench-venv`, else `python3`. `Err` says why none can be used.
