@@ -1516,4 +1516,36 @@ mod tests {
             "a v1 payload cut three bytes short"
         );
     }
+
+    /// A bad record in the middle is covered only when the next valid record's height is below
+    /// the floor: when it is the floor itself, the bad one may hold the first half of a block
+    /// written in two calls whose second half follows, so open refuses rather than lose it.
+    #[tokio::test]
+    async fn a_bad_record_bounded_by_the_floor_itself_is_refused_not_covered() {
+        use crate::env::real::RealFs;
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal).unwrap();
+        let mut bytes = encode_frame(1, 4, &receipts());
+        let bad_at = bytes.len();
+        bytes.extend(encode_frame(2, 5, &receipts()));
+        bytes.extend(encode_frame(3, 5, &receipts()));
+        bytes[bad_at + MARKER_BYTES + 3] ^= 0x40;
+        std::fs::write(wal.join(segment_name(1)), &bytes).unwrap();
+        let contents = Wal::read_only(RealFs, tmp.path()).await.unwrap();
+        let refused = contents
+            .plan(5)
+            .refused
+            .expect("block 5 may be in the bad record");
+        assert!(
+            matches!(refused, WalError::Corrupt { offset, .. } if offset as usize == bad_at),
+            "{refused}"
+        );
+        let covered = contents.plan(6);
+        assert!(
+            covered.refused.is_none(),
+            "with block 5 in a closed file, nothing is lost"
+        );
+        assert_eq!(covered.covered.len(), 1);
+    }
 }
