@@ -725,6 +725,34 @@ async fn a_half_renamed_pair_below_the_newest_is_not_completed() {
     s.close().await.unwrap();
 }
 
+/// A footerless final-named file whose partner is gone is deleted only when WAL records hold
+/// rows of its own window, which ends where the next pair on disk starts: rows of later windows
+/// in the WAL do not make it an old store's open pair, so it is quarantined (it may be a
+/// finished file whose footer rotted, the only copy of its blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_footerless_lone_file_is_kept_when_the_wal_holds_only_later_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    for b in 1..=9 {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    // Pairs 0 and 4 closed; blocks 8 and 9 only in the WAL (and the open pair 8).
+    s.crash().await;
+    std::fs::remove_file(tmp.path().join("logs_4.parquet")).unwrap();
+    let lone = tmp.path().join("receipts_4.parquet");
+    let bytes = std::fs::read(&lone).unwrap();
+    std::fs::write(&lone, &bytes[..bytes.len() - 8]).unwrap();
+    let s = open(tmp.path(), config(4)).await;
+    let st = s.status().await.unwrap();
+    assert!(
+        st.quarantined
+            .iter()
+            .any(|q| q.reason == QuarantineReason::LonePairFile && q.original == lone),
+        "{st:?}"
+    );
+    s.close().await.unwrap();
+}
+
 /// The python with duckdb to run: `RECEIPT_STORE_PYTHON`, else the venv `target/duckdb-venv`
 /// (`python3 -m venv target/duckdb-venv && target/duckdb-venv/bin/pip install duckdb`), else
 /// the benchmark's `target/bench-venv`, else `python3`. `Err` says why none can be used.
