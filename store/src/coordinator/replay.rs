@@ -540,7 +540,7 @@ pub(crate) async fn open<E: Env>(
         .map_err(|e| Error::io(&dir, e))?;
     // Read (nothing written yet) before the scan: whether the WAL still covers a window decides
     // what the scan may delete.
-    let contents = Wal::read(fs.clone(), env.spawner(), &dir).await?;
+    let contents = Wal::read(fs.clone(), &dir).await?;
     let mut effects = Effects::Apply {
         quarantined: Vec::new(),
     };
