@@ -452,30 +452,34 @@ impl FaultHook for ArmOnce {
     }
 }
 
+/// Writes blocks `1..failing` (windows of 4), makes the write of block `failing` fail at
+/// `point`, then crashes the store.
+async fn crash_after_a_failed_write(dir: &Path, point: &'static str, failing: u64) {
+    let hook = Arc::new(ArmOnce {
+        point,
+        armed: Mutex::new(false),
+    });
+    let s = Store::open_with_hook(RealEnv::default(), dir, config(4, 1), Some(hook.clone()))
+        .await
+        .unwrap();
+    for b in 1..failing {
+        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
+    }
+    *hook.armed.lock().unwrap() = true;
+    let r = s
+        .write_receipts(failing, vec![receipt(failing, 0, 1)])
+        .await;
+    assert!(matches!(r, Err(Error::Failpoint(_))), "{r:?}");
+    s.crash().await;
+}
+
 /// A boundary block whose WAL record landed before its rotation could run (the write failed
 /// right after the append, then the process died): replay meets a new window and rotates there,
 /// so every pair holds only its own window's blocks, as a live run leaves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rotates_at_a_boundary_record_the_crash_left_unrotated() {
     let tmp = tempfile::tempdir().unwrap();
-    let hook = Arc::new(ArmOnce {
-        point: failpoints::AFTER_WAL_APPEND,
-        armed: Mutex::new(false),
-    });
-    let s = Store::open_with_hook(
-        RealEnv::default(),
-        tmp.path(),
-        config(4, 1),
-        Some(hook.clone()),
-    )
-    .await
-    .unwrap();
-    for b in 1..=3 {
-        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
-    }
-    *hook.armed.lock().unwrap() = true;
-    assert!(s.write_receipts(4, vec![receipt(4, 0, 1)]).await.is_err());
-    s.crash().await;
+    crash_after_a_failed_write(tmp.path(), failpoints::AFTER_WAL_APPEND, 4).await;
     let s = open(tmp.path(), config(4, 1)).await;
     let replayed: Vec<u64> = s
         .take_replayed_blocks()
@@ -520,24 +524,7 @@ async fn replay_rotates_at_a_boundary_record_the_crash_left_unrotated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotted_newest_pair_the_wal_still_covers_is_refused_not_removed() {
     let tmp = tempfile::tempdir().unwrap();
-    let hook = Arc::new(ArmOnce {
-        point: failpoints::AFTER_CLOSE_WRITERS,
-        armed: Mutex::new(false),
-    });
-    let s = Store::open_with_hook(
-        RealEnv::default(),
-        tmp.path(),
-        config(4, 1),
-        Some(hook.clone()),
-    )
-    .await
-    .unwrap();
-    for b in 1..=7 {
-        s.write_receipts(b, vec![receipt(b, 0, 1)]).await.unwrap();
-    }
-    *hook.armed.lock().unwrap() = true;
-    assert!(s.write_receipts(8, vec![receipt(8, 0, 1)]).await.is_err());
-    s.crash().await;
+    crash_after_a_failed_write(tmp.path(), failpoints::AFTER_CLOSE_WRITERS, 8).await;
     let p = tmp.path().join("receipts_4.parquet");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[10] ^= 0x40;
