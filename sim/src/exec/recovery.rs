@@ -218,10 +218,7 @@ impl<E: PlanEnv> Run<'_, E> {
                 self.log(format!(
                     "an injected fault poisoned the store after open ({e}): crash and reopen"
                 ));
-                self.env.kill_tasks().await;
-                drop(store);
-                self.check_no_leftovers("dropping every store task");
-                self.fs.crash_process();
+                self.end_incarnation(store).await;
                 self.armed.clear();
                 return self.recover_bounded(power_loss, reopens_left - 1).await;
             }
@@ -268,10 +265,7 @@ impl<E: PlanEnv> Run<'_, E> {
             self.fail(f);
         }
         // Invariant 4: the same durable image, recovered again, gives the same state.
-        self.env.kill_tasks().await;
-        drop(store);
-        self.check_no_leftovers("dropping every store task");
-        self.fs.crash_process();
+        self.end_incarnation(store).await;
         let mut again = self.open().await?;
         let mut read = self.read_state_retrying(&again).await;
         if matches!(read, Err(Error::Poisoned(_))) && self.faulted_since_open() {
@@ -281,10 +275,7 @@ impl<E: PlanEnv> Run<'_, E> {
                 "an injected fault poisoned the store after the second open: crash and reopen"
                     .into(),
             );
-            self.env.kill_tasks().await;
-            drop(again);
-            self.check_no_leftovers("dropping every store task");
-            self.fs.crash_process();
+            self.end_incarnation(again).await;
             self.armed.clear();
             again = self.open().await?;
             read = self.read_state_retrying(&again).await;
@@ -310,6 +301,15 @@ impl<E: PlanEnv> Run<'_, E> {
         self.out.final_state = Some(got);
         self.spawn_readers(&again);
         Some(again)
+    }
+
+    /// Ends a store incarnation as a killed process ends: every store task dropped (and with it
+    /// every handle, which is checked), then the filesystem crashed as a process crash leaves it.
+    async fn end_incarnation(&mut self, store: S<E>) {
+        self.env.kill_tasks().await;
+        drop(store);
+        self.check_no_leftovers("dropping every store task");
+        self.fs.crash_process();
     }
 
     /// Open recovered, rewrote or cut what it found and then answers from it: all of that must

@@ -308,78 +308,76 @@ impl<E: Env> State<E> {
 
     /// Serves one request; `false` when it ended the coordinator (close or crash).
     async fn serve(&mut self, req: Request) -> bool {
-        {
-            match req {
-                Request::Write {
-                    height,
-                    receipts,
-                    reply,
-                } => {
-                    let r = self.write(height, receipts).await;
-                    let _ = reply.send(r);
-                }
-                Request::SetMaxBlocksPerFile { n, reply } => {
-                    let r = if n == 0 {
-                        Err(Error::ZeroMaxBlocksPerFile)
-                    } else {
-                        self.config.max_blocks_per_file = n;
-                        Ok(())
-                    };
-                    let _ = reply.send(r);
-                }
-                Request::SetBlockFlushInterval { n, reply } => {
-                    self.config.block_flush_interval = n;
-                    let _ = reply.send(Ok(()));
-                }
-                Request::Flush { reply } => {
-                    // A flush that fails part way may have written a row group to one file of
-                    // the pair and not the other, or left the encoder holding bytes it already
-                    // counted: the open window can no longer be trusted, so the store poisons
-                    // itself like a failed write (a retry would write rows twice).
-                    let r = match self.check_usable() {
-                        Ok(()) => {
-                            crate::mark!("flush-explicit");
-                            let r = self.flush_open().await;
-                            if let Err(e) = &r {
-                                crate::mark!("poison-flush");
-                                self.poison(e);
-                            }
-                            r
+        match req {
+            Request::Write {
+                height,
+                receipts,
+                reply,
+            } => {
+                let r = self.write(height, receipts).await;
+                let _ = reply.send(r);
+            }
+            Request::SetMaxBlocksPerFile { n, reply } => {
+                let r = if n == 0 {
+                    Err(Error::ZeroMaxBlocksPerFile)
+                } else {
+                    self.config.max_blocks_per_file = n;
+                    Ok(())
+                };
+                let _ = reply.send(r);
+            }
+            Request::SetBlockFlushInterval { n, reply } => {
+                self.config.block_flush_interval = n;
+                let _ = reply.send(Ok(()));
+            }
+            Request::Flush { reply } => {
+                // A flush that fails part way may have written a row group to one file of
+                // the pair and not the other, or left the encoder holding bytes it already
+                // counted: the open window can no longer be trusted, so the store poisons
+                // itself like a failed write (a retry would write rows twice).
+                let r = match self.check_usable() {
+                    Ok(()) => {
+                        crate::mark!("flush-explicit");
+                        let r = self.flush_open().await;
+                        if let Err(e) = &r {
+                            crate::mark!("poison-flush");
+                            self.poison(e);
                         }
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(r);
-                }
-                Request::Snapshot { reply } => {
-                    // A poisoned store's open window may hold half a write: no reads from it
-                    // until a reopen replays the WAL into a consistent state.
-                    let r = self.check_usable().map(|()| self.snapshot());
-                    let _ = reply.send(r);
-                }
-                Request::Status { reply } => {
-                    let _ = reply.send(Ok(self.status()));
-                }
-                Request::Prune { reply } => {
-                    let r = self.prune().await;
-                    let _ = reply.send(r);
-                }
-                Request::PruneBelow { block, reply } => {
-                    let r = self.prune_below(Some(block)).await;
-                    let _ = reply.send(r);
-                }
-                Request::Close { reply } => {
-                    let r = self.close().await;
-                    let ending = Ending::Closed(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                    *self.ending.lock().unwrap() = Some(ending);
-                    let _ = reply.send(r);
-                    return false;
-                }
-                Request::Crash { reply } => {
-                    self.crash();
-                    *self.ending.lock().unwrap() = Some(Ending::Crashed);
-                    let _ = reply.send(());
-                    return false;
-                }
+                        r
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Request::Snapshot { reply } => {
+                // A poisoned store's open window may hold half a write: no reads from it
+                // until a reopen replays the WAL into a consistent state.
+                let r = self.check_usable().map(|()| self.snapshot());
+                let _ = reply.send(r);
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Request::Prune { reply } => {
+                let r = self.prune().await;
+                let _ = reply.send(r);
+            }
+            Request::PruneBelow { block, reply } => {
+                let r = self.prune_below(Some(block)).await;
+                let _ = reply.send(r);
+            }
+            Request::Close { reply } => {
+                let r = self.close().await;
+                let ending = Ending::Closed(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                *self.ending.lock().unwrap() = Some(ending);
+                let _ = reply.send(r);
+                return false;
+            }
+            Request::Crash { reply } => {
+                self.crash();
+                *self.ending.lock().unwrap() = Some(Ending::Crashed);
+                let _ = reply.send(());
+                return false;
             }
         }
         true

@@ -1299,19 +1299,23 @@ mod tests {
         assert!(tail.single_frame, "the region is that one frame");
     }
 
+    /// A new, empty WAL under `dir` (policy `never`), opened for appending.
+    async fn fresh_wal(dir: &Path, segment_limit_bytes: u64) -> Wal<crate::env::real::RealFs> {
+        let contents = Wal::read(crate::env::real::RealFs, dir).await.unwrap();
+        let (w, _, _) = contents
+            .open(SyncPolicy::Never, segment_limit_bytes, 0)
+            .await
+            .unwrap();
+        w
+    }
+
     /// The WAL's record bound is on the payload: a record whose payload is exactly
     /// [`MAX_RECORD_PAYLOAD_BYTES`] is appended (and read back), one byte more is refused before
     /// anything is written.
     #[tokio::test]
     async fn a_record_at_the_payload_limit_is_appended_and_one_byte_more_is_refused() {
-        use crate::env::real::RealFs;
         let tmp = tempfile::tempdir().unwrap();
-        let (mut w, _, _) = Wal::read(RealFs, tmp.path())
-            .await
-            .unwrap()
-            .open(SyncPolicy::Never, 1 << 30, 0)
-            .await
-            .unwrap();
+        let mut w = fresh_wal(tmp.path(), 1 << 30).await;
         // Payload: version, height, count (13 bytes), then per receipt hash, index, length and
         // log count (44 bytes) and the receipt's bytes.
         const FIXED_BYTES: usize = 13 + 44;
@@ -1336,7 +1340,9 @@ mod tests {
             Err(WalError::RecordTooLarge { .. })
         ));
         drop((w, over));
-        let contents = Wal::read(RealFs, tmp.path()).await.unwrap();
+        let contents = Wal::read(crate::env::real::RealFs, tmp.path())
+            .await
+            .unwrap();
         assert_eq!(contents.records.len(), 1, "only the record at the limit");
         assert_eq!(
             contents.records[0].receipts[0].receipt_bytes.len(),
@@ -1402,14 +1408,8 @@ mod tests {
     /// sequence number, says how many, and never the active one.
     #[tokio::test]
     async fn drop_before_removes_only_fully_covered_segments_and_counts_them() {
-        use crate::env::real::RealFs;
         let tmp = tempfile::tempdir().unwrap();
-        let (mut w, _, _) = Wal::read(RealFs, tmp.path())
-            .await
-            .unwrap()
-            .open(SyncPolicy::Never, 1 << 20, 0)
-            .await
-            .unwrap();
+        let mut w = fresh_wal(tmp.path(), 1 << 20).await;
         // Segments [1, 2], [3], [4] (active).
         for (seq, height) in [(1, 10), (2, 11), (3, 12), (4, 13)] {
             if seq == 3 || seq == 4 {
