@@ -186,6 +186,7 @@ impl<F: Fs + Clone> DirectoryView<F> {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             closed: self.closed.clone(),
+            written: None,
             open: vec![self.open.clone()],
         }
     }

@@ -79,7 +79,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("replay-applied", "replay stages at least one record into the open window"),
     ("replay-failed-cleanup", "a failed replay removes everything it produced"),
     // Reads.
-    ("read-open-window", "a read answers rows from the open window"),
+    ("read-open-window", "a read scans open-window rows still in memory (unwritten chunks or the buffer)"),
+    ("read-open-file", "a read fetches row groups already written to the open pair's unfinished files"),
     ("read-row-group-skipped", "a read skips a row group by its statistics or bloom filter"),
     ("open-footer-checksum-failed", "a file whose footer checksum fails is refused, naming it"),
     ("read-row-group-checksum-failed", "a row group whose checksum fails fails its read"),

@@ -2,8 +2,8 @@
 //! caller's task, never on the coordinator, and their heavy part runs on the env's blocking pool,
 //! so a slow query does not hold up block commits.
 
-use crate::coordinator::{replay::read_file, Chunk, Snapshot};
-use crate::env::{BlockingPool, Fs};
+use crate::coordinator::{replay::read_file, Chunk, OpenFiles, Snapshot};
+use crate::env::{BlockingPool, Fs, ReadAt};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
 use crate::parquet::index::{FetchedGroups, FileIndex};
@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// Bytes of the open pair's row groups one read fetches before it decodes them (and, when it
+/// has enough rows, stops): a scan of a whole open window never holds the window in memory.
+pub const OPEN_FILE_READ_BATCH_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// eth_getLogs positions: at most four topic positions.
 pub const MAX_TOPIC_POSITIONS: usize = 4;
@@ -292,6 +296,37 @@ fn scan_open<T: Clone>(
     (out, chunks.len())
 }
 
+/// A handle on one of the open pair's files and its row groups a read fetches, with the
+/// candidate group (always 0) of each.
+type OpenCandidates = (Arc<dyn ReadAt>, Vec<(Arc<FileIndex>, Vec<usize>)>);
+
+/// The open pair's written row groups of `kind` that may hold rows in `[from, to]` matching
+/// every `(column, values)` pair (statistics and bloom filters), in block order. A plain
+/// function, so the filter's borrowed values are never held across an await.
+fn open_candidates(
+    files: &OpenFiles,
+    kind: FileKind,
+    from: u64,
+    to: u64,
+    must_match: &[(&str, &[&[u8]])],
+) -> OpenCandidates {
+    let (handle, groups) = match kind {
+        FileKind::Receipts => (&files.readers.receipts, &files.receipt_groups),
+        FileKind::Logs => (&files.readers.logs, &files.log_groups),
+    };
+    let wanted: Vec<_> = groups
+        .iter()
+        .filter_map(|idx| {
+            let candidates = candidate_groups(&idx.row_groups, from, to, must_match);
+            Some((idx.clone(), candidates)).filter(|(_, c)| !c.is_empty())
+        })
+        .collect();
+    if wanted.len() < groups.len() {
+        crate::mark!("read-row-group-skipped");
+    }
+    (handle.clone(), wanted)
+}
+
 fn overlapping(snap: &Snapshot, from: u64, to: u64) -> Vec<Arc<Chunk>> {
     snap.open
         .iter()
@@ -346,6 +381,50 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         self.pool.run_blocking(move || rows(candidates)).await
     }
 
+    /// Rows of the open pair's row groups that [`open_candidates`] picked, in block order: each
+    /// is fetched through the snapshot's handle, then `rows` verifies and decodes a batch of
+    /// them (at most [`OPEN_FILE_READ_BATCH_BYTES_MAX`] bytes) on the pool. Stops after the
+    /// batch that brings the rows to `enough`.
+    async fn open_file_rows<T: Send + 'static>(
+        &self,
+        (handle, wanted): OpenCandidates,
+        enough: usize,
+        rows: impl Fn(Candidates) -> Result<Vec<T>> + Clone + Send + Sync + 'static,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut pending = wanted.into_iter().peekable();
+        while pending.peek().is_some() && out.len() < enough {
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            while batch_bytes < OPEN_FILE_READ_BATCH_BYTES_MAX {
+                let Some((idx, candidates)) = pending.next() else {
+                    break;
+                };
+                let fetched = idx.fetch_groups_in(handle.as_ref(), candidates).await?;
+                batch_bytes += fetched.bytes_read;
+                batch.push(Candidates::Ranged(idx, fetched));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            crate::mark!("read-open-file");
+            self.cache.lock().unwrap().data_bytes_read += batch_bytes;
+            let rows = rows.clone();
+            let found = self
+                .pool
+                .run_blocking(move || {
+                    let mut found = Vec::new();
+                    for c in batch {
+                        found.extend(rows(c)?);
+                    }
+                    Ok::<_, Error>(found)
+                })
+                .await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
     /// The lowest block with a receipt: the first closed pair with rows (its index's row-group
     /// statistics), else the open window's first row.
     pub async fn earliest_block(&self, snap: &Snapshot) -> Result<Option<u64>> {
@@ -354,6 +433,13 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             if let Some(b) = idx.row_groups.iter().filter_map(|g| g.min_block).min() {
                 return Ok(Some(b));
             }
+        }
+        let written = snap.written.iter().flat_map(|f| &f.receipt_groups);
+        if let Some(b) = written
+            .flat_map(|g| g.row_groups.iter().filter_map(|rg| rg.min_block))
+            .next()
+        {
+            return Ok(Some(b));
         }
         Ok(snap
             .open
@@ -390,6 +476,22 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 )
                 .await?,
             );
+            if first_only && !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        if let Some(files) = &snap.written {
+            let rows = move |c: Candidates| {
+                let path = c.path().to_path_buf();
+                receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
+            };
+            let enough = if first_only { 1 } else { usize::MAX };
+            let wanted = {
+                let hashes: [&[u8]; 1] = [&hash[..]];
+                open_candidates(files, FileKind::Receipts, from, to, &[("tx_hash", &hashes)])
+            };
+            let found = self.open_file_rows(wanted, enough, rows).await?;
+            out.extend(found);
             if first_only && !out.is_empty() {
                 return Ok(out);
             }
@@ -437,6 +539,15 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 })
                 .await?,
             );
+        }
+        if let Some(files) = &snap.written {
+            let rows = move |c: Candidates| {
+                let path = c.path().to_path_buf();
+                receipts_from(&path, c.decode()?, None, from, to)
+            };
+            let wanted = open_candidates(files, FileKind::Receipts, from, to, &[]);
+            let found = self.open_file_rows(wanted, usize::MAX, rows).await?;
+            out.extend(found);
         }
         let chunks = overlapping(snap, from, to);
         if !chunks.is_empty() {
@@ -492,6 +603,26 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 )
                 .await?,
             );
+        }
+        if let Some(files) = snap.written.as_ref().filter(|_| out.len() < limit) {
+            let filter = shared.clone();
+            let rows = move |c: Candidates| {
+                let path = c.path().to_path_buf();
+                let batches = c.decode_logs_where(filter.clone())?;
+                logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))
+            };
+            let wanted = open_candidates(
+                files,
+                FileKind::Logs,
+                from,
+                to,
+                &[("address", &addrs), ("topic0", &topic0)],
+            );
+            let mut found = self
+                .open_file_rows(wanted, limit - out.len(), rows)
+                .await?;
+            sort(&mut found);
+            out.extend(found);
         }
         if out.len() < limit {
             let chunks = overlapping(snap, from, to);

@@ -673,6 +673,80 @@ async fn open_window_rows_are_readable_before_and_after_a_flush() {
     s.close().await.unwrap();
 }
 
+/// Flushed rows of the open window leave memory and are read back from the unfinished files,
+/// verified like a closed file's row groups: a rotted byte there fails the reads of its row
+/// group and spares the others, and after a crash the WAL rebuilds the window whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_open_window_rows_are_read_from_the_unfinished_files_not_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config::new(100, 1);
+    let s = open(tmp.path(), config.clone()).await;
+    for b in 1..=4u64 {
+        s.write_receipts(b, (0..20).map(|i| receipt(b, i, 2)).collect())
+            .await
+            .unwrap();
+    }
+    let st = s.status().await.unwrap();
+    assert_eq!(
+        (
+            st.open_row_groups_written,
+            st.open_chunks_unwritten,
+            st.open_receipts_in_memory
+        ),
+        (3, 0, 19),
+        "a flush runs when a later block's first receipt arrives and takes it along (spec 3.2): \
+         three row groups written, only block 4's other 19 receipts in memory"
+    );
+    let (_, fetched_before, _) = s.read_stats();
+    assert_eq!(
+        s.get_receipt(&hash_of(3, 7)).await.unwrap(),
+        Some(record(3, 7))
+    );
+    let (_, fetched_after, _) = s.read_stats();
+    assert!(
+        fetched_after > fetched_before,
+        "the receipt's row group was fetched from the open file"
+    );
+    // Byte 20 lies in the logs file's first row group (block 1), just past the leading magic.
+    let path = tmp.path().join(".logs_0.parquet.open");
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        f.seek(SeekFrom::Start(20)).unwrap();
+        f.read_exact(&mut byte).unwrap();
+        f.seek(SeekFrom::Start(20)).unwrap();
+        f.write_all(&[byte[0] ^ 0xFF]).unwrap();
+    }
+    let err = s
+        .get_logs(&blocks(Some(1), Some(1)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(".logs_0.parquet.open") && err.contains("row group 0 checksum mismatch"),
+        "{err}"
+    );
+    assert_eq!(
+        s.get_logs(&blocks(Some(3), Some(4))).await.unwrap().len(),
+        80,
+        "verified row groups are still served"
+    );
+    s.crash().await;
+    drop(s);
+    let s = open(tmp.path(), config).await;
+    assert_eq!(
+        s.get_logs(&blocks(Some(1), Some(1))).await.unwrap().len(),
+        40,
+        "the WAL rebuilt the window the rot hit"
+    );
+    s.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prune and reads.
 

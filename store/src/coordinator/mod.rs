@@ -12,11 +12,12 @@ pub(crate) use replay::open;
 use crate::env::{Clock, Env};
 use crate::error::{Error, Result};
 use crate::files::{ClosedPair, QuarantinedFile};
-use crate::parquet::writer::PairWriter;
+use crate::parquet::index::FileIndex;
+use crate::parquet::writer::{OpenReaders, PairWriter};
 use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
 use crate::wal::{Wal, WalTailCut};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +53,8 @@ pub trait FaultHook: Send + Sync + 'static {
     fn should_fail(&self, point: &'static str) -> bool;
 }
 
-/// Rows of the open window that have been flushed (or are buffered), shared with readers.
+/// Rows of the open window held in memory (a chunk replay sealed, or the buffer since the last
+/// flush), shared with readers. Rows written to the open pair's files are read from there.
 #[derive(Debug, Default, Clone)]
 pub struct Chunk {
     pub receipts: Vec<ReceiptRecord>,
@@ -73,11 +75,24 @@ impl Chunk {
     }
 }
 
+/// The open pair's row groups already written to its unfinished files, and handles to read
+/// them (a snapshot holding them reads its row groups even after the pair is renamed or pruned).
+#[derive(Clone)]
+pub struct OpenFiles {
+    pub readers: OpenReaders,
+    /// One index per written row group, in block order (each flush writes one of each kind; a
+    /// flush without logs writes no logs row group).
+    pub receipt_groups: Vec<Arc<FileIndex>>,
+    pub log_groups: Vec<Arc<FileIndex>>,
+}
+
 /// What a read needs: closed pairs (kept alive by the `Arc`s, so prune defers their deletion) and
-/// the open window's rows.
+/// the open window: its row groups in the unfinished files, then its rows still in memory (all
+/// of them in later blocks than the written ones).
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub closed: Vec<Arc<ClosedPair>>,
+    pub written: Option<OpenFiles>,
     pub open: Vec<Arc<Chunk>>,
 }
 
@@ -102,6 +117,14 @@ pub struct Status {
     pub quarantined: Vec<QuarantinedFile>,
     /// Bytes the last open cut from the end of the WAL (kept in quarantine), if any.
     pub wal_tail_cut: Option<WalTailCut>,
+    /// Receipts row groups written to the open pair's (unfinished) receipts file.
+    pub open_row_groups_written: usize,
+    /// Chunks the last replay sealed that the coordinator has not written yet (it writes one per
+    /// turn while no request waits).
+    pub open_chunks_unwritten: usize,
+    /// Receipts of the open window held in memory: unwritten chunks and the buffer since the
+    /// last flush. Everything else of the window is read from its files.
+    pub open_receipts_in_memory: usize,
 }
 
 pub(crate) enum Request {
@@ -151,24 +174,33 @@ pub(crate) enum Ending {
 
 pub(crate) type SharedEnding = Arc<Mutex<Option<Ending>>>;
 
-/// The open pair and the rows of its window.
+/// The open pair and the rows of its window. Rows move one way: buffer -> sealed chunk ->
+/// row group in the pair's files; only the first two are in memory.
 pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
     pub buf_receipts: Vec<ReceiptRecord>,
     pub buf_logs: Vec<LogRecord>,
-    /// Sealed chunks, in block order: the first `written` are row groups in the pair's files,
-    /// the rest (the backlog replay leaves, see [`State::replay`]) are only in memory until the
-    /// coordinator writes them, before any later flush and when no request waits.
-    pub flushed: Vec<Arc<Chunk>>,
-    pub written: usize,
+    /// Sealed chunks not yet written, in block order (the backlog replay leaves, see
+    /// [`State::replay`]; live flushes seal and write at once): in memory until the coordinator
+    /// writes them, before any later flush and when no request waits.
+    pub sealed: VecDeque<Arc<Chunk>>,
+    /// Indexes of the row groups written to the pair's files, in block order.
+    pub receipt_groups: Vec<Arc<FileIndex>>,
+    pub log_groups: Vec<Arc<FileIndex>>,
     pub rows: u64,
+    /// The highest block with a receipt in the window (its footer's max block once closed).
+    pub max_block: Option<u64>,
 }
 
 impl<E: Env> OpenPair<E> {
     /// Sealed chunks not yet written to the pair's files.
     pub fn backlog(&self) -> usize {
-        debug_assert!(self.written <= self.flushed.len());
-        self.flushed.len() - self.written
+        self.sealed.len()
+    }
+
+    /// Receipts of the window held in memory.
+    fn receipts_in_memory(&self) -> usize {
+        self.sealed.iter().map(|c| c.receipts.len()).sum::<usize>() + self.buf_receipts.len()
     }
 }
 
@@ -241,13 +273,29 @@ impl<E: Env> State<E> {
             pending_deletes: self.doomed.len(),
             quarantined: self.quarantined.clone(),
             wal_tail_cut: self.wal_tail_cut.clone(),
+            open_row_groups_written: self.open.as_ref().map_or(0, |o| o.receipt_groups.len()),
+            open_chunks_unwritten: self.open.as_ref().map_or(0, |o| o.backlog()),
+            open_receipts_in_memory: self.open.as_ref().map_or(0, |o| o.receipts_in_memory()),
         }
     }
 
     fn snapshot(&self) -> Snapshot {
         let mut open = Vec::new();
+        let mut written = None;
         if let Some(o) = &self.open {
-            open.extend(o.flushed.iter().cloned());
+            if !o.receipt_groups.is_empty() {
+                let mut files = OpenFiles {
+                    readers: o.writer.readers().clone(),
+                    receipt_groups: o.receipt_groups.clone(),
+                    log_groups: o.log_groups.clone(),
+                };
+                if crate::planted!(SkipNewestOpenRowGroup) {
+                    files.receipt_groups.pop();
+                    files.log_groups.pop();
+                }
+                written = Some(files);
+            }
+            open.extend(o.sealed.iter().cloned());
             if !o.buf_receipts.is_empty() {
                 open.push(Arc::new(Chunk {
                     receipts: o.buf_receipts.clone(),
@@ -257,6 +305,7 @@ impl<E: Env> State<E> {
         }
         Snapshot {
             closed: self.catalogue.values().cloned().collect(),
+            written,
             open,
         }
     }

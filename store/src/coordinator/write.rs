@@ -12,6 +12,8 @@ use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
 };
+use crate::parquet::index::FileIndex;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A chunk's receipts, handed to the write lane without copying them.
@@ -195,6 +197,8 @@ impl<E: Env> State<E> {
             _ => 0,
         };
         let open = self.open.as_mut().expect("opened above");
+        debug_assert!(open.max_block.is_none_or(|m| m <= block), "rows arrive in block order");
+        open.max_block = Some(block);
         open.buf_receipts.push(ReceiptRecord {
             tx_hash: input.tx_hash,
             block_number: block,
@@ -240,7 +244,7 @@ impl<E: Env> State<E> {
         if open.buf_receipts.is_empty() {
             return;
         }
-        open.flushed.push(Arc::new(Chunk {
+        open.sealed.push_back(Arc::new(Chunk {
             receipts: std::mem::take(&mut open.buf_receipts),
             logs: std::mem::take(&mut open.buf_logs),
         }));
@@ -263,20 +267,25 @@ impl<E: Env> State<E> {
         }
     }
 
-    /// Writes up to `max_chunks` sealed chunks, oldest first, as row groups.
+    /// Writes up to `max_chunks` sealed chunks, oldest first, as row groups; from then on reads
+    /// fetch those rows from the pair's files and the chunk leaves memory.
     async fn write_sealed(&mut self, max_chunks: usize) -> Result<()> {
         for _ in 0..max_chunks {
-            let Some(chunk) = self
-                .open
-                .as_ref()
-                .and_then(|o| o.flushed.get(o.written).cloned())
-            else {
+            let Some(chunk) = self.open.as_ref().and_then(|o| o.sealed.front().cloned()) else {
                 break;
             };
             self.failpoint(fp::BEFORE_FLUSH)?;
-            self.write_chunk(&chunk).await?;
+            let (receipts, logs) = self.write_chunk(&chunk).await?;
             let open = self.open.as_mut().expect("a flush has an open pair");
-            open.written += 1;
+            let done = open.sealed.pop_front().expect("the chunk just written");
+            debug_assert!(Arc::ptr_eq(&done, &chunk));
+            open.receipt_groups.push(receipts);
+            open.log_groups.extend(logs);
+            drop(done);
+            // Freeing a block's rows (thousands of allocations) is the write lane's work, not the
+            // coordinator's; readers holding the chunk keep it alive either way. An env that
+            // runs work inline frees them here, when the unpolled job is dropped.
+            drop(self.env.spawner().run_write(move || drop(chunk)));
         }
         Ok(())
     }
@@ -288,9 +297,11 @@ impl<E: Env> State<E> {
             writer,
             buf_receipts: Vec::new(),
             buf_logs: Vec::new(),
-            flushed: Vec::new(),
-            written: 0,
+            sealed: VecDeque::new(),
+            receipt_groups: Vec::new(),
+            log_groups: Vec::new(),
             rows: 0,
+            max_block: None,
         });
         Ok(())
     }
@@ -306,8 +317,12 @@ impl<E: Env> State<E> {
     }
 
     /// Encodes `chunk` as one row group per file (both files at once, see
-    /// [`PairWriter::encode_row_groups`]) and appends them, receipts first.
-    async fn write_chunk(&mut self, chunk: &Arc<Chunk>) -> Result<()> {
+    /// [`PairWriter::encode_row_groups`]) and appends them, receipts first; returns their
+    /// indexes in the unfinished files (no logs row group when the chunk has no logs).
+    async fn write_chunk(
+        &mut self,
+        chunk: &Arc<Chunk>,
+    ) -> Result<(Arc<FileIndex>, Option<Arc<FileIndex>>)> {
         let open = self.open.as_mut().expect("a flush has an open pair");
         open.writer
             .encode_row_groups(
@@ -316,12 +331,12 @@ impl<E: Env> State<E> {
                 &chunk.logs,
             )
             .await?;
-        open.writer.append_receipt_row_group().await?;
+        let receipts = open.writer.append_receipt_row_group().await?;
         self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
         let open = self.open.as_mut().expect("a flush has an open pair");
-        open.writer.append_log_row_group().await?;
+        let logs = open.writer.append_log_row_group().await?;
         self.failpoint(fp::AFTER_FLUSH)?;
-        Ok(())
+        Ok((receipts, logs))
     }
 
     /// Finalizes the open pair and makes it durable (data, final names, directory entries), then
@@ -334,22 +349,12 @@ impl<E: Env> State<E> {
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
+        debug_assert_eq!(open.backlog(), 0, "flushed above");
+        debug_assert!(open.buf_receipts.is_empty(), "flushed above");
         let start = open.writer.start;
-        let max_block = open
-            .flushed
-            .iter()
-            .flat_map(|c| c.receipts.last())
-            .map(|r| r.block_number)
-            .max();
+        let max_block = open.max_block;
         let paths = open.writer.all_paths();
-        let OpenPair {
-            writer, flushed, ..
-        } = open;
-        // The window's rows are served from the finished files from now on. Freeing them (1.5 M
-        // rows for a full window) was 6% of the coordinator's time on the write path, so the
-        // write lane frees them; readers holding chunks keep them alive either way. An env that
-        // runs work inline frees them here, when the unpolled job is dropped.
-        drop(self.env.spawner().run_write(move || drop(flushed)));
+        let writer = open.writer;
         let finished = async {
             writer.finish(seen).await?;
             if crate::planted!(SkipRotationDirSync) || crate::planted!(DirSyncAfterWalDrop) {

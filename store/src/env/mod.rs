@@ -36,6 +36,28 @@ pub trait FsFile: Send + Sync + 'static {
     fn sync_all(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 }
 
+/// A read-only view of an open file that can be shared without naming its `Fs`: snapshots hold
+/// the open pair's files this way, so a read finishes on the bytes it was promised even after
+/// the pair is renamed to its final names or pruned (an open handle keeps an unlinked file).
+pub trait ReadAt: Send + Sync + 'static {
+    /// [`FsFile::read_at`], boxed.
+    fn read_at_boxed(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send + '_>>;
+}
+
+impl<T: FsFile> ReadAt for T {
+    fn read_at_boxed(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send + '_>> {
+        Box::pin(self.read_at(offset, len))
+    }
+}
+
 /// A filesystem. Namespace changes (create, rename, remove) are durable only after
 /// [`Fs::sync_dir`] on the parent directory.
 pub trait Fs: Clone + Send + Sync + 'static {

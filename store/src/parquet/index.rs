@@ -6,18 +6,20 @@ use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
 use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
-use crate::env::{BlockingPool, Fs, FsFile, Inline};
+use crate::env::{BlockingPool, Fs, FsFile, Inline, ReadAt};
 use crate::error::Error;
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::ArrowError;
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowFilter,
-    RowSelectionPolicy,
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter, RowSelectionPolicy,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{
+    FileMetaData, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
+};
 use parquet::file::reader::{ChunkReader, Length};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,20 @@ impl ChunkReader for Sparse {
     }
     fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
         self.slice(start, length)
+    }
+}
+
+/// A file never read: fetching no row groups needs no handle.
+struct Absent;
+
+impl ReadAt for Absent {
+    fn read_at_boxed(
+        &self,
+        _offset: u64,
+        _len: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>
+    {
+        unreachable!("no row group is fetched from an absent file")
     }
 }
 
@@ -322,11 +338,72 @@ impl FileIndex {
         .await
     }
 
+    /// The index of one row group just appended to an unfinished file (the open pair's),
+    /// built from what its writer knows instead of a footer: the group's metadata, the bytes of
+    /// its bloom filters (by file offset) and where its bytes are with their checksum. Reads of
+    /// the open window then fetch, verify and decode it exactly as a closed file's row group.
+    /// `len` is the file's length once the group is written. CPU work (parses the filters).
+    pub(crate) fn written_group(
+        path: &Path,
+        kind: FileKind,
+        group: RowGroupMetaData,
+        blooms: BTreeMap<u64, Bytes>,
+        span: RowGroupSpan,
+        len: u64,
+    ) -> Result<FileIndex, Error> {
+        assert!(
+            span.offset + span.len as u64 <= len,
+            "a written row group lies inside its file"
+        );
+        let file_metadata = FileMetaData::new(
+            1,
+            group.num_rows(),
+            None,
+            None,
+            group.schema_descr_ptr(),
+            None,
+        );
+        let metadata = Arc::new(ParquetMetaData::new(file_metadata, vec![group]));
+        let options = ArrowReaderOptions::new().with_schema(kind.schema());
+        let arrow_meta = ArrowReaderMetadata::try_new(metadata, options)
+            .map_err(|e| corrupt(path, e.to_string()))?;
+        let sparse = Sparse {
+            len,
+            ranges: blooms,
+        };
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
+        let row_groups = row_group_index(path, kind, &builder)?;
+        Ok(FileIndex {
+            path: path.to_path_buf(),
+            kind,
+            len,
+            row_groups,
+            spans: Some(vec![span]),
+            bytes_read: 0,
+            last_seen_block: None,
+            metadata: arrow_meta,
+        })
+    }
+
     /// Fetches only the bytes of `groups` and verifies each against its recorded checksum, as
     /// it arrives. Decoding them is [`FileIndex::decode`]'s (CPU) work. Needs `spans`.
     pub(crate) async fn fetch_groups<F: Fs>(
         &self,
         fs: &F,
+        groups: Vec<usize>,
+    ) -> Result<FetchedGroups, Error> {
+        if groups.is_empty() {
+            return self.fetch_groups_in(&Absent, groups).await;
+        }
+        let file = fs.open(&self.path).await.map_err(|e| Error::io(&self.path, e))?;
+        self.fetch_groups_in(&file, groups).await
+    }
+
+    /// [`FileIndex::fetch_groups`] through a handle already open on the file (the open pair's,
+    /// which a snapshot holds so the read survives the pair's rename and prune).
+    pub(crate) async fn fetch_groups_in<R: ReadAt + ?Sized>(
+        &self,
+        file: &R,
         groups: Vec<usize>,
     ) -> Result<FetchedGroups, Error> {
         let spans = self
@@ -346,11 +423,13 @@ impl FileIndex {
         }
         let path = &self.path;
         let io = |e| Error::io(path, e);
-        let file = fs.open(path).await.map_err(io)?;
         let mut bytes_read = 0;
         for &g in &groups {
             let span = spans[g];
-            let bytes = file.read_at(span.offset, span.len).await.map_err(io)?;
+            let bytes = file
+                .read_at_boxed(span.offset, span.len)
+                .await
+                .map_err(io)?;
             if bytes.len() != span.len {
                 crate::mark!("read-row-group-checksum-failed");
                 return Err(corrupt(
@@ -361,7 +440,6 @@ impl FileIndex {
             bytes_read += span.len as u64;
             sparse.ranges.insert(span.offset, Bytes::from(bytes));
         }
-        drop(file);
         Ok(FetchedGroups {
             sparse,
             groups,

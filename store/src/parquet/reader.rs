@@ -25,7 +25,7 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn schema(self) -> SchemaRef {
+    pub(crate) fn schema(self) -> SchemaRef {
         match self {
             FileKind::Receipts => receipt_schema(),
             FileKind::Logs => log_schema(),

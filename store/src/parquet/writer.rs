@@ -5,26 +5,30 @@
 //! tear) every write. A running crc32c of the bytes becomes footer metadata at finish, because
 //! parquet-rs writes no page checksums.
 
+use super::index::{FileIndex, RowGroupSpan};
 use super::reader::FileKind;
 use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use super::{
     log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
     BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
-use crate::env::{BlockingPool, Fs, FsFile};
+use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};
 use crate::types::{LogRecord, ReceiptRecord};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::metadata::{KeyValue, RowGroupMetaData, SortingColumn};
 use parquet::file::properties::{
     BloomFilterPosition, EnabledStatistics, WriterProperties, WriterVersion,
 };
 use parquet::schema::types::ColumnPath;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Bloom filters are sized for this many distinct values per row group and folded down to fit
 /// the real count when the row group closes.
@@ -96,8 +100,8 @@ struct FileWriter<F: Fs> {
     /// `None` only while a row group is being encoded on the write lane (see
     /// [`PairWriter::encode_row_groups`]).
     encoder: Option<ArrowWriter<Vec<u8>>>,
-    /// Bloom filter checksums of the row group encoded but not yet appended.
-    pending: Option<Vec<String>>,
+    /// The row group encoded but not yet appended.
+    pending: Option<EncodedGroup>,
     file: F::File,
     crc: u32,
     written: u64,
@@ -162,23 +166,33 @@ impl<F: Fs> FileWriter<F> {
     /// Encodes one row group on this task (see [`encode_row_group`]).
     fn encode(&mut self, batch: &RecordBatch) -> Result<(), Error> {
         let encoder = self.encoder.as_mut().expect("no encode in flight");
-        let blooms = encode_row_group(encoder, &self.path, self.written, batch)?;
-        self.pending = Some(blooms);
+        let encoded = encode_row_group(encoder, &self.path, self.written, batch)?;
+        self.pending = Some(encoded);
         Ok(())
     }
 
-    /// Appends the row group encoded last. One flush is one row group: the drained bytes are
-    /// exactly that row group, its bloom filters and, before the first, the magic; their
+    /// Appends the row group encoded last and returns its index, through which reads of the
+    /// open window fetch it back from this file. One flush is one row group: the drained bytes
+    /// are exactly that row group, its bloom filters and, before the first, the magic; their
     /// checksum lets a reader verify the row group alone.
-    async fn append_encoded(&mut self) -> Result<(), Error> {
-        let blooms = self
+    async fn append_encoded(&mut self, kind: FileKind) -> Result<Arc<FileIndex>, Error> {
+        let encoded = self
             .pending
             .take()
             .expect("a row group was encoded before it is appended");
-        self.bloom_crcs.extend(blooms);
-        let (base, len, crc) = self.drain().await?;
-        self.row_group_crcs.push(format!("{base}:{len}:{crc:08x}"));
-        Ok(())
+        self.bloom_crcs.extend(encoded.bloom_crcs);
+        let (offset, len, crc) = self.drain().await?;
+        self.row_group_crcs.push(format!("{offset}:{len}:{crc:08x}"));
+        let span = RowGroupSpan { offset, len, crc };
+        let index = FileIndex::written_group(
+            &self.path,
+            kind,
+            encoded.metadata,
+            encoded.blooms,
+            span,
+            self.written,
+        )?;
+        Ok(Arc::new(index))
     }
 
     /// Writes the footer (with the body checksum, the layout version and the store's last seen
@@ -241,15 +255,25 @@ impl<F: Fs> FileWriter<F> {
     }
 }
 
+/// A row group encoded into its writer's buffer, not yet appended to the file.
+struct EncodedGroup {
+    /// `offset:length:crc32c` of each bloom filter written with it (the footer's list).
+    bloom_crcs: Vec<String>,
+    /// The bloom filters' bytes by file offset, and the group's metadata: what the open
+    /// window's readers need to find and decode the group in the unfinished file.
+    blooms: BTreeMap<u64, Bytes>,
+    metadata: RowGroupMetaData,
+}
+
 /// Encodes `batch` as one row group into `encoder`'s buffer, whose first byte will land at file
-/// offset `base`, and returns the `offset:length:crc32c` of each bloom filter written with it.
-/// Pure CPU work (nothing is appended to the file), so it can run off the coordinator's task.
+/// offset `base`, and returns what the footer and the open window's readers need of it. Pure CPU
+/// work (nothing is appended to the file), so it can run off the coordinator's task.
 fn encode_row_group(
     encoder: &mut ArrowWriter<Vec<u8>>,
     path: &Path,
     base: u64,
     batch: &RecordBatch,
-) -> Result<Vec<String>, Error> {
+) -> Result<EncodedGroup, Error> {
     let perr = |e: parquet::errors::ParquetError| Error::Parquet {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -262,17 +286,23 @@ fn encode_row_group(
     // verified without reading data pages.
     let buf = encoder.inner();
     let rg = encoder.flushed_row_groups().last().expect("just flushed");
-    let mut blooms = Vec::new();
+    let mut bloom_crcs = Vec::new();
+    let mut blooms = BTreeMap::new();
     for col in rg.columns() {
         if let (Some(off), Some(len)) = (col.bloom_filter_offset(), col.bloom_filter_length()) {
             let (off, len) = (off as u64, len as usize);
             assert!(off >= base, "bloom filter written with its row group");
             let start = (off - base) as usize;
-            let crc = crc32c::crc32c(&buf[start..start + len]);
-            blooms.push(format!("{off}:{len}:{crc:08x}"));
+            let bytes = &buf[start..start + len];
+            bloom_crcs.push(format!("{off}:{len}:{:08x}", crc32c::crc32c(bytes)));
+            blooms.insert(off, Bytes::copy_from_slice(bytes));
         }
     }
-    Ok(blooms)
+    Ok(EncodedGroup {
+        bloom_crcs,
+        blooms,
+        metadata: rg.clone(),
+    })
 }
 
 /// The writer of the open pair: `.receipts_<start>.parquet.open` / `.logs_<start>.parquet.open`
@@ -283,6 +313,17 @@ pub struct PairWriter<F: Fs> {
     receipts: FileWriter<F>,
     logs: FileWriter<F>,
     row_groups: usize,
+    /// Read-only handles on the two files, shared with snapshots: reads of the open window
+    /// fetch written row groups through them (see [`PairWriter::readers`]).
+    readers: OpenReaders,
+}
+
+/// Read-only handles on the open pair's receipts and logs files. A snapshot that holds them
+/// reads the row groups it was promised even after the pair is renamed or pruned.
+#[derive(Clone)]
+pub struct OpenReaders {
+    pub receipts: Arc<dyn ReadAt>,
+    pub logs: Arc<dyn ReadAt>,
 }
 
 impl<F: Fs> PairWriter<F> {
@@ -309,6 +350,31 @@ impl<F: Fs> PairWriter<F> {
                 });
             }
         };
+        let readers = async {
+            let receipts: Arc<dyn ReadAt> = Arc::new(
+                fs.open(&receipt_path)
+                    .await
+                    .map_err(|e| Error::io(&receipt_path, e))?,
+            );
+            let logs: Arc<dyn ReadAt> = Arc::new(
+                fs.open(&log_path)
+                    .await
+                    .map_err(|e| Error::io(&log_path, e))?,
+            );
+            Ok::<_, Error>(OpenReaders { receipts, logs })
+        }
+        .await;
+        let readers = match readers {
+            Ok(r) => r,
+            Err(opened) => {
+                drop((rf, lf));
+                let paths = [receipt_path, log_path];
+                return Err(match discard(fs, dir, &paths).await {
+                    Ok(()) => opened,
+                    Err(d) => Error::join(vec![opened, d.into()]).expect("two errors"),
+                });
+            }
+        };
         let receipts = FileWriter::new(
             receipt_path,
             final_path(FileKind::Receipts),
@@ -329,7 +395,13 @@ impl<F: Fs> PairWriter<F> {
             receipts,
             logs,
             row_groups: 0,
+            readers,
         })
+    }
+
+    /// The read handles on the pair's files.
+    pub fn readers(&self) -> &OpenReaders {
+        &self.readers
     }
 
     /// Every name the pair's files may have: while open and once finished. Discarding the pair
@@ -386,20 +458,21 @@ impl<F: Fs> PairWriter<F> {
         logs_encoded
     }
 
-    /// Appends the receipts row group [`PairWriter::encode_row_groups`] encoded.
-    pub async fn append_receipt_row_group(&mut self) -> Result<(), Error> {
-        self.receipts.append_encoded().await?;
+    /// Appends the receipts row group [`PairWriter::encode_row_groups`] encoded and returns its
+    /// index in the unfinished file.
+    pub async fn append_receipt_row_group(&mut self) -> Result<Arc<FileIndex>, Error> {
+        let index = self.receipts.append_encoded(FileKind::Receipts).await?;
         self.row_groups += 1;
-        Ok(())
+        Ok(index)
     }
 
-    /// Appends the logs row group [`PairWriter::encode_row_groups`] encoded (nothing when that
-    /// flush had no logs).
-    pub async fn append_log_row_group(&mut self) -> Result<(), Error> {
+    /// Appends the logs row group [`PairWriter::encode_row_groups`] encoded and returns its
+    /// index (nothing when that flush had no logs).
+    pub async fn append_log_row_group(&mut self) -> Result<Option<Arc<FileIndex>>, Error> {
         if self.logs.pending.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        self.logs.append_encoded().await
+        self.logs.append_encoded(FileKind::Logs).await.map(Some)
     }
 
     /// Finalizes both files: footers (recording `last_seen_block`), fsync, receipts first; then
