@@ -159,12 +159,23 @@ impl<E: Env> Store<E> {
     /// Stores one block's receipts (one WAL record per call). Empty `receipts` observes the
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
-        self.call(|reply| Request::Write {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::Write {
             height,
             receipts,
             reply,
-        })
-        .await
+        };
+        if self.tx.send(request).await.is_err() {
+            return Err(self.gone());
+        }
+        match rx.await {
+            // The rows this write retired are freed here, on the caller's thread.
+            Ok((r, retired)) => {
+                drop(retired);
+                r
+            }
+            Err(_) => Err(self.gone()),
+        }
     }
 
     /// Changes the window size for future rotations; 0 is rejected.

@@ -591,6 +591,7 @@ pub(crate) async fn open<E: Env>(
         poisoned: None,
         hook,
         doomed: Vec::new(),
+        retired: Vec::new(),
         last_prune_error: None,
         ending: ending.clone(),
         quarantined,

@@ -3,7 +3,7 @@
 //! append poisons the store instead of leaving half-applied state behind.
 
 use super::{failpoints as fp, Chunk, OpenPair, State};
-use crate::env::{BlockingPool, Env, Fs};
+use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
@@ -282,10 +282,9 @@ impl<E: Env> State<E> {
             open.receipt_groups.push(receipts);
             open.log_groups.extend(logs);
             drop(done);
-            // Freeing a block's rows (thousands of allocations) is the write lane's work, not the
-            // coordinator's; readers holding the chunk keep it alive either way. An env that
-            // runs work inline frees them here, when the unpolled job is dropped.
-            drop(self.env.spawner().run_write(move || drop(chunk)));
+            // Freed by whoever the coordinator answers next (see `State::retired`); readers
+            // holding the chunk keep it alive either way.
+            self.retired.push(chunk);
         }
         Ok(())
     }
