@@ -244,9 +244,12 @@ impl<E: Env> State<E> {
         if open.buf_receipts.is_empty() {
             return;
         }
+        // The next buffers start at this chunk's size: blocks are alike, and growing a buffer
+        // from empty re-copied it a dozen times per block.
+        let (receipts, logs) = (open.buf_receipts.len(), open.buf_logs.len());
         open.sealed.push_back(Arc::new(Chunk {
-            receipts: std::mem::take(&mut open.buf_receipts),
-            logs: std::mem::take(&mut open.buf_logs),
+            receipts: std::mem::replace(&mut open.buf_receipts, Vec::with_capacity(receipts)),
+            logs: std::mem::replace(&mut open.buf_logs, Vec::with_capacity(logs)),
         }));
     }
 

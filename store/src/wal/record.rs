@@ -70,7 +70,14 @@ pub fn checksum(seq: u64, payload: &[u8]) -> u32 {
 }
 
 fn encode_payload(height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(
+    let mut payload = Vec::new();
+    encode_payload_into(&mut payload, height, receipts);
+    payload
+}
+
+/// Appends the payload of `receipts` at `height` to `payload`.
+fn encode_payload_into(payload: &mut Vec<u8>, height: u64, receipts: &[ReceiptInput]) {
+    payload.reserve(
         64 + receipts
             .iter()
             .map(|r| 64 + r.receipt_bytes.len())
@@ -99,7 +106,6 @@ fn encode_payload(height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
             payload.extend_from_slice(&log.data);
         }
     }
-    payload
 }
 
 /// The fields a header and a trailer share.
@@ -152,18 +158,27 @@ pub fn starts_v2(b: &[u8]) -> bool {
 
 /// Encodes a whole v2 frame for `seq`.
 pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
-    let payload = encode_payload(height, receipts);
+    let mut frame = Vec::new();
+    encode_frame_into(&mut frame, seq, height, receipts);
+    frame
+}
+
+/// [`encode_frame`] into `frame` (cleared first), so the WAL reuses one buffer for every append:
+/// the payload is encoded in place between its header and trailer, with no second copy and no
+/// fresh (page-faulting) allocation per record.
+pub fn encode_frame_into(frame: &mut Vec<u8>, seq: u64, height: u64, receipts: &[ReceiptInput]) {
+    frame.clear();
+    frame.extend_from_slice(&[0; MARKER_BYTES]);
+    encode_payload_into(frame, height, receipts);
+    let payload = &frame[MARKER_BYTES..];
     let m = Marker {
         payload_len: payload.len(),
         seq,
         height,
-        payload_crc: checksum(seq, &payload),
+        payload_crc: checksum(seq, payload),
     };
-    let mut frame = Vec::with_capacity(2 * MARKER_BYTES + payload.len());
-    frame.extend_from_slice(&encode_marker(HEAD_MAGIC, &m));
-    frame.extend_from_slice(&payload);
+    frame[..MARKER_BYTES].copy_from_slice(&encode_marker(HEAD_MAGIC, &m));
     frame.extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
-    frame
 }
 
 /// Encodes a v1 frame, as stores before issue 9 wrote them; kept so tests can build old
