@@ -67,6 +67,7 @@ pub use types::*;
 pub use wal::{WalTailCut, WalTailKind};
 
 use coordinator::{Ending, Request, SharedEnding};
+use wal::PendingFrame;
 use env::Env;
 use query::{IndexCache, Reader};
 use std::path::{Path, PathBuf};
@@ -160,9 +161,15 @@ impl<E: Env> Store<E> {
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
         let (reply, rx) = oneshot::channel();
+        // The WAL payload is encoded here, on the caller's task, while the coordinator may still
+        // be writing the previous block's row groups. Only valid input is encoded; the
+        // coordinator checks everything again in its own order, so errors do not change.
+        let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
+        let frame = valid.then(|| PendingFrame::encode(height, &receipts));
         let request = Request::Write {
             height,
             receipts,
+            frame,
             reply,
         };
         if self.tx.send(request).await.is_err() {

@@ -33,6 +33,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("poison-write", "a failure after the WAL append poisons the store"),
     ("poison-empty-rotation", "a failed rotation on an empty boundary poisons the store"),
     ("poison-flush", "a failed explicit flush poisons the store"),
+    ("poison-flush-after-ack", "writing the row groups a write sealed fails after its ack and poisons the store"),
     ("poison-backlog", "a failed write of a row group replay sealed poisons the store"),
     ("poisoned-call-refused", "a call on a poisoned store is refused until reopen"),
     // Close.

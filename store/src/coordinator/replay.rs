@@ -650,7 +650,7 @@ impl<E: Env> State<E> {
             mark!("replay-applied");
             let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
             for r in rec.receipts {
-                self.apply(rec.height, r, FlushRule::Seal).await?;
+                self.apply(rec.height, r, FlushRule::WhenIdle).await?;
             }
             self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
             match out.last_mut() {

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
 use crate::parquet::writer::PairWriter;
+use crate::wal::PendingFrame;
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
@@ -27,9 +28,17 @@ impl AsRef<[ReceiptRecord]> for ChunkReceipts {
 
 /// Rejects malformed input before anything is staged or logged.
 pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
+    let r = check_input(receipts);
+    if r.is_err() {
+        mark!("write-rejected-invalid");
+    }
+    r
+}
+
+/// [`validate`] without its mark: writers ask it before they encode a payload.
+pub(crate) fn check_input(receipts: &[ReceiptInput]) -> Result<()> {
     for (i, r) in receipts.iter().enumerate() {
         if r.receipt_bytes.len() > MAX_RECEIPT_BYTES {
-            mark!("write-rejected-invalid");
             return Err(Error::InvalidInput(format!(
                 "receipt {i} is {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
                 r.receipt_bytes.len()
@@ -37,14 +46,12 @@ pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
         }
         for (j, log) in r.logs.iter().enumerate() {
             if log.topics.len() > MAX_TOPICS_PER_LOG {
-                mark!("write-rejected-invalid");
                 return Err(Error::InvalidInput(format!(
                     "receipt {i} log {j} has {} topics; at most {MAX_TOPICS_PER_LOG} allowed",
                     log.topics.len()
                 )));
             }
             if log.data.len() > MAX_LOG_DATA_BYTES {
-                mark!("write-rejected-invalid");
                 return Err(Error::InvalidInput(format!(
                     "receipt {i} log {j} data is over {MAX_LOG_DATA_BYTES} bytes"
                 )));
@@ -54,14 +61,17 @@ pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
     Ok(())
 }
 
-/// What the block flush interval does when it is reached.
+/// Who writes the rows the block flush interval seals. Either way the rows are sealed as a
+/// chunk at the same boundary (so a replayed window gets the row groups a live run wrote), served
+/// from memory until written, and written in block order before anything later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FlushRule {
-    /// Write the row group now (live writes).
-    Write,
-    /// Seal the rows as a chunk and leave the encoding for later (replay: open returns once the
-    /// window is staged; the coordinator writes the chunks when idle or at the next flush).
-    Seal,
+    /// Live writes: the coordinator writes the chunk right after it acks the write (the WAL
+    /// already holds the rows), while the caller prepares its next block.
+    AfterAck,
+    /// Replay: open returns once the window is staged; the coordinator writes the chunks when
+    /// idle or at the next flush.
+    WhenIdle,
 }
 
 impl<E: Env> State<E> {
@@ -78,7 +88,13 @@ impl<E: Env> State<E> {
     }
 
     /// `write_receipts(height, receipts)`.
-    pub(crate) async fn write(&mut self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
+    /// `frame`: the WAL payload the caller encoded, if it did (see [`PendingFrame`]).
+    pub(crate) async fn write(
+        &mut self,
+        height: u64,
+        receipts: Vec<ReceiptInput>,
+        frame: Option<PendingFrame>,
+    ) -> Result<()> {
         self.check_usable()?;
         if receipts.is_empty() {
             return self.observe(height).await;
@@ -107,7 +123,14 @@ impl<E: Env> State<E> {
         }
         validate(&receipts)?;
         let rotate = self.rotates_at(height);
-        let r = self.write_logged(height, receipts, rotate).await;
+        let frame = match frame {
+            Some(f) => {
+                assert_eq!(f.height(), height, "the caller encoded this block's payload");
+                f
+            }
+            None => PendingFrame::encode(height, &receipts),
+        };
+        let r = self.write_logged(height, receipts, frame, rotate).await;
         if let Err(e) = &r {
             mark!("poison-write");
             self.poison(e);
@@ -119,6 +142,7 @@ impl<E: Env> State<E> {
         &mut self,
         height: u64,
         receipts: Vec<ReceiptInput>,
+        frame: PendingFrame,
         rotate: bool,
     ) -> Result<()> {
         let wal = self.wal.as_mut().expect("a usable store has a WAL");
@@ -127,14 +151,14 @@ impl<E: Env> State<E> {
             // later is a whole-segment removal.
             wal.roll().await?;
         }
-        let seq = wal.append(height, &receipts).await?;
+        let seq = wal.append_pending(frame).await?;
         self.failpoint(fp::AFTER_WAL_APPEND)?;
         if rotate {
             mark!("rotate-on-write");
             self.rotate(height, Some(seq), true).await?;
         }
         for r in receipts {
-            self.apply(height, r, FlushRule::Write).await?;
+            self.apply(height, r, FlushRule::AfterAck).await?;
         }
         self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
@@ -221,15 +245,10 @@ impl<E: Env> State<E> {
         let bfi = self.config.block_flush_interval;
         if bfi > 0 && self.blocks_since_flush >= bfi {
             match rule {
-                FlushRule::Write => {
-                    mark!("flush-automatic");
-                    self.flush_open().await?;
-                }
-                FlushRule::Seal => {
-                    mark!("flush-sealed-at-replay");
-                    self.seal_buffers();
-                }
+                FlushRule::AfterAck => mark!("flush-automatic"),
+                FlushRule::WhenIdle => mark!("flush-sealed-at-replay"),
             }
+            self.seal_buffers();
             self.blocks_since_flush = 0;
         }
         Ok(())
@@ -257,6 +276,20 @@ impl<E: Env> State<E> {
     /// written until a reopen replays the WAL).
     pub(crate) fn has_backlog(&self) -> bool {
         self.poisoned.is_none() && self.open.as_ref().is_some_and(|o| o.backlog() > 0)
+    }
+
+    /// Writes what the write just acked sealed (see [`FlushRule::AfterAck`]): the caller already
+    /// has its answer, so a failure poisons the store and the next call reports it; the rows
+    /// are in the WAL, and readable in memory until the poison.
+    pub(crate) async fn write_sealed_after_ack(&mut self) {
+        if !self.has_backlog() {
+            return;
+        }
+        let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
+        if let Err(e) = self.write_sealed(backlog).await {
+            mark!("poison-flush-after-ack");
+            self.poison(&e);
+        }
     }
 
     /// Writes the oldest sealed chunk; a failure poisons the store (the rows stay readable in

@@ -24,9 +24,9 @@ use crate::error::WalError;
 use crate::files::{quarantine, Evidence, QuarantineReason, QuarantinedFile};
 use crate::mark;
 use crate::types::{ReceiptInput, SyncPolicy};
-pub use record::WalRecord;
+pub use record::{PendingFrame, WalRecord};
 use record::{
-    decode_marker, decode_payload, decode_v1_header, encode_frame, encode_frame_into, starts_v2,
+    decode_marker, decode_payload, decode_v1_header, encode_frame, starts_v2,
     FRAME_V1_HEADER_BYTES, HEAD_MAGIC, MARKER_BYTES, MAX_RECORD_PAYLOAD_BYTES, TAIL_MAGIC,
 };
 use serde::Serialize;
@@ -36,9 +36,6 @@ pub const WAL_DIR_NAME: &str = "wal";
 /// Scratch file of the rewrite at open; never parsed as a segment.
 pub const REWRITE_TMP: &str = "rewrite.tmp";
 const SEGMENT_SUFFIX: &str = ".wal";
-/// The append buffer is kept between appends only up to this capacity: one huge record must not
-/// pin its size in memory for the store's life.
-const FRAME_BUFFER_KEPT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
@@ -389,9 +386,6 @@ pub struct Wal<F: Fs> {
     active_file: F::File,
     active_len: u64,
     next_seq: u64,
-    /// The frame buffer every append encodes into (its capacity is kept: a block's frame is
-    /// about a megabyte, and a fresh one per append page-faulted on every write).
-    frame: Vec<u8>,
 }
 
 /// One segment as read at open.
@@ -708,7 +702,6 @@ impl<F: Fs> WalContents<F> {
             active_file,
             active_len,
             next_seq,
-            frame: Vec::new(),
         };
         Ok((wal, records, report))
     }
@@ -862,30 +855,27 @@ impl<F: Fs> Wal<F> {
         height: u64,
         receipts: &[ReceiptInput],
     ) -> Result<u64, WalError> {
-        let seq = self.next_seq;
-        let mut frame = std::mem::take(&mut self.frame);
-        encode_frame_into(&mut frame, seq, height, receipts);
-        let appended = self.append_frame(seq, &frame).await;
-        if frame.capacity() <= FRAME_BUFFER_KEPT_BYTES_MAX {
-            self.frame = frame;
-        }
-        appended
+        self.append_pending(PendingFrame::encode(height, receipts))
+            .await
     }
 
-    /// Appends one encoded frame; see [`Wal::append`].
-    async fn append_frame(&mut self, seq: u64, frame: &[u8]) -> Result<u64, WalError> {
-        if frame.len() - 2 * MARKER_BYTES > MAX_RECORD_PAYLOAD_BYTES {
+    /// Appends a record whose payload the writer already encoded (see [`PendingFrame`]); with
+    /// policy `always` it is fsynced before this returns.
+    pub async fn append_pending(&mut self, pending: PendingFrame) -> Result<u64, WalError> {
+        if pending.payload_len() > MAX_RECORD_PAYLOAD_BYTES {
             return Err(WalError::RecordTooLarge {
-                len: frame.len(),
+                len: pending.payload_len() + 2 * MARKER_BYTES,
                 limit: MAX_RECORD_PAYLOAD_BYTES,
             });
         }
+        let seq = self.next_seq;
+        let frame = pending.seal(seq);
         let path = self.active.path.clone();
         let io = |source| WalError::Io {
             path: path.clone(),
             source,
         };
-        self.active_file.append(frame).await.map_err(io)?;
+        self.active_file.append(&frame).await.map_err(io)?;
         self.active_len += frame.len() as u64;
         self.next_seq += 1;
         if self.policy == SyncPolicy::Always && !crate::planted!(AckBeforeWalFsync) {

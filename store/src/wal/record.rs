@@ -158,27 +158,53 @@ pub fn starts_v2(b: &[u8]) -> bool {
 
 /// Encodes a whole v2 frame for `seq`.
 pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    encode_frame_into(&mut frame, seq, height, receipts);
-    frame
+    PendingFrame::encode(height, receipts).seal(seq)
 }
 
-/// [`encode_frame`] into `frame` (cleared first), so the WAL reuses one buffer for every append:
-/// the payload is encoded in place between its header and trailer, with no second copy and no
-/// fresh (page-faulting) allocation per record.
-pub fn encode_frame_into(frame: &mut Vec<u8>, seq: u64, height: u64, receipts: &[ReceiptInput]) {
-    frame.clear();
-    frame.extend_from_slice(&[0; MARKER_BYTES]);
-    encode_payload_into(frame, height, receipts);
-    let payload = &frame[MARKER_BYTES..];
-    let m = Marker {
-        payload_len: payload.len(),
-        seq,
-        height,
-        payload_crc: checksum(seq, payload),
-    };
-    frame[..MARKER_BYTES].copy_from_slice(&encode_marker(HEAD_MAGIC, &m));
-    frame.extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
+/// A v2 frame whose payload is encoded but whose header and trailer wait for the sequence
+/// number the WAL gives it at append. Encoding the payload (most of an append's CPU: a block's
+/// receipts copied into one buffer) needs only the height, so a writer encodes it on its own
+/// task before it hands the block to the coordinator.
+pub struct PendingFrame {
+    height: u64,
+    /// Room for the header, then the payload; the trailer is appended at [`PendingFrame::seal`].
+    frame: Vec<u8>,
+}
+
+impl PendingFrame {
+    /// Encodes the payload of `receipts` (validated: at most [`MAX_TOPICS_PER_LOG`] topics per
+    /// log) at `height`.
+    pub fn encode(height: u64, receipts: &[ReceiptInput]) -> PendingFrame {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&[0; MARKER_BYTES]);
+        encode_payload_into(&mut frame, height, receipts);
+        frame.reserve_exact(MARKER_BYTES);
+        PendingFrame { height, frame }
+    }
+
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Payload bytes.
+    pub fn payload_len(&self) -> usize {
+        self.frame.len() - MARKER_BYTES
+    }
+
+    /// The whole frame for `seq`: header, payload, trailer.
+    pub fn seal(mut self, seq: u64) -> Vec<u8> {
+        let payload = &self.frame[MARKER_BYTES..];
+        let m = Marker {
+            payload_len: payload.len(),
+            seq,
+            height: self.height,
+            payload_crc: checksum(seq, payload),
+        };
+        self.frame[..MARKER_BYTES].copy_from_slice(&encode_marker(HEAD_MAGIC, &m));
+        self.frame
+            .extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
+        self.frame
+    }
 }
 
 /// Encodes a v1 frame, as stores before issue 9 wrote them; kept so tests can build old
