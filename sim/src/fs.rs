@@ -316,6 +316,28 @@ impl SimFs {
         true
     }
 
+    /// A flipped bit in bytes not synced yet (a bad page in the page cache, or a bad transfer):
+    /// reads see it, and a later sync makes it durable. Synced bytes rot as with [`rot_bit`].
+    /// Returns false when `at` is past the end of `path`.
+    ///
+    /// [`rot_bit`]: SimFs::rot_bit
+    pub fn rot_cached_bit(&self, path: &Path, at: usize, bit: u8) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let Ok(ino) = Self::lookup(&s, path) else {
+            return false;
+        };
+        let inode = s.inodes.get_mut(&ino).expect("entry points at inode");
+        if at >= inode.data.len() {
+            return false;
+        }
+        inode.data[at] ^= 1 << (bit % 8);
+        if at < inode.durable.len() {
+            inode.durable[at] ^= 1 << (bit % 8);
+        }
+        s.stats.faults += 1;
+        true
+    }
+
     /// How many leading bytes of `path` are synced (what reads see and what survives a power
     /// loss agree on them): the bytes bit rot at rest can hit.
     pub fn synced_len(&self, path: &Path) -> usize {

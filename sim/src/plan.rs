@@ -302,6 +302,10 @@ pub enum Op {
         nth: u32,
         per_mille: u32,
         bit: u8,
+        /// Rot one of the open pair's unfinished files instead (reads fetch its written row
+        /// groups from there, verified like a finished file's). Absent in older plans: false.
+        #[serde(default)]
+        open_pair: bool,
     },
     /// Flip bit `bit` of the byte at `per_mille`/1000 of the synced bytes of the `nth` (modulo
     /// their count) WAL segment, at rest. The next open must refuse naming the segment, keep a
@@ -339,6 +343,9 @@ impl Op {
         }
     }
 }
+
+/// `BitRot::nth` at or above this rots the open pair (see [`Op::BitRot`]).
+const BIT_ROT_OPEN_PAIR_NTH_MIN: u32 = 48;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -754,11 +761,17 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
             OpKind::AfterEnd => Op::AfterEnd {
                 crashed: rng.random_bool(0.5),
             },
-            OpKind::BitRot => Op::BitRot {
-                nth: rng.random_range(0..64),
-                per_mille: rng.random_range(0..1000),
-                bit: rng.random_range(0..8),
-            },
+            OpKind::BitRot => {
+                let nth = rng.random_range(0..64);
+                Op::BitRot {
+                    nth,
+                    per_mille: rng.random_range(0..1000),
+                    bit: rng.random_range(0..8),
+                    // A quarter of the rots hit the open pair, drawn from `nth` so the plan's
+                    // random stream (and every other op of a seed) stays as it was.
+                    open_pair: nth >= BIT_ROT_OPEN_PAIR_NTH_MIN,
+                }
+            }
             OpKind::WalRot => Op::WalRot {
                 nth: rng.random_range(0..64),
                 per_mille: rng.random_range(0..1000),

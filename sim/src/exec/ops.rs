@@ -181,6 +181,7 @@ impl<E: PlanEnv> Run<'_, E> {
                                 self.fail(f);
                             }
                         }
+                        Err(e @ Error::Poisoned(_)) => self.found_poisoned("get_receipt", &e),
                         Err(e) if tolerated_read_error(&e, &self.rotted()) => {}
                         Err(e) => self.fail(Failure::new(
                             Check::Read,
@@ -216,6 +217,7 @@ impl<E: PlanEnv> Run<'_, E> {
                                 self.fail(f);
                             }
                         }
+                        Err(e @ Error::Poisoned(_)) => self.found_poisoned("get_logs", &e),
                         Err(e) if tolerated_read_error(&e, &self.rotted()) => {}
                         Err(e) => {
                             self.fail(Failure::new(Check::Read, format!("get_logs failed: {e}")))
@@ -365,29 +367,48 @@ impl<E: PlanEnv> Run<'_, E> {
                     nth,
                     per_mille,
                     bit,
+                    open_pair,
                 } => {
                     let files: Vec<(std::path::PathBuf, usize)> = self
                         .fs
                         .file_sizes()
                         .into_iter()
                         .filter(|(p, _)| {
+                            let open_named = p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
                             matches!(
                                 check::classify(Path::new(DATA_DIR), p),
                                 check::FileKind::Receipts(_) | check::FileKind::Logs(_)
-                            ) && !p
-                                .file_name()
-                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                            ) && open_named == *open_pair
                         })
                         .collect();
                     if !files.is_empty() {
                         let (path, len) = &files[*nth as usize % files.len()];
                         let at = (*per_mille as usize * len) / 1000;
-                        if self.fs.rot_bit(path, at, *bit) {
+                        // The open pair's bytes are not synced until it is finalized: they rot
+                        // in the page cache (and stay rotted once synced).
+                        let flipped = if *open_pair {
+                            self.fs.rot_cached_bit(path, at, *bit)
+                        } else {
+                            self.fs.rot_bit(path, at, *bit)
+                        };
+                        if flipped {
                             self.log(format!(
                                 "  bit {bit} of byte {at} of {} flipped",
                                 path.display()
                             ));
-                            self.rotted.lock().unwrap().push(path.display().to_string());
+                            let mut rotted = self.rotted.lock().unwrap();
+                            rotted.push(path.display().to_string());
+                            // A rotted open file keeps its bytes when it is finalized under its
+                            // final name (the checksums it gets are of the bytes as written).
+                            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                                if let Some(fin) =
+                                    name.strip_prefix('.').and_then(|n| n.strip_suffix(".open"))
+                                {
+                                    rotted.push(path.with_file_name(fin).display().to_string());
+                                }
+                            }
                         }
                     }
                 }

@@ -451,6 +451,20 @@ impl<E: PlanEnv> Run<'_, E> {
         }
     }
 
+    /// A read answered `Poisoned`. The row groups a write sealed are written after its ack, so
+    /// a store can poison itself with no call failing; a read is then the first to say so. Only
+    /// an injected fault may cause it, and the store is restarted a few ops later, as after a
+    /// failed write.
+    pub(super) fn found_poisoned(&mut self, what: &str, e: &Error) {
+        self.poisoned();
+        if !self.faulted_since_open() {
+            self.fail(Failure::new(
+                Check::Read,
+                format!("{what}: the store is poisoned without an injected fault: {e}"),
+            ));
+        }
+    }
+
     /// A poisoned store is restarted the way an operator would: close (or kill) and reopen.
     pub(super) async fn restart(&mut self, store: S<E>) -> Option<S<E>> {
         self.restart_in = None;
