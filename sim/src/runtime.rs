@@ -281,9 +281,18 @@ impl Clock for SimClock {
 #[derive(Clone)]
 pub struct SimSpawner(pub Handle);
 
+/// [`BlockingPool::parallelism`] of the simulator's pool.
+pub const SIM_DECODE_PARALLELISM: usize = 2;
+
 /// Heavy read work runs inline, on the reading task when it is polled: no thread, no added
 /// await point, so the schedule (and every seed's trace) is what it was without the pool.
 impl BlockingPool for SimSpawner {
+    /// Two, so a read splits its decoding as on a machine with spare cores and the simulator
+    /// checks the split rows come back whole and in order (the parts still run one at a time).
+    fn parallelism(&self) -> usize {
+        SIM_DECODE_PARALLELISM
+    }
+
     fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,

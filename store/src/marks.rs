@@ -82,6 +82,7 @@ pub const ALL: &[(&str, &str)] = &[
     // Reads.
     ("read-open-window", "a read scans open-window rows still in memory (unwritten chunks or the buffer)"),
     ("read-open-file", "a read fetches row groups already written to the open pair's unfinished files"),
+    ("read-decoded-in-parallel", "a read splits one file's row groups into jobs decoded at once"),
     ("read-row-group-skipped", "a read skips a row group by its statistics or bloom filter"),
     ("open-footer-checksum-failed", "a file whose footer checksum fails is refused, naming it"),
     ("read-row-group-checksum-failed", "a row group whose checksum fails fails its read"),

@@ -103,6 +103,12 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send;
 
+    /// How many `run_blocking` jobs run at once: one read splits its decoding into this many
+    /// jobs (each a contiguous run of row groups). 1 where work runs inline.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
     /// Runs CPU work of the coordinator's own writes: one file's row group is encoded here
     /// while the coordinator encodes the other file's. Same contract as
     /// [`BlockingPool::run_blocking`], but never queued behind reads: a block commit must not

@@ -293,6 +293,10 @@ async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Resul
 }
 
 impl BlockingPool for TokioSpawner {
+    fn parallelism(&self) -> usize {
+        decode_slots()
+    }
+
     fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,

@@ -447,6 +447,49 @@ impl FileIndex {
         })
     }
 
+    /// Splits fetched row groups into `parts` runs of consecutive groups (file order; fewer when
+    /// there are fewer groups),
+    /// each with only its own bytes, so they can be verified and decoded at once on a pool.
+    pub(crate) fn split_fetched(&self, fetched: FetchedGroups, parts: usize) -> Vec<FetchedGroups> {
+        let parts = parts.clamp(1, fetched.groups.len().max(1));
+        if parts == 1 {
+            return vec![fetched];
+        }
+        let spans = self
+            .spans
+            .as_ref()
+            .expect("ranged reads need row group checksums");
+        let FetchedGroups {
+            sparse,
+            groups,
+            bytes_read,
+        } = fetched;
+        // `parts` runs whose sizes differ by at most one group.
+        let (base, extra) = (groups.len() / parts, groups.len() % parts);
+        let mut out = Vec::with_capacity(parts);
+        let mut rest = &groups[..];
+        for i in 0..parts {
+            let (chunk, tail) = rest.split_at(base + usize::from(i < extra));
+            rest = tail;
+            let mut ranges = BTreeMap::new();
+            for &g in chunk {
+                let at = spans[g].offset;
+                let bytes = sparse.ranges.get(&at).expect("every candidate group was fetched");
+                ranges.insert(at, bytes.clone());
+            }
+            out.push(FetchedGroups {
+                sparse: Sparse {
+                    len: sparse.len,
+                    ranges,
+                },
+                groups: chunk.to_vec(),
+                bytes_read: 0,
+            });
+        }
+        out[0].bytes_read = bytes_read;
+        out
+    }
+
     /// Checks every fetched row group against the checksum the writer recorded; a mismatch is
     /// `CorruptFile` naming the file, the group and its offset. CPU work (the decoders call it).
     fn verify(&self, fetched: &FetchedGroups) -> Result<(), Error> {
@@ -522,6 +565,55 @@ mod tests {
             tx_index: u32::from(i),
             receipt_bytes: vec![i; 10],
             logs: vec![],
+        }
+    }
+
+    /// A read decoded in parallel: the fetched row groups split into parts (consecutive groups,
+    /// each with only its own bytes) decode to exactly the rows of the whole, in file order, for
+    /// every number of parts up to past the group count.
+    #[tokio::test]
+    async fn split_fetched_groups_decode_to_the_same_rows_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_blocks_per_file: 10,
+            ..Config::default()
+        };
+        let s = Store::open(RealEnv::default(), dir.path(), config)
+            .await
+            .unwrap();
+        for b in [1u64, 2, 3, 4, 5, 10] {
+            s.write_receipts(b, (0..4).map(|i| receipt(b, i)).collect())
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap();
+        let path = dir.path().join("receipts_0.parquet");
+        let idx = FileIndex::load(&RealFs, &path, FileKind::Receipts)
+            .await
+            .unwrap();
+        let groups: Vec<usize> = (0..idx.row_groups.len()).collect();
+        assert!(groups.len() >= 4, "several row groups to split");
+        let rows = |batches: Vec<RecordBatch>| -> Vec<(u64, [u8; 32])> {
+            batches
+                .iter()
+                .flat_map(|b| crate::parquet::batch_to_receipts(b).unwrap())
+                .map(|r| (r.block_number, r.tx_hash))
+                .collect()
+        };
+        let whole = rows(
+            idx.decode(idx.fetch_groups(&RealFs, groups.clone()).await.unwrap())
+                .unwrap(),
+        );
+        assert_eq!(whole.len(), 20, "blocks 1-5, four receipts each");
+        for parts in 1..=groups.len() + 1 {
+            let fetched = idx.fetch_groups(&RealFs, groups.clone()).await.unwrap();
+            let split = idx.split_fetched(fetched, parts);
+            assert_eq!(split.len(), parts.min(groups.len()), "{parts} parts");
+            let joined: Vec<_> = split
+                .into_iter()
+                .flat_map(|part| rows(idx.decode(part).unwrap()))
+                .collect();
+            assert_eq!(joined, whole, "{parts} parts");
         }
     }
 

@@ -33,7 +33,7 @@ use std::sync::Arc;
 /// Bloom filters are sized for this many distinct values per row group and folded down to fit
 /// the real count when the row group closes.
 pub const BLOOM_MAX_NDV: u64 = 16_384;
-pub const BLOOM_FPP: f64 = 0.01;
+pub const BLOOM_FPP: f64 = 0.001;
 
 /// Data pages: format v1 (`WriterVersion::PARQUET_1_0`), the one every reader of parquet
 /// decodes; v2 pages buy little for these columns (no nulls, no dictionaries) and some readers
