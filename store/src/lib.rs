@@ -66,7 +66,7 @@ pub use query::LogFilter;
 pub use types::*;
 pub use wal::{WalTailCut, WalTailKind};
 
-use coordinator::{Ending, Request, SharedEnding};
+use coordinator::{Ending, Published, Request, SharedEnding};
 use wal::PendingFrame;
 use env::Env;
 use query::{IndexCache, Reader};
@@ -82,6 +82,7 @@ pub struct Store<E: Env> {
     ending: SharedEnding,
     replayed: Arc<Mutex<Vec<ReplayedBlock>>>,
     cache: Arc<Mutex<IndexCache>>,
+    published: Published,
 }
 
 impl<E: Env> Clone for Store<E> {
@@ -93,6 +94,7 @@ impl<E: Env> Clone for Store<E> {
             ending: self.ending.clone(),
             replayed: self.replayed.clone(),
             cache: self.cache.clone(),
+            published: self.published.clone(),
         }
     }
 }
@@ -123,6 +125,7 @@ impl<E: Env> Store<E> {
             ending: opened.ending,
             replayed: Arc::new(Mutex::new(opened.replayed)),
             cache: Arc::new(Mutex::new(IndexCache::new(cache_files))),
+            published: opened.published,
         })
     }
 
@@ -233,9 +236,17 @@ impl<E: Env> Store<E> {
         self.call(|reply| Request::Status { reply }).await
     }
 
-    /// A read snapshot: the closed pairs and open-window rows visible now.
+    /// A read snapshot: the closed pairs and open-window rows visible now. Taken from what the
+    /// coordinator last published, without waiting for it: a read never queues behind a write.
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        self.call(|reply| Request::Snapshot { reply }).await
+        match self.published.get() {
+            Some(Ok(snapshot)) => Ok(snapshot),
+            Some(Err(why)) => {
+                mark!("poisoned-call-refused");
+                Err(Error::Poisoned(why))
+            }
+            None => Err(self.gone()),
+        }
     }
 
     fn reader(&self) -> Reader<'_, E::Fs, E::Spawner> {

@@ -998,6 +998,10 @@ async fn a_half_applied_write_is_never_visible_to_reads() {
     )
     .await
     .unwrap();
+    // Once the coordinator has moved past the failed flush (a status call is served after it),
+    // reads refuse the poisoned window.
+    let poisoned = s.status().await.unwrap().poisoned;
+    assert!(poisoned.is_some(), "the flush after the ack failed");
     let err = s
         .get_logs(&LogFilter::default())
         .await

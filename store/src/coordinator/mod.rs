@@ -97,6 +97,36 @@ pub struct Snapshot {
     pub open: Vec<Arc<Chunk>>,
 }
 
+/// The snapshot readers take without a message to the coordinator (which may be busy with a
+/// write for milliseconds): the coordinator publishes a new one after every change a reader
+/// may see, before it answers the call that made it. `Err` holds why the store is poisoned;
+/// `None` once the coordinator has ended (the store is closed or crashed).
+#[derive(Clone, Default)]
+pub(crate) struct Published(Arc<Mutex<Option<std::result::Result<Snapshot, String>>>>);
+
+impl Published {
+    pub fn get(&self) -> Option<std::result::Result<Snapshot, String>> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn set(&self, value: Option<std::result::Result<Snapshot, String>>) {
+        // The old snapshot is dropped outside the lock.
+        let old = std::mem::replace(&mut *self.0.lock().unwrap(), value);
+        drop(old);
+    }
+}
+
+/// The coordinator's side of [`Published`]: whatever way the coordinator ends (close, crash,
+/// every handle dropped, its task killed), nothing stays published, so no snapshot keeps a
+/// file open after it.
+pub(crate) struct Publisher(pub Published);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
+}
+
 /// Observable state, for tests, the simulator and the inspector.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Status {
@@ -152,9 +182,6 @@ pub(crate) enum Request {
     Flush {
         reply: oneshot::Sender<Result<()>>,
     },
-    Snapshot {
-        reply: oneshot::Sender<Result<Snapshot>>,
-    },
     Status {
         reply: oneshot::Sender<Result<Status>>,
     },
@@ -188,10 +215,13 @@ pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
     pub buf_receipts: Vec<ReceiptRecord>,
     pub buf_logs: Vec<LogRecord>,
-    /// Sealed chunks not yet written, in block order (the backlog replay leaves, see
-    /// [`State::replay`]; live flushes seal and write at once): in memory until the coordinator
-    /// writes them, before any later flush and when no request waits.
-    pub sealed: VecDeque<Arc<Chunk>>,
+    /// Rows staged since the last seal, one immutable piece per write (moved out of the buffers
+    /// when the write ends), so a published snapshot shares them instead of copying them.
+    pub pieces: Vec<Arc<Chunk>>,
+    /// Sealed chunks not yet written, in block order, each the pieces of one row group (the
+    /// backlog replay leaves, see [`State::replay`]; a live write's are written right after its
+    /// ack): in memory until the coordinator writes them, before any later flush.
+    pub sealed: VecDeque<Vec<Arc<Chunk>>>,
     /// Indexes of the row groups written to the pair's files, in block order.
     pub receipt_groups: Vec<Arc<FileIndex>>,
     pub log_groups: Vec<Arc<FileIndex>>,
@@ -208,7 +238,8 @@ impl<E: Env> OpenPair<E> {
 
     /// Receipts of the window held in memory.
     fn receipts_in_memory(&self) -> usize {
-        self.sealed.iter().map(|c| c.receipts.len()).sum::<usize>() + self.buf_receipts.len()
+        let pieces = self.sealed.iter().flatten().chain(&self.pieces);
+        pieces.map(|c| c.receipts.len()).sum::<usize>() + self.buf_receipts.len()
     }
 }
 
@@ -236,6 +267,7 @@ pub(crate) struct State<E: Env> {
     /// reply hands them to its caller to free (see [`Request::Write`]); after any other
     /// request the write lane frees them.
     pub retired: Vec<Arc<Chunk>>,
+    pub published: Publisher,
     pub last_prune_error: Option<String>,
     pub ending: SharedEnding,
     /// What open quarantined, and the WAL tail it cut: reported in `Status`.
@@ -307,7 +339,8 @@ impl<E: Env> State<E> {
                 }
                 written = Some(files);
             }
-            open.extend(o.sealed.iter().cloned());
+            open.extend(o.sealed.iter().flatten().cloned());
+            open.extend(o.pieces.iter().cloned());
             if !o.buf_receipts.is_empty() {
                 open.push(Arc::new(Chunk {
                     receipts: o.buf_receipts.clone(),
@@ -322,12 +355,24 @@ impl<E: Env> State<E> {
         }
     }
 
+    /// Publishes what reads see now (see [`Published`]). A poisoned store's open window may
+    /// hold half a write: it publishes only why, and reads fail until a reopen replays the WAL.
+    pub(crate) fn publish(&mut self) {
+        self.piece_buffers();
+        let value = match &self.poisoned {
+            Some(why) => Err(why.clone()),
+            None => Ok(self.snapshot()),
+        };
+        self.published.0.set(Some(value));
+    }
+
     /// Serves requests until close, crash, or every handle is gone.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let prune_on = self.config.keep_recent > 0 && !self.config.prune_interval.is_zero();
         let clock = self.env.clock().clone();
         let mut tick = Box::pin(clock.sleep(self.config.prune_interval));
         loop {
+            self.publish();
             // The chunks replay sealed (at most a window's) are written one per turn while no
             // request waits: open returns before the window is encoded, a read or status waits
             // for at most one chunk, and a write that reaches a flush writes what is left first.
@@ -380,6 +425,8 @@ impl<E: Env> State<E> {
                 reply,
             } => {
                 let r = self.write(height, receipts, frame).await;
+                // Published before the answer: a read after an acked write sees it.
+                self.publish();
                 let _ = reply.send((r, std::mem::take(&mut self.retired)));
                 // After the ack: the caller builds its next block while the row groups this
                 // write sealed are encoded (their chunks go back to it with the next reply).
@@ -418,12 +465,6 @@ impl<E: Env> State<E> {
                 };
                 let _ = reply.send(r);
             }
-            Request::Snapshot { reply } => {
-                // A poisoned store's open window may hold half a write: no reads from it
-                // until a reopen replays the WAL into a consistent state.
-                let r = self.check_usable().map(|()| self.snapshot());
-                let _ = reply.send(r);
-            }
             Request::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
             }
@@ -439,12 +480,15 @@ impl<E: Env> State<E> {
                 let r = self.close().await;
                 let ending = Ending::Closed(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 *self.ending.lock().unwrap() = Some(ending);
+                // After the ending: a read that finds nothing published reports it.
+                self.published.0.set(None);
                 let _ = reply.send(r);
                 return false;
             }
             Request::Crash { reply } => {
                 self.crash();
                 *self.ending.lock().unwrap() = Some(Ending::Crashed);
+                self.published.0.set(None);
                 let _ = reply.send(());
                 return false;
             }

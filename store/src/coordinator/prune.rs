@@ -53,6 +53,9 @@ impl<E: Env> State<E> {
                 self.doomed.push(pair);
             }
         }
+        // The published snapshot no longer lists the untracked pairs: only reads that took
+        // one before keep them (and defer their deletion).
+        self.publish();
         self.delete_doomed(carried_over).await
     }
 

@@ -2,7 +2,9 @@
 //! discarding everything replay produced (spec 4.8).
 
 use super::write::FlushRule;
-use super::{prune, FaultHook, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY};
+use super::{
+    prune, FaultHook, Published, Publisher, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY,
+};
 use crate::env::{Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{
@@ -523,6 +525,7 @@ pub(crate) struct Opened {
     pub tx: mpsc::Sender<Request>,
     pub ending: SharedEnding,
     pub replayed: Vec<ReplayedBlock>,
+    pub published: Published,
 }
 
 pub(crate) async fn open<E: Env>(
@@ -592,6 +595,7 @@ pub(crate) async fn open<E: Env>(
         hook,
         doomed: Vec::new(),
         retired: Vec::new(),
+        published: Publisher(Published::default()),
         last_prune_error: None,
         ending: ending.clone(),
         quarantined,
@@ -613,6 +617,8 @@ pub(crate) async fn open<E: Env>(
     // serving anything, so a pruned window never comes back. A failed delete is kept, reported
     // in `Status`, and retried on the next tick.
     let _ = state.prune().await;
+    state.publish();
+    let published = state.published.0.clone();
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
     env.spawner()
         .spawn("receipt-store-coordinator", Box::pin(state.run(rx)));
@@ -620,6 +626,7 @@ pub(crate) async fn open<E: Env>(
         tx,
         ending,
         replayed,
+        published,
     })
 }
 

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
 use crate::parquet::writer::PairWriter;
+use crate::parquet::{logs_to_batch_from, receipts_to_batch_from};
 use crate::wal::PendingFrame;
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
@@ -16,15 +17,6 @@ use crate::types::{
 use crate::parquet::index::FileIndex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-
-/// A chunk's receipts, handed to the write lane without copying them.
-struct ChunkReceipts(Arc<Chunk>);
-
-impl AsRef<[ReceiptRecord]> for ChunkReceipts {
-    fn as_ref(&self) -> &[ReceiptRecord] {
-        &self.0.receipts
-    }
-}
 
 /// Rejects malformed input before anything is staged or logged.
 pub(crate) fn validate(receipts: &[ReceiptInput]) -> Result<()> {
@@ -254,22 +246,34 @@ impl<E: Env> State<E> {
         Ok(())
     }
 
-    /// Moves the buffered rows into a sealed chunk (same row-group boundaries as a flush), to be
-    /// written by the next flush or by the coordinator when idle.
-    fn seal_buffers(&mut self) {
+    /// Moves the buffered rows into an immutable piece (see [`OpenPair::pieces`]). The next
+    /// buffers start at this piece's size: blocks are alike, and growing a buffer from empty
+    /// re-copied it a dozen times per block.
+    pub(crate) fn piece_buffers(&mut self) {
         let Some(open) = self.open.as_mut() else {
             return;
         };
         if open.buf_receipts.is_empty() {
+            debug_assert!(open.buf_logs.is_empty(), "logs come with their receipt");
             return;
         }
-        // The next buffers start at this chunk's size: blocks are alike, and growing a buffer
-        // from empty re-copied it a dozen times per block.
         let (receipts, logs) = (open.buf_receipts.len(), open.buf_logs.len());
-        open.sealed.push_back(Arc::new(Chunk {
+        open.pieces.push(Arc::new(Chunk {
             receipts: std::mem::replace(&mut open.buf_receipts, Vec::with_capacity(receipts)),
             logs: std::mem::replace(&mut open.buf_logs, Vec::with_capacity(logs)),
         }));
+    }
+
+    /// Seals the rows staged since the last seal (same row-group boundaries as a flush), to be
+    /// written by the next flush or by the coordinator.
+    fn seal_buffers(&mut self) {
+        self.piece_buffers();
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if !open.pieces.is_empty() {
+            open.sealed.push_back(std::mem::take(&mut open.pieces));
+        }
     }
 
     /// Whether sealed chunks wait to be written (never on a poisoned store: nothing more is
@@ -314,13 +318,13 @@ impl<E: Env> State<E> {
             let (receipts, logs) = self.write_chunk(&chunk).await?;
             let open = self.open.as_mut().expect("a flush has an open pair");
             let done = open.sealed.pop_front().expect("the chunk just written");
-            debug_assert!(Arc::ptr_eq(&done, &chunk));
+            debug_assert_eq!(done.len(), chunk.len());
             open.receipt_groups.push(receipts);
             open.log_groups.extend(logs);
             drop(done);
             // Freed by whoever the coordinator answers next (see `State::retired`); readers
-            // holding the chunk keep it alive either way.
-            self.retired.push(chunk);
+            // holding the pieces keep them alive either way.
+            self.retired.extend(chunk);
         }
         Ok(())
     }
@@ -332,6 +336,7 @@ impl<E: Env> State<E> {
             writer,
             buf_receipts: Vec::new(),
             buf_logs: Vec::new(),
+            pieces: Vec::new(),
             sealed: VecDeque::new(),
             receipt_groups: Vec::new(),
             log_groups: Vec::new(),
@@ -356,15 +361,18 @@ impl<E: Env> State<E> {
     /// indexes in the unfinished files (no logs row group when the chunk has no logs).
     async fn write_chunk(
         &mut self,
-        chunk: &Arc<Chunk>,
+        chunk: &[Arc<Chunk>],
     ) -> Result<(Arc<FileIndex>, Option<Arc<FileIndex>>)> {
         let open = self.open.as_mut().expect("a flush has an open pair");
+        let pieces = chunk.to_vec();
+        let receipts = move || {
+            let n = pieces.iter().map(|p| p.receipts.len()).sum();
+            receipts_to_batch_from(pieces.iter().flat_map(|p| &p.receipts), n)
+        };
+        let n = chunk.iter().map(|p| p.logs.len()).sum();
+        let logs = (n > 0).then(|| logs_to_batch_from(chunk.iter().flat_map(|p| &p.logs), n));
         open.writer
-            .encode_row_groups(
-                self.env.spawner(),
-                ChunkReceipts(chunk.clone()),
-                &chunk.logs,
-            )
+            .encode_row_groups(self.env.spawner(), receipts, logs)
             .await?;
         let receipts = open.writer.append_receipt_row_group().await?;
         self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
@@ -385,7 +393,7 @@ impl<E: Env> State<E> {
             return Ok(None);
         };
         debug_assert_eq!(open.backlog(), 0, "flushed above");
-        debug_assert!(open.buf_receipts.is_empty(), "flushed above");
+        debug_assert!(open.buf_receipts.is_empty() && open.pieces.is_empty(), "flushed above");
         let start = open.writer.start;
         let max_block = open.max_block;
         let paths = open.writer.all_paths();

@@ -98,8 +98,16 @@ pub fn log_schema() -> SchemaRef {
 }
 
 pub fn receipts_to_batch(rows: &[ReceiptRecord]) -> RecordBatch {
-    let mut hash = BinaryBuilder::new();
-    let mut block = UInt64Builder::with_capacity(rows.len());
+    receipts_to_batch_from(rows, rows.len())
+}
+
+/// [`receipts_to_batch`] over `len` rows that may lie in several slices (the pieces of a chunk).
+pub fn receipts_to_batch_from<'a>(
+    rows: impl IntoIterator<Item = &'a ReceiptRecord>,
+    len: usize,
+) -> RecordBatch {
+    let mut hash = BinaryBuilder::with_capacity(len, len * 32);
+    let mut block = UInt64Builder::with_capacity(len);
     let mut bytes = BinaryBuilder::new();
     for r in rows {
         hash.append_value(r.tx_hash);
@@ -115,14 +123,19 @@ pub fn receipts_to_batch(rows: &[ReceiptRecord]) -> RecordBatch {
 }
 
 pub fn logs_to_batch(rows: &[LogRecord]) -> RecordBatch {
+    logs_to_batch_from(rows, rows.len())
+}
+
+/// [`logs_to_batch`] over `len` rows that may lie in several slices (the pieces of a chunk).
+pub fn logs_to_batch_from<'a>(rows: impl IntoIterator<Item = &'a LogRecord>, len: usize) -> RecordBatch {
     let zero_hash = [0u8; 32];
-    let mut block = UInt64Builder::with_capacity(rows.len());
+    let mut block = UInt64Builder::with_capacity(len);
     let mut hash = BinaryBuilder::new();
-    let mut tx_index = UInt32Builder::with_capacity(rows.len());
-    let mut log_index = UInt32Builder::with_capacity(rows.len());
+    let mut tx_index = UInt32Builder::with_capacity(len);
+    let mut log_index = UInt32Builder::with_capacity(len);
     let mut address = BinaryBuilder::new();
     let mut block_hash = BinaryBuilder::new();
-    let mut removed = BooleanBuilder::with_capacity(rows.len());
+    let mut removed = BooleanBuilder::with_capacity(len);
     let mut topics: [BinaryBuilder; 4] = std::array::from_fn(|_| BinaryBuilder::new());
     let mut data = BinaryBuilder::new();
     for r in rows {

@@ -9,13 +9,13 @@ use super::index::{FileIndex, RowGroupSpan};
 use super::reader::FileKind;
 use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use super::{
-    log_schema, logs_to_batch, receipt_schema, receipts_to_batch, BLOOM_CRC_KEY, BODY_CRC_KEY,
+    log_schema, receipt_schema, BLOOM_CRC_KEY, BODY_CRC_KEY,
     BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
 use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};
-use crate::types::{LogRecord, ReceiptRecord};
+
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
@@ -420,37 +420,30 @@ impl<F: Fs> PairWriter<F> {
     }
 
     /// Encodes one row group of each file, both at once: the receipts file's on `lane` (the
-    /// env's write lane, [`BlockingPool::run_write`]) while this task encodes the logs file's
-    /// (none when `logs` is empty). Encoding is most of a flush's cost and the two files are
-    /// independent, so on two cores a flush takes about as long as the logs file's encoding
-    /// alone. Nothing is appended: [`PairWriter::append_receipt_row_group`] and
-    /// [`PairWriter::append_log_row_group`] write the bytes, in that order. On error (or if
-    /// this future is dropped) the writer must not be used again: the store is poisoned.
+    /// env's write lane, [`BlockingPool::run_write`]), which also builds its batch with
+    /// `receipts`, while this task encodes the logs file's (none when `logs` is `None`).
+    /// Encoding is most of a flush's cost and the two files are independent, so on two cores a
+    /// flush takes about as long as the logs file's encoding alone. Nothing is appended:
+    /// [`PairWriter::append_receipt_row_group`] and [`PairWriter::append_log_row_group`] write
+    /// the bytes, in that order. On error (or if this future is dropped) the writer must not be
+    /// used again: the store is poisoned.
     pub async fn encode_row_groups<P: BlockingPool>(
         &mut self,
         lane: &P,
-        receipts: impl AsRef<[ReceiptRecord]> + Send + 'static,
-        logs: &[LogRecord],
+        receipts: impl FnOnce() -> RecordBatch + Send + 'static,
+        logs: Option<RecordBatch>,
     ) -> Result<(), Error> {
-        assert!(
-            !receipts.as_ref().is_empty(),
-            "a flush with no receipts writes nothing"
-        );
         let mut encoder = self.receipts.encoder.take().expect("no encode in flight");
         let (path, base) = (self.receipts.path.clone(), self.receipts.written);
         let receipts_job = lane.run_write(move || {
-            let r = encode_row_group(
-                &mut encoder,
-                &path,
-                base,
-                &receipts_to_batch(receipts.as_ref()),
-            );
+            let batch = receipts();
+            assert!(batch.num_rows() > 0, "a flush with no receipts writes nothing");
+            let r = encode_row_group(&mut encoder, &path, base, &batch);
             (encoder, r)
         });
-        let logs_encoded = if logs.is_empty() {
-            Ok(())
-        } else {
-            self.logs.encode(&logs_to_batch(logs))
+        let logs_encoded = match logs {
+            Some(batch) => self.logs.encode(&batch),
+            None => Ok(()),
         };
         let (encoder, receipts_encoded) = receipts_job.await;
         self.receipts.encoder = Some(encoder);
