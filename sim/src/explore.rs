@@ -261,6 +261,10 @@ fn families(policy: SyncPolicy) -> Vec<Case> {
         CaseBuilder::new(4)
             .flush_every(1)
             .writes(1..=3)
+            // Block 3's write seals block 2's rows and writes them after its ack: a round trip
+            // to the coordinator (the flush interval it already has) lets that finish, so the
+            // calls counted below are the boundary write's own.
+            .op(Op::SetFlushInterval { blocks: 1 })
             .op(Op::CrashInside {
                 after_fs_calls: WAL_CALLS_BEFORE_ROTATION,
                 power_loss: false,

@@ -67,12 +67,12 @@ pub use types::*;
 pub use wal::{WalTailCut, WalTailKind};
 
 use coordinator::{Ending, Published, Request, SharedEnding};
-use wal::PendingFrame;
 use env::Env;
 use query::{IndexCache, Reader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use wal::PendingFrame;
 
 /// A handle to an open store. Cheap to clone; every clone talks to the same coordinator.
 pub struct Store<E: Env> {

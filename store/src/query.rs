@@ -633,9 +633,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 to,
                 &[("address", &addrs), ("topic0", &topic0)],
             );
-            let found = self
-                .open_file_rows(wanted, limit - out.len(), rows)
-                .await?;
+            let found = self.open_file_rows(wanted, limit - out.len(), rows).await?;
             out.extend(found);
         }
         if out.len() < limit {

@@ -673,6 +673,20 @@ async fn open_window_rows_are_readable_before_and_after_a_flush() {
     s.close().await.unwrap();
 }
 
+/// Block 1's logs (row group 0 of their file) fail to read, the error naming `file` and the
+/// row group's checksum.
+async fn assert_block_1_refused_naming(s: &S, file: &str) {
+    let err = s
+        .get_logs(&blocks(Some(1), Some(1)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(file) && err.contains("row group 0 checksum mismatch"),
+        "{err}"
+    );
+}
+
 /// Flushed rows of the open window leave memory and are read back from the unfinished files,
 /// verified like a closed file's row groups: a rotted byte there fails the reads of its row
 /// group and spares the others, and after a crash the WAL rebuilds the window whole.
@@ -722,15 +736,7 @@ async fn flushed_open_window_rows_are_read_from_the_unfinished_files_not_memory(
         f.seek(SeekFrom::Start(20)).unwrap();
         f.write_all(&[byte[0] ^ 0xFF]).unwrap();
     }
-    let err = s
-        .get_logs(&blocks(Some(1), Some(1)))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(".logs_0.parquet.open") && err.contains("row group 0 checksum mismatch"),
-        "{err}"
-    );
+    assert_block_1_refused_naming(&s, ".logs_0.parquet.open").await;
     assert_eq!(
         s.get_logs(&blocks(Some(3), Some(4))).await.unwrap().len(),
         80,
@@ -1200,15 +1206,7 @@ async fn a_rotted_row_group_fails_its_reads_and_spares_the_others() {
     bytes[20] ^= 0xFF;
     std::fs::write(&path, bytes).unwrap();
     let s = open(tmp.path(), Config::new(16, 1)).await;
-    let err = s
-        .get_logs(&blocks(Some(1), Some(1)))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("logs_0.parquet") && err.contains("row group 0 checksum mismatch"),
-        "{err}"
-    );
+    assert_block_1_refused_naming(&s, "logs_0.parquet").await;
     let logs = s.get_logs(&blocks(Some(10), Some(10))).await.unwrap();
     assert_eq!(logs.len(), 40, "verified row groups are still served");
     s.close().await.unwrap();

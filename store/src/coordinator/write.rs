@@ -7,14 +7,14 @@ use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
+use crate::parquet::index::FileIndex;
 use crate::parquet::writer::PairWriter;
 use crate::parquet::{logs_to_batch_from, receipts_to_batch_from};
-use crate::wal::PendingFrame;
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
 };
-use crate::parquet::index::FileIndex;
+use crate::wal::PendingFrame;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -117,7 +117,11 @@ impl<E: Env> State<E> {
         let rotate = self.rotates_at(height);
         let frame = match frame {
             Some(f) => {
-                assert_eq!(f.height(), height, "the caller encoded this block's payload");
+                assert_eq!(
+                    f.height(),
+                    height,
+                    "the caller encoded this block's payload"
+                );
                 f
             }
             None => PendingFrame::encode(height, &receipts),
@@ -213,7 +217,10 @@ impl<E: Env> State<E> {
             _ => 0,
         };
         let open = self.open.as_mut().expect("opened above");
-        debug_assert!(open.max_block.is_none_or(|m| m <= block), "rows arrive in block order");
+        debug_assert!(
+            open.max_block.is_none_or(|m| m <= block),
+            "rows arrive in block order"
+        );
         open.max_block = Some(block);
         open.buf_receipts.push(ReceiptRecord {
             tx_hash: input.tx_hash,
@@ -393,7 +400,10 @@ impl<E: Env> State<E> {
             return Ok(None);
         };
         debug_assert_eq!(open.backlog(), 0, "flushed above");
-        debug_assert!(open.buf_receipts.is_empty() && open.pieces.is_empty(), "flushed above");
+        debug_assert!(
+            open.buf_receipts.is_empty() && open.pieces.is_empty(),
+            "flushed above"
+        );
         let start = open.writer.start;
         let max_block = open.max_block;
         let paths = open.writer.all_paths();

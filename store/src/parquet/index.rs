@@ -371,7 +371,8 @@ impl FileIndex {
             len,
             ranges: blooms,
         };
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, arrow_meta.clone());
         let row_groups = row_group_index(path, kind, &builder)?;
         Ok(FileIndex {
             path: path.to_path_buf(),
@@ -395,7 +396,10 @@ impl FileIndex {
         if groups.is_empty() {
             return self.fetch_groups_in(&Absent, groups).await;
         }
-        let file = fs.open(&self.path).await.map_err(|e| Error::io(&self.path, e))?;
+        let file = fs
+            .open(&self.path)
+            .await
+            .map_err(|e| Error::io(&self.path, e))?;
         self.fetch_groups_in(&file, groups).await
     }
 
@@ -474,7 +478,10 @@ impl FileIndex {
             let mut ranges = BTreeMap::new();
             for &g in chunk {
                 let at = spans[g].offset;
-                let bytes = sparse.ranges.get(&at).expect("every candidate group was fetched");
+                let bytes = sparse
+                    .ranges
+                    .get(&at)
+                    .expect("every candidate group was fetched");
                 ranges.insert(at, bytes.clone());
             }
             out.push(FetchedGroups {
@@ -568,11 +575,9 @@ mod tests {
         }
     }
 
-    /// A read decoded in parallel: the fetched row groups split into parts (consecutive groups,
-    /// each with only its own bytes) decode to exactly the rows of the whole, in file order, for
-    /// every number of parts up to past the group count.
-    #[tokio::test]
-    async fn split_fetched_groups_decode_to_the_same_rows_in_order() {
+    /// Writes four receipts to each of `blocks` in windows of 10 (a block of 10 or more closes
+    /// window 0) and returns the index of window 0's receipts file.
+    async fn receipts_index_of_window_0(blocks: &[u64]) -> (tempfile::TempDir, FileIndex) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             max_blocks_per_file: 10,
@@ -581,7 +586,7 @@ mod tests {
         let s = Store::open(RealEnv::default(), dir.path(), config)
             .await
             .unwrap();
-        for b in [1u64, 2, 3, 4, 5, 10] {
+        for &b in blocks {
             s.write_receipts(b, (0..4).map(|i| receipt(b, i)).collect())
                 .await
                 .unwrap();
@@ -591,6 +596,15 @@ mod tests {
         let idx = FileIndex::load(&RealFs, &path, FileKind::Receipts)
             .await
             .unwrap();
+        (dir, idx)
+    }
+
+    /// A read decoded in parallel: the fetched row groups split into parts (consecutive groups,
+    /// each with only its own bytes) decode to exactly the rows of the whole, in file order, for
+    /// every number of parts up to past the group count.
+    #[tokio::test]
+    async fn split_fetched_groups_decode_to_the_same_rows_in_order() {
+        let (_dir, idx) = receipts_index_of_window_0(&[1, 2, 3, 4, 5, 10]).await;
         let groups: Vec<usize> = (0..idx.row_groups.len()).collect();
         assert!(groups.len() >= 4, "several row groups to split");
         let rows = |batches: Vec<RecordBatch>| -> Vec<(u64, [u8; 32])> {
@@ -622,24 +636,7 @@ mod tests {
     /// row groups), and nothing for an absent hash.
     #[tokio::test]
     async fn decoding_where_a_hash_matches_yields_only_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            max_blocks_per_file: 10,
-            ..Config::default()
-        };
-        let s = Store::open(RealEnv::default(), dir.path(), config)
-            .await
-            .unwrap();
-        for b in [1u64, 2, 3, 10] {
-            s.write_receipts(b, (0..4).map(|i| receipt(b, i)).collect())
-                .await
-                .unwrap();
-        }
-        s.close().await.unwrap();
-        let path = dir.path().join("receipts_0.parquet");
-        let idx = FileIndex::load(&RealFs, &path, FileKind::Receipts)
-            .await
-            .unwrap();
+        let (_dir, idx) = receipts_index_of_window_0(&[1, 2, 3, 10]).await;
         assert_eq!(idx.row_groups.len(), 3, "one row group per block");
         let all = || idx.fetch_groups(&RealFs, vec![0, 1, 2]);
         let holding = |want: [u8; 32]| {

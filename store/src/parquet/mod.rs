@@ -127,7 +127,10 @@ pub fn logs_to_batch(rows: &[LogRecord]) -> RecordBatch {
 }
 
 /// [`logs_to_batch`] over `len` rows that may lie in several slices (the pieces of a chunk).
-pub fn logs_to_batch_from<'a>(rows: impl IntoIterator<Item = &'a LogRecord>, len: usize) -> RecordBatch {
+pub fn logs_to_batch_from<'a>(
+    rows: impl IntoIterator<Item = &'a LogRecord>,
+    len: usize,
+) -> RecordBatch {
     let zero_hash = [0u8; 32];
     let mut block = UInt64Builder::with_capacity(len);
     let mut hash = BinaryBuilder::new();

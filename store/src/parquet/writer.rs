@@ -9,8 +9,8 @@ use super::index::{FileIndex, RowGroupSpan};
 use super::reader::FileKind;
 use super::{footer_crc_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use super::{
-    log_schema, receipt_schema, BLOOM_CRC_KEY, BODY_CRC_KEY,
-    BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
+    log_schema, receipt_schema, BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY,
+    LAYOUT_VERSION, LAYOUT_VERSION_KEY, ROW_GROUP_CRC_KEY,
 };
 use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
 use crate::error::Error;
@@ -182,7 +182,8 @@ impl<F: Fs> FileWriter<F> {
             .expect("a row group was encoded before it is appended");
         self.bloom_crcs.extend(encoded.bloom_crcs);
         let (offset, len, crc) = self.drain().await?;
-        self.row_group_crcs.push(format!("{offset}:{len}:{crc:08x}"));
+        self.row_group_crcs
+            .push(format!("{offset}:{len}:{crc:08x}"));
         let span = RowGroupSpan { offset, len, crc };
         let index = FileIndex::written_group(
             &self.path,
@@ -437,7 +438,10 @@ impl<F: Fs> PairWriter<F> {
         let (path, base) = (self.receipts.path.clone(), self.receipts.written);
         let receipts_job = lane.run_write(move || {
             let batch = receipts();
-            assert!(batch.num_rows() > 0, "a flush with no receipts writes nothing");
+            assert!(
+                batch.num_rows() > 0,
+                "a flush with no receipts writes nothing"
+            );
             let r = encode_row_group(&mut encoder, &path, base, &batch);
             (encoder, r)
         });

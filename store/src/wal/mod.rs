@@ -24,11 +24,11 @@ use crate::error::WalError;
 use crate::files::{quarantine, Evidence, QuarantineReason, QuarantinedFile};
 use crate::mark;
 use crate::types::{ReceiptInput, SyncPolicy};
-pub use record::{PendingFrame, WalRecord};
 use record::{
     decode_marker, decode_payload, decode_v1_header, encode_frame, starts_v2,
     FRAME_V1_HEADER_BYTES, HEAD_MAGIC, MARKER_BYTES, MAX_RECORD_PAYLOAD_BYTES, TAIL_MAGIC,
 };
+pub use record::{PendingFrame, WalRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -201,8 +201,7 @@ impl PendingFrame {
             payload_crc: checksum(seq, payload),
         };
         self.frame[..MARKER_BYTES].copy_from_slice(&encode_marker(HEAD_MAGIC, &m));
-        self.frame
-            .extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
+        self.frame.extend_from_slice(&encode_marker(TAIL_MAGIC, &m));
         self.frame
     }
 }
