@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 pub(crate) async fn read_file<F: Fs>(fs: &F, path: &Path) -> Result<Vec<u8>> {
     let f = fs.open(path).await.map_err(|e| Error::io(path, e))?;
@@ -570,20 +571,15 @@ pub(crate) async fn open<E: Env>(
     // records those pairs hold (found by crash points inside close: a power loss after such an
     // open undid the renames, and the WAL no longer held the blocks).
     fs.sync_dir(&dir).await.map_err(|e| Error::io(&dir, e))?;
-    let (wal, records, wal_report) = contents
-        .open(
-            config.sync_policy,
-            config.wal_segment_bytes,
-            file_start_block,
-        )
-        .await?;
+    let (records, rewrite, wal_report) = contents.prepare(file_start_block).await?;
     quarantined.extend(wal_report.quarantined);
+    let (policy, segment_bytes) = (config.sync_policy, config.wal_segment_bytes);
     let ending: SharedEnding = Arc::new(Mutex::new(None));
     let mut state = State {
         env: env.clone(),
         dir,
         config,
-        wal: Some(wal),
+        wal: None,
         catalogue,
         open: None,
         file_start_block,
@@ -602,7 +598,31 @@ pub(crate) async fn open<E: Env>(
         wal_tail_cut: wal_report.tail_cut,
     };
     let before: Vec<u64> = state.catalogue.keys().copied().collect();
-    let replayed = match state.replay(records).await {
+    // The WAL rewrite (writing and fsyncing the needed records anew, see `WalRewrite`) touches
+    // only the WAL folder and replay never touches it, so the two run at once: replay's
+    // staging and encoding overlap the rewrite's writes and fsync. Nothing is acked or served
+    // before both are done.
+    let (done, rewritten) = oneshot::channel();
+    env.spawner().spawn(
+        "receipt-store-wal-rewrite",
+        Box::pin(async move {
+            let _ = done.send(rewrite.finish(policy, segment_bytes).await);
+        }),
+    );
+    let replayed = state.replay(records).await;
+    let rewritten = rewritten
+        .await
+        .expect("the rewrite task runs to its end and sends its result");
+    let replayed = match rewritten {
+        Ok(wal) => {
+            state.wal = Some(wal);
+            replayed
+        }
+        // The records stay in the old segments (the rewrite replaces them only by a rename):
+        // what replay made goes, as when replay fails.
+        Err(e) => replayed.and(Err(e.into())),
+    };
+    let replayed = match replayed {
         Ok(r) => r,
         Err(e) => {
             mark!("replay-failed-cleanup");

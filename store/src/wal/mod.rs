@@ -586,29 +586,37 @@ impl<F: Fs> WalContents<F> {
 impl<F: Fs> WalContents<F> {
     /// Opens the WAL for appending and returns the records at or above `floor`, the first block
     /// not in a closed file (records below it are not needed and are dropped by the rewrite).
-    /// Bad bytes are handled as the table in the module doc says.
+    /// Bad bytes are handled as the table in the module doc says. [`WalContents::prepare`] and
+    /// [`WalRewrite::finish`] in turn; open runs the rewrite while it replays the records.
     pub async fn open(
         self,
         policy: SyncPolicy,
         segment_limit_bytes: u64,
         floor: u64,
     ) -> Result<(Wal<F>, Vec<WalRecord>, WalOpenReport), WalError> {
+        let (records, rewrite, report) = self.prepare(floor).await?;
+        let wal = rewrite.finish(policy, segment_limit_bytes).await?;
+        Ok((wal, records, report))
+    }
+
+    /// Handles the bad bytes (see the module doc) and hands out the records at or above
+    /// `floor`, with what [`WalRewrite::finish`] needs to make them durable in a fresh segment:
+    /// the frames' bytes as read (re-encoded only for v1 frames and damaged trailers).
+    pub async fn prepare(
+        self,
+        floor: u64,
+    ) -> Result<(Vec<WalRecord>, WalRewrite<F>, WalOpenReport), WalError> {
         let WalContents {
             fs,
             data_dir,
             dir,
-            mut segments,
+            segments,
             scanned,
             records,
             sources,
         } = self;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| WalError::Io { path, source }
-        };
         let mut report = WalOpenReport::default();
         Wal::handle_bad_regions(&fs, &data_dir, &scanned, floor, &mut report).await?;
-
         let next_seq = records
             .last()
             .map(|r| r.seq + 1)
@@ -623,6 +631,82 @@ impl<F: Fs> WalContents<F> {
         if records.len() < read_count {
             mark!("wal-records-below-floor-dropped");
         }
+        let frames = records
+            .iter()
+            .zip(&sources)
+            .map(|(r, &(si, fi))| {
+                let span = scanned[si].scan.frames[fi];
+                debug_assert_eq!((span.seq, span.height), (r.seq, r.height));
+                if span.exact {
+                    RewriteFrame::Read {
+                        segment: si,
+                        bytes: span.start_bytes..span.end_bytes,
+                    }
+                } else {
+                    // v1 frames, and v2 frames with a damaged trailer, are written anew.
+                    mark!("wal-record-reencoded-at-open");
+                    RewriteFrame::Encoded(encode_frame(r.seq, r.height, &r.receipts))
+                }
+            })
+            .collect();
+        let rewrite = WalRewrite {
+            fs,
+            dir,
+            segments,
+            scanned,
+            frames,
+            first: records.first().map_or(next_seq, |r| r.seq),
+            read_any,
+            next_seq,
+        };
+        Ok((records, rewrite, report))
+    }
+}
+
+/// One record's frame in the rewrite at open: its bytes as read, or encoded anew.
+enum RewriteFrame {
+    Read {
+        segment: usize,
+        bytes: std::ops::Range<usize>,
+    },
+    Encoded(Vec<u8>),
+}
+
+/// The second half of opening the WAL (see [`WalContents::prepare`]): rewriting the needed
+/// records into a fresh fsynced segment and opening the active one. It touches only the WAL
+/// folder, so it may run while the records are replayed; nothing may be acked before it ends.
+pub struct WalRewrite<F: Fs> {
+    fs: F,
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    scanned: Vec<Scanned>,
+    frames: Vec<RewriteFrame>,
+    first: u64,
+    read_any: bool,
+    next_seq: u64,
+}
+
+impl<F: Fs> WalRewrite<F> {
+    /// Rewrites the records (when open read any) and opens the WAL for appending.
+    pub async fn finish(
+        self,
+        policy: SyncPolicy,
+        segment_limit_bytes: u64,
+    ) -> Result<Wal<F>, WalError> {
+        let WalRewrite {
+            fs,
+            dir,
+            mut segments,
+            scanned,
+            frames,
+            first,
+            read_any,
+            next_seq,
+        } = self;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::Io { path, source }
+        };
         if read_any {
             // Rewrite every needed record into a fresh, fsynced segment before anything is
             // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
@@ -631,21 +715,16 @@ impl<F: Fs> WalContents<F> {
             // Records below the floor are in closed files: they are left out, so no segment of
             // records that closed files cover outlives an open.
             mark!("wal-rewritten-at-open");
-            let first = records.first().map_or(next_seq, |r| r.seq);
             let tmp = dir.join(REWRITE_TMP);
             let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
-            for (r, &(si, fi)) in records.iter().zip(&sources) {
-                let s = &scanned[si];
-                let span = s.scan.frames[fi];
-                debug_assert_eq!((span.seq, span.height), (r.seq, r.height));
-                let appended = if span.exact {
-                    f.append(&s.bytes[span.start_bytes..span.end_bytes]).await
-                } else {
-                    // v1 frames, and v2 frames with a damaged trailer, are written anew.
-                    mark!("wal-record-reencoded-at-open");
-                    f.append(&encode_frame(r.seq, r.height, &r.receipts)).await
+            for frame in &frames {
+                let bytes = match frame {
+                    RewriteFrame::Read { segment, bytes } => {
+                        &scanned[*segment].bytes[bytes.clone()]
+                    }
+                    RewriteFrame::Encoded(b) => &b[..],
                 };
-                appended.map_err(io(&tmp))?;
+                f.append(bytes).await.map_err(io(&tmp))?;
             }
             f.sync_data().await.map_err(io(&tmp))?;
             drop(f);
@@ -703,7 +782,7 @@ impl<F: Fs> WalContents<F> {
             active_len,
             next_seq,
         };
-        Ok((wal, records, report))
+        Ok(wal)
     }
 }
 
