@@ -302,18 +302,7 @@ impl SimFs {
     /// Bit rot at rest: flips bit `bit` of byte `at` of `path`, in what reads see and in what
     /// survives a power loss alike. Only synced bytes rot (returns false when `at` is past them).
     pub fn rot_bit(&self, path: &Path, at: usize, bit: u8) -> bool {
-        let mut s = self.state.lock().unwrap();
-        let Ok(ino) = Self::lookup(&s, path) else {
-            return false;
-        };
-        let inode = s.inodes.get_mut(&ino).expect("entry points at inode");
-        if at >= inode.durable.len() || at >= inode.data.len() {
-            return false;
-        }
-        inode.durable[at] ^= 1 << (bit % 8);
-        inode.data[at] ^= 1 << (bit % 8);
-        s.stats.faults += 1;
-        true
+        self.flip(path, at, bit, true)
     }
 
     /// A flipped bit in bytes not synced yet (a bad page in the page cache, or a bad transfer):
@@ -322,16 +311,23 @@ impl SimFs {
     ///
     /// [`rot_bit`]: SimFs::rot_bit
     pub fn rot_cached_bit(&self, path: &Path, at: usize, bit: u8) -> bool {
+        self.flip(path, at, bit, false)
+    }
+
+    /// Flips bit `bit` of byte `at` of `path` where it is (visible bytes, and durable ones when
+    /// `at` is synced); with `synced_only`, only a synced byte may flip.
+    fn flip(&self, path: &Path, at: usize, bit: u8, synced_only: bool) -> bool {
         let mut s = self.state.lock().unwrap();
         let Ok(ino) = Self::lookup(&s, path) else {
             return false;
         };
         let inode = s.inodes.get_mut(&ino).expect("entry points at inode");
-        if at >= inode.data.len() {
+        let synced = at < inode.durable.len();
+        if at >= inode.data.len() || (synced_only && !synced) {
             return false;
         }
         inode.data[at] ^= 1 << (bit % 8);
-        if at < inode.durable.len() {
+        if synced {
             inode.durable[at] ^= 1 << (bit % 8);
         }
         s.stats.faults += 1;

@@ -153,38 +153,37 @@ impl<E: Env> Store<E> {
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        self.request(make).await.unwrap_or_else(|| Err(self.gone()))
+    }
+
+    /// Sends a request and waits for its reply; `None` when the coordinator has ended.
+    async fn request<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Request) -> Option<R> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(make(reply)).await.is_err() {
-            return Err(self.gone());
-        }
-        rx.await.unwrap_or_else(|_| Err(self.gone()))
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
     }
 
     /// Stores one block's receipts (one WAL record per call). Empty `receipts` observes the
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
         // The WAL payload is encoded here, on the caller's task, while the coordinator may still
         // be writing the previous block's row groups. Only valid input is encoded; the
         // coordinator checks everything again in its own order, so errors do not change.
         let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
         let frame = valid.then(|| PendingFrame::encode(height, &receipts));
-        let request = Request::Write {
+        let request = |reply| Request::Write {
             height,
             receipts,
             frame,
             reply,
         };
-        if self.tx.send(request).await.is_err() {
-            return Err(self.gone());
-        }
-        match rx.await {
+        match self.request(request).await {
             // The rows this write retired are freed here, on the caller's thread.
-            Ok((r, retired)) => {
+            Some((r, retired)) => {
                 drop(retired);
                 r
             }
-            Err(_) => Err(self.gone()),
+            None => Err(self.gone()),
         }
     }
 

@@ -475,6 +475,11 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
     ) -> Result<Vec<ReceiptRecord>> {
         let (from, to) = block.map_or((0, u64::MAX), |b| (b, b));
         let hash = *hash;
+        // The same decoder for closed files and the open pair's written row groups.
+        let rows = move |c: Candidates| {
+            let path = c.path().to_path_buf();
+            receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
+        };
         let mut out = Vec::new();
         for pair in &snap.closed {
             if pair.start > to {
@@ -487,10 +492,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     FileKind::Receipts,
                     (from, to),
                     &[("tx_hash", &hashes)],
-                    move |c| {
-                        let path = c.path().to_path_buf();
-                        receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
-                    },
+                    rows,
                 )
                 .await?,
             );
@@ -499,10 +501,6 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             }
         }
         if let Some(files) = &snap.written {
-            let rows = move |c: Candidates| {
-                let path = c.path().to_path_buf();
-                receipts_from(&path, c.decode_holding(&hash)?, Some(&hash), from, to)
-            };
             let enough = if first_only { 1 } else { usize::MAX };
             let wanted = {
                 let hashes: [&[u8]; 1] = [&hash[..]];
@@ -545,24 +543,21 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         from: u64,
         to: u64,
     ) -> Result<Vec<ReceiptRecord>> {
+        let rows = move |c: Candidates| {
+            let path = c.path().to_path_buf();
+            receipts_from(&path, c.decode()?, None, from, to)
+        };
         let mut out = Vec::new();
         for pair in &snap.closed {
             if pair.start > to {
                 break;
             }
             out.extend(
-                self.file_rows(pair, FileKind::Receipts, (from, to), &[], move |c| {
-                    let path = c.path().to_path_buf();
-                    receipts_from(&path, c.decode()?, None, from, to)
-                })
-                .await?,
+                self.file_rows(pair, FileKind::Receipts, (from, to), &[], rows)
+                    .await?,
             );
         }
         if let Some(files) = &snap.written {
-            let rows = move |c: Candidates| {
-                let path = c.path().to_path_buf();
-                receipts_from(&path, c.decode()?, None, from, to)
-            };
             let wanted = open_candidates(files, FileKind::Receipts, from, to, &[]);
             let found = self.open_file_rows(wanted, usize::MAX, rows).await?;
             out.extend(found);
@@ -597,35 +592,31 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             .unwrap_or_default();
         let shared = Arc::new(filter.clone());
         let mut out: Vec<LogRecord> = Vec::new();
-        let sort =
-            |v: &mut Vec<LogRecord>| v.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
+        // The same decoder for closed files and the open pair's written row groups.
+        let rows = {
+            let filter = shared.clone();
+            move |c: Candidates| {
+                let path = c.path().to_path_buf();
+                let batches = c.decode_logs_where(filter.clone())?;
+                logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))
+            }
+        };
         for pair in &snap.closed {
             if out.len() >= limit || pair.start > to {
                 break;
             }
-            let filter = shared.clone();
             out.extend(
                 self.file_rows(
                     pair,
                     FileKind::Logs,
                     (from, to),
                     &[("address", &addrs), ("topic0", &topic0)],
-                    move |c| {
-                        let path = c.path().to_path_buf();
-                        let batches = c.decode_logs_where(filter.clone())?;
-                        logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))
-                    },
+                    rows.clone(),
                 )
                 .await?,
             );
         }
         if let Some(files) = snap.written.as_ref().filter(|_| out.len() < limit) {
-            let filter = shared.clone();
-            let rows = move |c: Candidates| {
-                let path = c.path().to_path_buf();
-                let batches = c.decode_logs_where(filter.clone())?;
-                logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))
-            };
             let wanted = open_candidates(
                 files,
                 FileKind::Logs,
@@ -655,7 +646,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         // One sort of everything: rows arrive in file order (block order), but a block's rows
         // can straddle row groups, decode jobs or the written/in-memory boundary, and the
         // caller's tx indices need not increase. Sorting rows already in order is one pass.
-        sort(&mut out);
+        out.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
         out.truncate(limit);
         Ok(out)
     }

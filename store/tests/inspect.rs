@@ -27,6 +27,20 @@ fn receipt(block: u64, i: u32) -> ReceiptInput {
     }
 }
 
+/// A store in `dir` with windows of 4 blocks and two receipts in each of blocks 1..=`last`.
+async fn store_with_blocks(dir: &Path, last: u64) -> (Store<RealEnv>, Config) {
+    let config = Config::new(4, 1);
+    let s = Store::open(RealEnv::default(), dir, config.clone())
+        .await
+        .unwrap();
+    for b in 1..=last {
+        s.write_receipts(b, vec![receipt(b, 0), receipt(b, 1)])
+            .await
+            .unwrap();
+    }
+    (s, config)
+}
+
 /// Every entry under `dir` with its bytes (directories map to `None`).
 fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
@@ -52,15 +66,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
 async fn a_view_reports_what_open_then_does_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let config = Config::new(4, 1);
-    let s = Store::open(RealEnv::default(), dir, config.clone())
-        .await
-        .unwrap();
-    for b in 1..=10u64 {
-        s.write_receipts(b, vec![receipt(b, 0), receipt(b, 1)])
-            .await
-            .unwrap();
-    }
+    let (s, config) = store_with_blocks(dir, 10).await;
     s.crash().await;
     std::fs::copy(dir.join("logs_4.parquet"), dir.join("logs_40.parquet")).unwrap();
     let segment = dir.join(WAL_DIR_NAME).join(
@@ -143,15 +149,7 @@ async fn a_view_reports_what_open_then_does_and_changes_nothing() {
 async fn a_view_reads_a_pair_whose_rename_it_only_records() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let config = Config::new(4, 1);
-    let s = Store::open(RealEnv::default(), dir, config.clone())
-        .await
-        .unwrap();
-    for b in 1..=6u64 {
-        s.write_receipts(b, vec![receipt(b, 0), receipt(b, 1)])
-            .await
-            .unwrap();
-    }
+    let (s, config) = store_with_blocks(dir, 6).await;
     s.close().await.unwrap();
     std::fs::rename(dir.join("logs_4.parquet"), dir.join(".logs_4.parquet.open")).unwrap();
     let before = tree(dir);

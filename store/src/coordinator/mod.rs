@@ -226,8 +226,6 @@ pub(crate) struct OpenPair<E: Env> {
     pub receipt_groups: Vec<Arc<FileIndex>>,
     pub log_groups: Vec<Arc<FileIndex>>,
     pub rows: u64,
-    /// The highest block with a receipt in the window (its footer's max block once closed).
-    pub max_block: Option<u64>,
 }
 
 impl<E: Env> OpenPair<E> {
@@ -323,6 +321,7 @@ impl<E: Env> State<E> {
         }
     }
 
+    /// What reads see now; the staged buffers must be pieces already (see [`State::publish`]).
     fn snapshot(&self) -> Snapshot {
         let mut open = Vec::new();
         let mut written = None;
@@ -339,14 +338,12 @@ impl<E: Env> State<E> {
                 }
                 written = Some(files);
             }
+            debug_assert!(
+                o.buf_receipts.is_empty(),
+                "publish pieces the buffers first"
+            );
             open.extend(o.sealed.iter().flatten().cloned());
             open.extend(o.pieces.iter().cloned());
-            if !o.buf_receipts.is_empty() {
-                open.push(Arc::new(Chunk {
-                    receipts: o.buf_receipts.clone(),
-                    logs: o.buf_logs.clone(),
-                }));
-            }
         }
         Snapshot {
             closed: self.catalogue.values().cloned().collect(),
@@ -374,7 +371,7 @@ impl<E: Env> State<E> {
         loop {
             self.publish();
             // The chunks replay sealed (at most a window's) are written one per turn while no
-            // request waits: open returns before the window is encoded, a read or status waits
+            // request waits: open returns before the window is encoded, a status call waits
             // for at most one chunk, and a write that reaches a flush writes what is left first.
             if self.has_backlog() {
                 match rx.try_recv() {

@@ -217,11 +217,6 @@ impl<E: Env> State<E> {
             _ => 0,
         };
         let open = self.open.as_mut().expect("opened above");
-        debug_assert!(
-            open.max_block.is_none_or(|m| m <= block),
-            "rows arrive in block order"
-        );
-        open.max_block = Some(block);
         open.buf_receipts.push(ReceiptRecord {
             tx_hash: input.tx_hash,
             block_number: block,
@@ -324,11 +319,9 @@ impl<E: Env> State<E> {
             self.failpoint(fp::BEFORE_FLUSH)?;
             let (receipts, logs) = self.write_chunk(&chunk).await?;
             let open = self.open.as_mut().expect("a flush has an open pair");
-            let done = open.sealed.pop_front().expect("the chunk just written");
-            debug_assert_eq!(done.len(), chunk.len());
+            open.sealed.pop_front().expect("the chunk just written");
             open.receipt_groups.push(receipts);
             open.log_groups.extend(logs);
-            drop(done);
             // Freed by whoever the coordinator answers next (see `State::retired`); readers
             // holding the pieces keep them alive either way.
             self.retired.extend(chunk);
@@ -348,7 +341,6 @@ impl<E: Env> State<E> {
             receipt_groups: Vec::new(),
             log_groups: Vec::new(),
             rows: 0,
-            max_block: None,
         });
         Ok(())
     }
@@ -405,7 +397,11 @@ impl<E: Env> State<E> {
             "flushed above"
         );
         let start = open.writer.start;
-        let max_block = open.max_block;
+        // Every row is in a written row group now; the last one holds the highest block.
+        let max_block = open
+            .receipt_groups
+            .last()
+            .and_then(|g| g.row_groups.iter().filter_map(|rg| rg.max_block).max());
         let paths = open.writer.all_paths();
         let writer = open.writer;
         let finished = async {

@@ -75,20 +75,6 @@ impl ChunkReader for Sparse {
     }
 }
 
-/// A file never read: fetching no row groups needs no handle.
-struct Absent;
-
-impl ReadAt for Absent {
-    fn read_at_boxed(
-        &self,
-        _offset: u64,
-        _len: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<u8>>> + Send + '_>>
-    {
-        unreachable!("no row group is fetched from an absent file")
-    }
-}
-
 /// The bytes of one row group in its file, and their crc32c as our writer recorded it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowGroupSpan {
@@ -394,7 +380,15 @@ impl FileIndex {
         groups: Vec<usize>,
     ) -> Result<FetchedGroups, Error> {
         if groups.is_empty() {
-            return self.fetch_groups_in(&Absent, groups).await;
+            // Nothing to read: no need to open the file.
+            return Ok(FetchedGroups {
+                sparse: Sparse {
+                    len: self.len,
+                    ranges: BTreeMap::new(),
+                },
+                groups,
+                bytes_read: 0,
+            });
         }
         let file = fs
             .open(&self.path)
@@ -418,13 +412,6 @@ impl FileIndex {
             len: self.len,
             ranges: BTreeMap::new(),
         };
-        if groups.is_empty() {
-            return Ok(FetchedGroups {
-                sparse,
-                groups,
-                bytes_read: 0,
-            });
-        }
         let path = &self.path;
         let io = |e| Error::io(path, e);
         let mut bytes_read = 0;
