@@ -4,7 +4,8 @@
 use crate::data;
 use crate::rss;
 use receipt_store::env::real::RealEnv;
-use receipt_store::parquet::writer::properties;
+use receipt_store::parquet::reader::FileKind;
+use receipt_store::parquet::writer::properties_for;
 use receipt_store::parquet::{log_schema, logs_to_batch, receipt_schema, receipts_to_batch};
 use receipt_store::{Config, LogRecord, ReceiptInput, ReceiptRecord, Store, SyncPolicy};
 use serde::{Deserialize, Serialize};
@@ -115,8 +116,8 @@ pub fn ceiling_write(dir: &Path, blocks: u64, n: u32) -> WriteFigure {
     use parquet::arrow::ArrowWriter;
     let rf = std::fs::File::create(dir.join("r.parquet")).unwrap();
     let lf = std::fs::File::create(dir.join("l.parquet")).unwrap();
-    let rp = properties(&["tx_hash"]);
-    let lp = properties(&["tx_hash", "address", "topic0"]);
+    let rp = properties_for(FileKind::Receipts);
+    let lp = properties_for(FileKind::Logs);
     let mut rw = ArrowWriter::try_new(rf, receipt_schema(), Some(rp)).unwrap();
     let mut lw = ArrowWriter::try_new(lf, log_schema(), Some(lp)).unwrap();
     let all = inputs(blocks, n);

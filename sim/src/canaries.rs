@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 12] = [
+pub const TABLE: [(Canary, &str); 13] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -27,6 +27,7 @@ pub const TABLE: [(Canary, &str); 12] = [
     (Canary::ZeroHeightSentinel, "edges"),
     (Canary::SkipReusedSegmentSync, "crash-storm"),
     (Canary::SkipNewestOpenRowGroup, "default"),
+    (Canary::PageMinExclusive, "default"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -138,6 +138,7 @@ impl CaseBuilder {
                     fs_faults: Vec::new(),
                     time_jump_per_mille: 0,
                     index_cache_files: 64,
+                    page_rows: receipt_store::Config::default().page_rows,
                 },
                 ops: self.ops,
                 reason: String::new(),

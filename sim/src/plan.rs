@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub const PLAN_STREAM: u64 = 0x9_1A4E;
 pub const FAULT_STREAM: u64 = 0xFA_0175;
 pub const READER_STREAM: u64 = 0x4EAD_E45;
+/// The stream of file-layout draws (page size), apart from the plan's so adding them left every
+/// seed's ops as they were.
+pub const LAYOUT_STREAM: u64 = 0x1A_4073;
 
 /// Probability that a write at a window boundary (where rotation happens) is followed at once by
 /// a crash or power loss.
@@ -173,10 +176,28 @@ pub struct Swarm {
     /// File indexes the store caches (small values make reads evict).
     #[serde(default = "default_index_cache_files")]
     pub index_cache_files: usize,
+    /// Rows per data page of the files the store writes (small values give the simulator's
+    /// small row groups several pages, so filtered reads skip some by the page index).
+    #[serde(default = "default_page_rows")]
+    pub page_rows: usize,
 }
 
 fn default_index_cache_files() -> usize {
     receipt_store::Config::default().index_cache_files
+}
+
+fn default_page_rows() -> usize {
+    receipt_store::Config::default().page_rows
+}
+
+/// Rows per data page for one seed: most seeds a handful (the simulator's row groups hold a few
+/// to a few dozen logs), the rest the store's default (one page per row group there).
+fn draw_page_rows(rng: &mut ChaCha8Rng) -> usize {
+    if rng.random_bool(0.75) {
+        rng.random_range(1..=6)
+    } else {
+        default_page_rows()
+    }
 }
 
 /// Which input limit an oversized write crosses.
@@ -504,6 +525,7 @@ pub fn draw_swarm(rng: &mut ChaCha8Rng, sc: &Scenario) -> Swarm {
     };
     Swarm {
         index_cache_files,
+        page_rows: default_page_rows(),
         time_jump_per_mille,
         max_blocks_per_file,
         block_flush_interval,
@@ -547,7 +569,8 @@ fn crash_op(rng: &mut ChaCha8Rng, weights: &BTreeMap<OpKind, u32>) -> Option<Op>
 /// decisions or scheduling never remaps the ops.
 pub fn generate(seed: u64, sc: &Scenario) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_STREAM);
-    let swarm = draw_swarm(&mut rng, sc);
+    let mut swarm = draw_swarm(&mut rng, sc);
+    swarm.page_rows = draw_page_rows(&mut ChaCha8Rng::seed_from_u64(seed ^ LAYOUT_STREAM));
     let kinds: Vec<(OpKind, u32)> = swarm.weights.iter().map(|(k, w)| (*k, *w)).collect();
     let total: u32 = kinds.iter().map(|(_, w)| w).sum();
     assert!(total > 0, "scenario {} has no op weights", sc.name);

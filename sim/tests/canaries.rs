@@ -119,6 +119,15 @@ fn a_snapshot_missing_the_newest_open_row_group_is_caught_by_a_reader() {
     assert!(why.starts_with("[read]"), "{why}");
 }
 
+/// Closed files are pruned page by page on their column index: a comparison that treats a
+/// page's minimum as exclusive skips the page where the asked-for address starts, and a reader
+/// checked against the model misses its rows.
+#[test]
+fn pruning_a_page_that_starts_with_the_wanted_value_is_caught_by_a_reader() {
+    let (_, why) = first_catch(Canary::PageMinExclusive, "default").expect("caught");
+    assert!(why.starts_with("[read]"), "{why}");
+}
+
 #[test]
 fn without_a_canary_the_same_seeds_pass() {
     let sc = load_scenario("power-loss").unwrap();

@@ -114,6 +114,7 @@ fn plan(steps: &[Step], mbf: u64, keep_recent: u64, always: bool, readers: u32) 
             fs_faults: vec![],
             time_jump_per_mille: 20,
             index_cache_files: 64,
+            page_rows: receipt_store::Config::default().page_rows,
         },
         ops,
         reason: String::new(),

@@ -96,6 +96,7 @@ fn writes_plan(seed: u64, writes: u64, window: u64) -> Plan {
             fs_faults: vec![],
             time_jump_per_mille: 0,
             index_cache_files: 64,
+            page_rows: receipt_store::Config::default().page_rows,
         },
         ops: (1..=writes)
             .map(|height| Op::Write {

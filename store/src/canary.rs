@@ -36,10 +36,13 @@ pub enum Canary {
     /// Read snapshots leave out the open pair's newest row group written to its unfinished
     /// files (an off-by-one over the written groups): its rows are neither in memory nor served.
     SkipNewestOpenRowGroup,
+    /// Page pruning treats a page's column-index minimum as exclusive: a page whose first
+    /// (smallest) address is the one asked for is skipped, and its rows go missing.
+    PageMinExclusive,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 12] = [
+    pub const ALL: [Canary; 13] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -52,6 +55,7 @@ impl Canary {
         Canary::ZeroHeightSentinel,
         Canary::SkipReusedSegmentSync,
         Canary::SkipNewestOpenRowGroup,
+        Canary::PageMinExclusive,
     ];
 }
 

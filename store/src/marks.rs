@@ -84,6 +84,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("read-open-file", "a read fetches row groups already written to the open pair's unfinished files"),
     ("read-decoded-in-parallel", "a read splits one file's row groups into jobs decoded at once"),
     ("read-row-group-skipped", "a read skips a row group by its statistics or bloom filter"),
+    ("read-page-skipped", "a read skips pages of a closed file by its column index's per-page min/max"),
+    ("read-page-index-checksum-failed", "a file's page indexes fail their checksum and the read is refused"),
     ("open-footer-checksum-failed", "a file whose footer checksum fails is refused, naming it"),
     ("read-row-group-checksum-failed", "a row group whose checksum fails fails its read"),
     ("read-index-cache-evicted", "the file index cache evicts its least recently used entry"),

@@ -6,7 +6,7 @@ use crate::coordinator::{replay::read_file, Chunk, OpenFiles, Snapshot};
 use crate::env::{BlockingPool, Fs, ReadAt};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
-use crate::parquet::index::{FetchedGroups, FileIndex};
+use crate::parquet::index::{FetchedGroups, FileIndex, PageRows};
 use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
@@ -211,6 +211,20 @@ impl Candidates {
         }
     }
 
+    /// The same candidates, one row group each (a whole file stays one).
+    fn per_group(self) -> Vec<Candidates> {
+        match self {
+            Candidates::Ranged(idx, fetched) => {
+                let n = fetched.len();
+                idx.split_fetched(fetched, n)
+                    .into_iter()
+                    .map(|part| Candidates::Ranged(idx.clone(), part))
+                    .collect()
+            }
+            other => vec![other],
+        }
+    }
+
     /// Decodes every candidate row group.
     fn decode(self) -> Result<Vec<RecordBatch>> {
         match self {
@@ -365,14 +379,20 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         rows: impl Fn(Candidates) -> Result<Vec<T>> + Clone + Send + Sync + 'static,
     ) -> Result<Vec<T>> {
         let idx = self.index(pair, kind).await?;
-        let groups = candidate_groups(&idx.row_groups, from, to, must_match);
+        // Groups whose pages all fail the filter are dropped before anything is read.
+        let (groups, pages): (Vec<usize>, Vec<PageRows>) =
+            candidate_groups(&idx.row_groups, from, to, must_match)
+                .into_iter()
+                .map(|g| (g, idx.page_rows(g, must_match)))
+                .filter(|(_, pages)| pages.as_ref().is_none_or(|p| p.iter().any(|r| !r.skip)))
+                .unzip();
         if groups.len() < idx.row_groups.len() {
             crate::mark!("read-row-group-skipped");
         }
         let candidates = if groups.is_empty() {
             return rows(Candidates::Nothing(idx.path.clone()));
         } else if idx.spans.is_some() {
-            let fetched = idx.fetch_groups(self.fs, groups).await?;
+            let fetched = idx.fetch_groups(self.fs, groups).await?.with_pages(pages);
             self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
             let parts = idx.split_fetched(fetched, self.pool.parallelism());
             if parts.len() > 1 {
@@ -593,12 +613,22 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         let shared = Arc::new(filter.clone());
         let mut out: Vec<LogRecord> = Vec::new();
         // The same decoder for closed files and the open pair's written row groups.
+        // Row groups are decoded one at a time and their rows put in order while the decoded
+        // columns are still in cache: a logs row group is stored in address order, and
+        // gathering rows in block order from columns decoded long before (a whole file's, 390 MB
+        // for 500 blocks) missed the cache on nearly every value (1.5x the time of a scan).
         let rows = {
             let filter = shared.clone();
             move |c: Candidates| {
                 let path = c.path().to_path_buf();
-                let batches = c.decode_logs_where(filter.clone())?;
-                logs_from(&path, batches, |b, a, t| filter.matches_raw(b, a, t))
+                let mut out = Vec::new();
+                for c in c.per_group() {
+                    let batches = c.decode_logs_where(filter.clone())?;
+                    out.extend(logs_from(&path, batches, |b, a, t| {
+                        filter.matches_raw(b, a, t)
+                    })?);
+                }
+                Ok(out)
             }
         };
         for pair in &snap.closed {
@@ -643,11 +673,38 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         if filter.limit.is_some_and(|l| out.len() >= l) {
             crate::mark!("read-limit-reached");
         }
-        // One sort of everything: rows arrive in file order (block order), but a block's rows
-        // can straddle row groups, decode jobs or the written/in-memory boundary, and the
-        // caller's tx indices need not increase. Sorting rows already in order is one pass.
-        out.sort_by_key(|l| (l.block_number, l.tx_index, l.log_index));
+        // One sort of everything, on the pool: each decode job's rows are in order, but a
+        // block's rows can straddle row groups, decode jobs or the written/in-memory boundary,
+        // and the caller's tx indices need not increase.
+        let mut out = self.pool.run_blocking(move || sort_logs(out)).await;
         out.truncate(limit);
         Ok(out)
     }
+}
+
+/// Logs in `get_logs` order: block, then the caller's tx index, then log index (unique within a
+/// block, so the order is total). Sorts a compact array of keys and positions, then moves each
+/// record once into place: moving 120-byte records through a sort cost more than decoding them.
+/// Runs already in order (one per row-group run, in block order) make the key sort a merge.
+fn sort_logs(logs: Vec<LogRecord>) -> Vec<LogRecord> {
+    let key = |l: &LogRecord| (l.block_number, l.tx_index, l.log_index);
+    if logs.is_sorted_by_key(key) {
+        return logs;
+    }
+    let mut order: Vec<((u64, u32, u32), u32)> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                key(l),
+                u32::try_from(i).expect("a read returns under 4G logs"),
+            )
+        })
+        .collect();
+    order.sort();
+    let mut slots: Vec<Option<LogRecord>> = logs.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&(_, i)| slots[i as usize].take().expect("every position once"))
+        .collect()
 }

@@ -110,10 +110,18 @@ pub struct Config {
     /// Closed files whose index (row-group block ranges and bloom filters) stays in memory.
     #[serde(default = "default_index_cache_files")]
     pub index_cache_files: usize,
+    /// Rows per data page of the files this store writes (at least 1): a page is what a filtered
+    /// read skips without decompressing. Smaller pages skip more and cost more per row to scan.
+    #[serde(default = "default_page_rows")]
+    pub page_rows: usize,
 }
 
 fn default_index_cache_files() -> usize {
     DEFAULT_INDEX_CACHE_FILES
+}
+
+fn default_page_rows() -> usize {
+    crate::parquet::writer::DATA_PAGE_ROW_COUNT_LIMIT
 }
 
 /// Default bound of the file index cache.
@@ -129,6 +137,7 @@ impl Default for Config {
             sync_policy: SyncPolicy::Always,
             wal_segment_bytes: 64 * 1024 * 1024,
             index_cache_files: DEFAULT_INDEX_CACHE_FILES,
+            page_rows: default_page_rows(),
         }
     }
 }

@@ -834,7 +834,10 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
     s.close().await.unwrap();
     for (name, want) in [
         ("receipts_0.parquet", vec!["block_number"]),
-        ("logs_0.parquet", vec!["block_number", "log_index"]),
+        (
+            "logs_0.parquet",
+            vec!["address", "topic0", "block_number", "log_index"],
+        ),
     ] {
         let f = std::fs::File::open(tmp.path().join(name)).unwrap();
         let r = SerializedFileReader::new(f).unwrap();
@@ -851,6 +854,45 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
                 })
                 .collect();
             assert_eq!(cols, want, "{name}");
+        }
+        // And the rows of every row group are in that order (integers compared as big-endian
+        // bytes, binary columns as bytes: parquet's orders for them).
+        use arrow_array::{Array, BinaryArray, UInt32Array, UInt64Array};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let bytes = bytes::Bytes::from(std::fs::read(tmp.path().join(name)).unwrap());
+        let groups = meta.num_row_groups();
+        for g in 0..groups {
+            let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+                .unwrap()
+                .with_row_groups(vec![g])
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+            let value = |col: &dyn Array, i: usize| -> Vec<u8> {
+                let any = col.as_any();
+                if let Some(a) = any.downcast_ref::<BinaryArray>() {
+                    a.value(i).to_vec()
+                } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+                    a.value(i).to_be_bytes().to_vec()
+                } else {
+                    let a = any.downcast_ref::<UInt32Array>().expect("u32");
+                    a.value(i).to_be_bytes().to_vec()
+                }
+            };
+            let keys: Vec<Vec<Vec<u8>>> = batches
+                .iter()
+                .flat_map(|b| {
+                    let want = &want;
+                    (0..b.num_rows()).map(move |i| {
+                        want.iter()
+                            .map(|c| value(b.column_by_name(c).unwrap().as_ref(), i))
+                            .collect()
+                    })
+                })
+                .collect();
+            assert!(!keys.is_empty());
+            assert!(keys.is_sorted(), "{name} row group {g}: {keys:?}");
         }
         let kv = meta.file_metadata().key_value_metadata().unwrap();
         let version = kv.iter().find(|e| e.key == "receipt_store.layout_version");

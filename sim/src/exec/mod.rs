@@ -186,6 +186,7 @@ pub fn config(plan: &Plan) -> Config {
     c.sync_policy = s.sync_policy;
     c.wal_segment_bytes = 4096;
     c.index_cache_files = s.index_cache_files;
+    c.page_rows = s.page_rows;
     c
 }
 

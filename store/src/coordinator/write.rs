@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
 use crate::parquet::index::FileIndex;
+use crate::parquet::receipts_to_batch_from;
+use crate::parquet::writer::logs_row_group;
 use crate::parquet::writer::PairWriter;
-use crate::parquet::{logs_to_batch_from, receipts_to_batch_from};
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
@@ -330,7 +331,8 @@ impl<E: Env> State<E> {
     }
 
     async fn open_pair(&mut self, start: u64) -> Result<()> {
-        let writer = PairWriter::create(self.env.fs(), &self.dir, start).await?;
+        let page_rows = self.config.page_rows.max(1);
+        let writer = PairWriter::create(self.env.fs(), &self.dir, start, page_rows).await?;
         mark!("pair-opened");
         self.open = Some(OpenPair {
             writer,
@@ -369,7 +371,7 @@ impl<E: Env> State<E> {
             receipts_to_batch_from(pieces.iter().flat_map(|p| &p.receipts), n)
         };
         let n = chunk.iter().map(|p| p.logs.len()).sum();
-        let logs = (n > 0).then(|| logs_to_batch_from(chunk.iter().flat_map(|p| &p.logs), n));
+        let logs = (n > 0).then(|| logs_row_group(chunk.iter().flat_map(|p| &p.logs), n));
         open.writer
             .encode_row_groups(self.env.spawner(), receipts, logs)
             .await?;

@@ -5,7 +5,7 @@
 use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
-use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, ROW_GROUP_CRC_KEY};
+use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY, PAGE_INDEX_CRC_KEY, ROW_GROUP_CRC_KEY};
 use crate::env::{BlockingPool, Fs, FsFile, Inline, ReadAt};
 use crate::error::Error;
 use arrow_array::{BooleanArray, RecordBatch};
@@ -13,13 +13,14 @@ use arrow_schema::ArrowError;
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-    RowFilter, RowSelectionPolicy,
+    RowFilter, RowSelection, RowSelectionPolicy, RowSelector,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{
-    FileMetaData, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
+    FileMetaData, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
 };
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,11 @@ pub struct RowGroupSpan {
     pub crc: u32,
 }
 
+/// The rows of one row group a read decodes, as a selection over the group's rows (`None`:
+/// every row). Rows outside it are in pages whose column-index min/max rule the filter out, so
+/// their pages are skipped without being decompressed.
+pub(crate) type PageRows = Option<Vec<RowSelector>>;
+
 /// Row-group ranges and bloom filters of one file.
 #[derive(Clone, Debug)]
 pub struct FileIndex {
@@ -131,6 +137,9 @@ struct Footer {
     bloom_crcs: BTreeMap<u64, (usize, u32)>,
     /// The raw row-group checksum list, parsed once the bloom filters are in.
     row_group_crcs: Option<String>,
+    /// Where the page indexes start (the body's end) and their checksum, when the writer
+    /// recorded one (files written before it have page indexes nobody verified: unused).
+    page_index: Option<(u64, u32)>,
 }
 
 /// Decodes and checks a footer (CPU work: thrift and the footer checksum).
@@ -155,12 +164,26 @@ fn decode_footer(path: &Path, footer: &[u8]) -> Result<Footer, Error> {
         bloom_crcs.insert(o, (l, c));
     }
     let row_group_crcs = find(ROW_GROUP_CRC_KEY);
+    let page_index = match (find(PAGE_INDEX_CRC_KEY), find(BODY_LEN_KEY)) {
+        (None, _) => None,
+        (Some(crc), Some(start)) => Some((
+            start
+                .parse()
+                .map_err(|_| corrupt(path, format!("unreadable body length {start:?}")))?,
+            u32::from_str_radix(&crc, 16)
+                .map_err(|_| corrupt(path, format!("unreadable page index checksum {crc:?}")))?,
+        )),
+        (Some(_), None) => {
+            return Err(corrupt(path, "page index checksum without a body length"));
+        }
+    };
     Ok(Footer {
         metadata,
         last_seen_block,
         ours,
         bloom_crcs,
         row_group_crcs,
+        page_index,
     })
 }
 
@@ -202,8 +225,28 @@ fn parse_spans(
 pub(crate) struct FetchedGroups {
     sparse: Sparse,
     groups: Vec<usize>,
+    /// For each of `groups`, the rows that may match ([`FileIndex::page_rows`]); `None`: all.
+    pages: Vec<PageRows>,
     /// Bytes read to fetch them.
     pub bytes_read: u64,
+}
+
+impl FetchedGroups {
+    /// How many row groups were fetched.
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The same groups, each limited to the rows of `pages` (one entry per group, in order).
+    pub(crate) fn with_pages(mut self, pages: Vec<PageRows>) -> FetchedGroups {
+        assert_eq!(
+            pages.len(),
+            self.groups.len(),
+            "one page selection per group"
+        );
+        self.pages = pages;
+        self
+    }
 }
 
 impl FileIndex {
@@ -250,6 +293,7 @@ impl FileIndex {
             ours,
             bloom_crcs,
             row_group_crcs,
+            page_index,
         } = pool
             .run_blocking(move || decode_footer(&owned, &footer))
             .await?;
@@ -292,9 +336,50 @@ impl FileIndex {
                 sparse.ranges.insert(off, Bytes::from(bytes));
             }
         }
+        // The page indexes: one read of everything between the body and the footer, verified
+        // before a single min/max is trusted.
+        let page_index = match page_index {
+            None => None,
+            Some((start, crc)) => {
+                if start > footer_start {
+                    return Err(corrupt(
+                        path,
+                        format!("body length {start} overlaps the footer at {footer_start}"),
+                    ));
+                }
+                let bytes = file
+                    .read_at(start, (footer_start - start) as usize)
+                    .await
+                    .map_err(io)?;
+                bytes_read += bytes.len() as u64;
+                if crc32c::crc32c(&bytes) != crc {
+                    crate::mark!("read-page-index-checksum-failed");
+                    return Err(corrupt(
+                        path,
+                        format!("page index checksum mismatch at offset {start}"),
+                    ));
+                }
+                Some(Sparse {
+                    len,
+                    ranges: BTreeMap::from([(start, Bytes::from(bytes))]),
+                })
+            }
+        };
         drop(file);
         let path = path.to_path_buf();
         pool.run_blocking(move || {
+            let metadata = match page_index {
+                None => metadata,
+                Some(bytes) => {
+                    let mut reader = ParquetMetaDataReader::new_with_metadata(metadata)
+                        .with_column_index_policy(PageIndexPolicy::Optional)
+                        .with_offset_index_policy(PageIndexPolicy::Required);
+                    reader
+                        .read_page_indexes(&bytes)
+                        .and_then(|()| reader.finish())
+                        .map_err(|e| corrupt(&path, format!("page index: {e}")))?
+                }
+            };
             let spans = match row_group_crcs {
                 None => None,
                 Some(list) => Some(parse_spans(
@@ -387,6 +472,7 @@ impl FileIndex {
                     ranges: BTreeMap::new(),
                 },
                 groups,
+                pages: Vec::new(),
                 bytes_read: 0,
             });
         }
@@ -395,6 +481,56 @@ impl FileIndex {
             .await
             .map_err(|e| Error::io(&self.path, e))?;
         self.fetch_groups_in(&file, groups).await
+    }
+
+    /// The rows of row group `g` that may hold a row matching every `(column, values)` pair
+    /// (empty `values` match all), judged by the column index's per-page min/max: `None` when
+    /// every row may (no page index, no filter, or no page ruled out), `Some` of an empty
+    /// selection when none may. Byte arrays compare as unsigned bytes, parquet's order for
+    /// binary statistics.
+    pub(crate) fn page_rows(&self, g: usize, must_match: &[(&str, &[&[u8]])]) -> PageRows {
+        let metadata = self.metadata.metadata();
+        let pages = metadata.page_index()?;
+        let schema = metadata.file_metadata().schema_descr();
+        let rows = self.row_groups[g].rows as usize;
+        let mut selection: Option<RowSelection> = None;
+        for (column, values) in must_match.iter().filter(|(_, v)| !v.is_empty()) {
+            let Some(c) = (0..schema.num_columns()).find(|&i| schema.column(i).name() == *column)
+            else {
+                continue;
+            };
+            let (Some(ColumnIndexMetaData::BYTE_ARRAY(index)), Some(locations)) =
+                (pages.column_index(g, c), pages.page_locations(g, c))
+            else {
+                continue;
+            };
+            let page_end = |i: usize| {
+                locations
+                    .get(i + 1)
+                    .map_or(rows, |next| next.first_row_index as usize)
+            };
+            let ranges = (0..locations.len())
+                .filter(|&i| match (index.min_value(i), index.max_value(i)) {
+                    (Some(lo), Some(hi)) => values.iter().any(|v| {
+                        let above_min = if crate::planted!(PageMinExclusive) {
+                            lo < *v
+                        } else {
+                            lo <= *v
+                        };
+                        above_min && *v <= hi
+                    }),
+                    // A page of nulls only: our columns have none, so keep it (never wrong).
+                    _ => true,
+                })
+                .map(|i| locations[i].first_row_index as usize..page_end(i));
+            let these = RowSelection::from_consecutive_ranges(ranges, rows);
+            selection = Some(match selection {
+                None => these,
+                Some(before) => before.intersection(&these),
+            });
+        }
+        let selection = selection?;
+        (selection.skipped_row_count() > 0).then(|| selection.into())
     }
 
     /// [`FileIndex::fetch_groups`] through a handle already open on the file (the open pair's,
@@ -431,9 +567,11 @@ impl FileIndex {
             bytes_read += span.len as u64;
             sparse.ranges.insert(span.offset, Bytes::from(bytes));
         }
+        let pages = vec![None; groups.len()];
         Ok(FetchedGroups {
             sparse,
             groups,
+            pages,
             bytes_read,
         })
     }
@@ -453,15 +591,19 @@ impl FileIndex {
         let FetchedGroups {
             sparse,
             groups,
+            pages,
             bytes_read,
         } = fetched;
         // `parts` runs whose sizes differ by at most one group.
         let (base, extra) = (groups.len() / parts, groups.len() % parts);
         let mut out = Vec::with_capacity(parts);
         let mut rest = &groups[..];
+        let mut rest_pages = &pages[..];
         for i in 0..parts {
             let (chunk, tail) = rest.split_at(base + usize::from(i < extra));
             rest = tail;
+            let (chunk_pages, tail_pages) = rest_pages.split_at(chunk.len());
+            rest_pages = tail_pages;
             let mut ranges = BTreeMap::new();
             for &g in chunk {
                 let at = spans[g].offset;
@@ -477,6 +619,7 @@ impl FileIndex {
                     ranges,
                 },
                 groups: chunk.to_vec(),
+                pages: chunk_pages.to_vec(),
                 bytes_read: 0,
             });
         }
@@ -522,14 +665,12 @@ impl FileIndex {
         self.verify(&fetched)?;
         let schema = self.metadata.metadata().file_metadata().schema_descr();
         let mask = ProjectionMask::columns(schema, columns.iter().copied());
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            fetched.sparse,
-            self.metadata.clone(),
-        )
-        .with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
-            mask, keep,
-        ))]))
-        .with_row_selection_policy(RowSelectionPolicy::Selectors);
+        let builder = self
+            .builder(&fetched)
+            .with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
+                mask, keep,
+            ))]))
+            .with_row_selection_policy(RowSelectionPolicy::Selectors);
         decode_groups(&self.path, builder, fetched.groups)
     }
 
@@ -539,11 +680,27 @@ impl FileIndex {
         fetched: FetchedGroups,
     ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
         self.verify(&fetched)?;
+        decode_groups(&self.path, self.builder(&fetched), fetched.groups)
+    }
+
+    /// A reader over fetched row groups, limited to the rows their page selections keep.
+    fn builder(&self, fetched: &FetchedGroups) -> ParquetRecordBatchReaderBuilder<Sparse> {
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            fetched.sparse,
+            fetched.sparse.clone(),
             self.metadata.clone(),
         );
-        decode_groups(&self.path, builder, fetched.groups)
+        if fetched.pages.iter().all(Option::is_none) {
+            return builder;
+        }
+        crate::mark!("read-page-skipped");
+        let mut selectors = Vec::new();
+        for (&g, pages) in fetched.groups.iter().zip(&fetched.pages) {
+            match pages {
+                Some(rows) => selectors.extend(rows.iter().copied()),
+                None => selectors.push(RowSelector::select(self.row_groups[g].rows as usize)),
+            }
+        }
+        builder.with_row_selection(RowSelection::from(selectors))
     }
 }
 
@@ -652,5 +809,99 @@ mod tests {
             .decode_where(all().await.unwrap(), &["tx_hash"], holding([0xEE; 32]))
             .unwrap();
         assert_eq!(absent.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    }
+
+    /// A closed window of logs from six contracts written with 4-row pages: 24 receipts of one
+    /// log each per block, contract `i % 6`, event `i % 3`.
+    async fn logs_window(dir: &Path) -> Store<RealEnv> {
+        let config = Config {
+            max_blocks_per_file: 10,
+            page_rows: 4,
+            ..Config::default()
+        };
+        let s = Store::open(RealEnv::default(), dir, config).await.unwrap();
+        for b in 1..=4u64 {
+            let receipts = (0..24u8)
+                .map(|i| ReceiptInput {
+                    logs: vec![crate::LogInput {
+                        address: [0x10 + i % 6; 20],
+                        topics: vec![[0x50 + i % 3; 32], [i; 32]],
+                        data: vec![i; 8],
+                    }],
+                    ..receipt(b, i)
+                })
+                .collect();
+            s.write_receipts(b, receipts).await.unwrap();
+        }
+        s.write_receipts(10, vec![receipt(10, 0)]).await.unwrap();
+        s
+    }
+
+    /// Pages are pruned by the column index: an address filter keeps only the pages whose
+    /// min/max admit the address (a logs row group is sorted by address, so that is a run of
+    /// 1-2 of its 6 pages), and the store's answer is exactly the rows a full scan filters to,
+    /// in block and log order.
+    #[tokio::test]
+    async fn an_address_filter_decodes_only_pages_that_can_hold_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = logs_window(dir.path()).await;
+        let idx = FileIndex::load(&RealFs, &dir.path().join("logs_0.parquet"), FileKind::Logs)
+            .await
+            .unwrap();
+        let want: &[u8] = &[0x13; 20];
+        for g in 0..idx.row_groups.len() {
+            let rows = idx.row_groups[g].rows as usize;
+            // One row group per block (give or take the next block's first log, upstream's
+            // seal boundary).
+            assert!((23..=25).contains(&rows), "group {g}: {rows} rows");
+            let pages = idx
+                .page_rows(g, &[("address", &[want])])
+                .expect("pages ruled out");
+            let kept: usize = pages.iter().filter(|r| !r.skip).map(|r| r.row_count).sum();
+            assert!(
+                kept > 0 && kept <= 8,
+                "group {g}: {kept} of {rows} rows kept"
+            );
+            assert_eq!(idx.page_rows(g, &[]), None, "no filter, no pruning");
+        }
+        let all = s.get_logs(&crate::LogFilter::default()).await.unwrap();
+        let filter = crate::LogFilter {
+            addresses: vec![[0x13; 20]],
+            ..Default::default()
+        };
+        let got = s.get_logs(&filter).await.unwrap();
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|l| l.address == [0x13; 20])
+            .cloned()
+            .collect();
+        assert_eq!(got.len(), 16, "four logs of contract 3 per block");
+        assert_eq!(got, expected);
+        let keys: Vec<_> = all.iter().map(|l| (l.block_number, l.log_index)).collect();
+        assert!(keys.is_sorted(), "rows come back in block and log order");
+        s.close().await.unwrap();
+    }
+
+    /// The page indexes carry a checksum of their own: a flipped bit between the body and the
+    /// footer makes loading the file's index fail naming the file, instead of min/max values
+    /// that could hide rows.
+    #[tokio::test]
+    async fn a_rotted_page_index_is_refused_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        logs_window(dir.path()).await.close().await.unwrap();
+        let path = dir.path().join("logs_0.parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        // The last byte before the footer belongs to the page indexes.
+        bytes[n - 8 - footer_len - 1] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = FileIndex::load(&RealFs, &path, FileKind::Logs)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{text}");
+        assert!(text.contains("page index checksum mismatch"), "{text}");
+        assert!(text.contains("logs_0.parquet"), "{text}");
     }
 }

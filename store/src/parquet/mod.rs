@@ -37,11 +37,27 @@ pub const LAST_SEEN_BLOCK_KEY: &str = "receipt_store.last_seen_block";
 /// simulator's bit-rot scenario (a rotted receipts footer hid a receipt from get_receipt).
 pub const FOOTER_CRC_KEY: &str = "receipt_store.footer_crc32c";
 pub const FOOTER_CRC_PLACEHOLDER: &[u8; 8] = b"00000000";
+/// Footer key: crc32c (hex) of the page indexes, the bytes between the body
+/// ([`BODY_LEN_KEY`]) and the footer. The encoder writes them at close, after the body checksum
+/// is fixed, so they get a checksum of their own, patched in like [`FOOTER_CRC_KEY`]'s (and
+/// covered by it). A read prunes pages by them only when it is present and matches: a rotted
+/// min/max would otherwise hide rows.
+pub const PAGE_INDEX_CRC_KEY: &str = "receipt_store.page_index_crc32c";
 
-/// Where the footer checksum's value sits in the raw footer bytes: the first occurrence of
-/// `value` after the key's bytes (thrift puts a field header and a length byte between them).
+/// Where the footer checksum's value sits in the raw footer bytes (see [`kv_value_span`]).
 pub(crate) fn footer_crc_span(footer: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
-    let key = FOOTER_CRC_KEY.as_bytes();
+    kv_value_span(footer, FOOTER_CRC_KEY, value)
+}
+
+/// Where `value`, the value of footer entry `key`, sits in the raw footer bytes: the first
+/// occurrence of `value` after the key's bytes (thrift puts a field header and a length byte
+/// between them). How the writer patches a checksum into a footer it has already encoded.
+pub(crate) fn kv_value_span(
+    footer: &[u8],
+    key: &str,
+    value: &[u8],
+) -> Option<std::ops::Range<usize>> {
+    let key = key.as_bytes();
     let key_end = footer.windows(key.len()).position(|w| w == key)? + key.len();
     let search = &footer[key_end..footer.len().min(key_end + 8 + value.len())];
     let at = key_end + search.windows(value.len()).position(|w| w == value)?;
@@ -222,44 +238,83 @@ pub fn batch_to_logs(batch: &RecordBatch) -> Result<Vec<LogRecord>, String> {
 }
 
 /// The logs of `batch` for which `keep(block, address, [topic0..topic3])` holds (absent topics
-/// are empty slices). The predicate runs on the column values, so rows it rejects are never
-/// materialized.
+/// are empty slices), in the batch's row order. The predicate runs on the column values, so
+/// rows it rejects are never materialized.
 pub fn batch_to_logs_where(
     batch: &RecordBatch,
     keep: impl Fn(u64, &[u8], [&[u8]; 4]) -> bool,
 ) -> Result<Vec<LogRecord>, String> {
-    let block = col::<UInt64Array>(batch, "block_number")?;
-    let hash = col::<BinaryArray>(batch, "tx_hash")?;
-    let tx_index = col::<UInt32Array>(batch, "tx_index")?;
-    let log_index = col::<UInt32Array>(batch, "log_index")?;
-    let address = col::<BinaryArray>(batch, "address")?;
-    let topics = [
-        col::<BinaryArray>(batch, "topic0")?,
-        col::<BinaryArray>(batch, "topic1")?,
-        col::<BinaryArray>(batch, "topic2")?,
-        col::<BinaryArray>(batch, "topic3")?,
-    ];
-    let data = col::<BinaryArray>(batch, "data")?;
+    let cols = LogColumns::of(batch)?;
     (0..batch.num_rows())
-        .filter(|&i| keep(block.value(i), address.value(i), topics.map(|t| t.value(i))))
-        .map(|i| {
-            let mut ts: Vec<Topic> = Vec::new();
-            for t in topics {
-                let v = t.value(i);
-                if v.is_empty() {
-                    break;
-                }
-                ts.push(fixed(v, "topic")?);
-            }
-            Ok(LogRecord {
-                block_number: block.value(i),
-                tx_hash: fixed(hash.value(i), "tx_hash")?,
-                tx_index: tx_index.value(i),
-                log_index: log_index.value(i),
-                address: fixed(address.value(i), "address")?,
-                topics: ts,
-                data: data.value(i).to_vec(),
-            })
-        })
+        .filter(|&i| cols.keeps(i, &keep))
+        .map(|i| cols.record(i))
         .collect()
+}
+
+/// The columns of a decoded logs batch, typed once.
+pub(crate) struct LogColumns<'a> {
+    block: &'a UInt64Array,
+    hash: &'a BinaryArray,
+    tx_index: &'a UInt32Array,
+    log_index: &'a UInt32Array,
+    address: &'a BinaryArray,
+    topics: [&'a BinaryArray; 4],
+    data: &'a BinaryArray,
+}
+
+impl<'a> LogColumns<'a> {
+    pub(crate) fn of(batch: &'a RecordBatch) -> Result<LogColumns<'a>, String> {
+        Ok(LogColumns {
+            block: col::<UInt64Array>(batch, "block_number")?,
+            hash: col::<BinaryArray>(batch, "tx_hash")?,
+            tx_index: col::<UInt32Array>(batch, "tx_index")?,
+            log_index: col::<UInt32Array>(batch, "log_index")?,
+            address: col::<BinaryArray>(batch, "address")?,
+            topics: [
+                col::<BinaryArray>(batch, "topic0")?,
+                col::<BinaryArray>(batch, "topic1")?,
+                col::<BinaryArray>(batch, "topic2")?,
+                col::<BinaryArray>(batch, "topic3")?,
+            ],
+            data: col::<BinaryArray>(batch, "data")?,
+        })
+    }
+
+    /// Whether `keep(block, address, topics)` holds for row `i`.
+    pub(crate) fn keeps(&self, i: usize, keep: impl Fn(u64, &[u8], [&[u8]; 4]) -> bool) -> bool {
+        keep(
+            self.block.value(i),
+            self.address.value(i),
+            self.topics.map(|t| t.value(i)),
+        )
+    }
+
+    /// Row `i`'s place in `get_logs` order: block, the caller's tx index, log index.
+    pub(crate) fn order_key(&self, i: usize) -> (u64, u32, u32) {
+        (
+            self.block.value(i),
+            self.tx_index.value(i),
+            self.log_index.value(i),
+        )
+    }
+
+    pub(crate) fn record(&self, i: usize) -> Result<LogRecord, String> {
+        let mut ts: Vec<Topic> = Vec::new();
+        for t in self.topics {
+            let v = t.value(i);
+            if v.is_empty() {
+                break;
+            }
+            ts.push(fixed(v, "topic")?);
+        }
+        Ok(LogRecord {
+            block_number: self.block.value(i),
+            tx_hash: fixed(self.hash.value(i), "tx_hash")?,
+            tx_index: self.tx_index.value(i),
+            log_index: self.log_index.value(i),
+            address: fixed(self.address.value(i), "address")?,
+            topics: ts,
+            data: self.data.value(i).to_vec(),
+        })
+    }
 }

@@ -2,8 +2,8 @@
 //! row-group skipping by statistics and bloom filters.
 
 use super::{
-    batch_to_logs_where, batch_to_receipts_where, log_schema, receipt_schema, BODY_CRC_KEY,
-    BODY_LEN_KEY, LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
+    batch_to_receipts_where, log_schema, receipt_schema, LogColumns, BODY_CRC_KEY, BODY_LEN_KEY,
+    LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY,
 };
 use super::{footer_crc_ok, FOOTER_CRC_KEY};
 use crate::error::Error;
@@ -315,17 +315,36 @@ pub(crate) fn receipts_from(
     Ok(out)
 }
 
-/// Logs of decoded batches for which `keep(block, address, topics)` holds.
+/// Logs of decoded batches for which `keep(block, address, topics)` holds, in `get_logs` order
+/// (block, tx index, log index). A logs row group is stored in address order, so the kept rows'
+/// keys are sorted first and each record is built straight into its place.
 pub(crate) fn logs_from(
     path: &Path,
     batches: Vec<arrow_array::RecordBatch>,
     keep: impl Fn(u64, &[u8], [&[u8]; 4]) -> bool,
 ) -> Result<Vec<LogRecord>, Error> {
-    let mut out = Vec::new();
-    for batch in batches {
-        out.extend(batch_to_logs_where(&batch, &keep).map_err(|e| corrupt(path, e))?);
+    let cols = batches
+        .iter()
+        .map(LogColumns::of)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(path, e))?;
+    // (block, tx index, log index) packed into one integer, and where the row is.
+    let mut order: Vec<(u128, (u32, u32))> = Vec::new();
+    for (b, c) in cols.iter().enumerate() {
+        for i in 0..batches[b].num_rows() {
+            if c.keeps(i, &keep) {
+                let (block, tx, log) = c.order_key(i);
+                let key = (u128::from(block) << 64) | (u128::from(tx) << 32) | u128::from(log);
+                order.push((key, (b as u32, i as u32)));
+            }
+        }
     }
-    Ok(out)
+    order.sort_unstable_by_key(|&(key, _)| key);
+    order
+        .iter()
+        .map(|&(_, (b, i))| cols[b as usize].record(i as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(path, e))
 }
 
 /// Per row group block ranges (from statistics) and bloom filters, after checking the columns.
