@@ -422,16 +422,18 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
     /// Rows of the open pair's row groups that [`open_candidates`] picked, in block order: each
     /// is fetched through the snapshot's handle, then `rows` verifies and decodes a batch of
     /// them (at most [`OPEN_FILE_READ_BATCH_BYTES_MAX`] bytes) on the pool. Stops after the
-    /// batch that brings the rows to `enough`.
+    /// batch that brings the rows to `enough`, counting `rows_in` each item `rows` returns.
     async fn open_file_rows<T: Send + 'static>(
         &self,
         (handle, wanted): OpenCandidates,
         enough: usize,
+        rows_in: fn(&T) -> usize,
         rows: impl Fn(Candidates) -> Result<Vec<T>> + Clone + Send + Sync + 'static,
     ) -> Result<Vec<T>> {
         let mut out = Vec::new();
+        let mut got = 0;
         let mut pending = wanted.into_iter().peekable();
-        while pending.peek().is_some() && out.len() < enough {
+        while pending.peek().is_some() && got < enough {
             let mut batch = Vec::new();
             let mut batch_bytes = 0;
             while batch_bytes < OPEN_FILE_READ_BATCH_BYTES_MAX {
@@ -458,6 +460,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     Ok::<_, Error>(found)
                 })
                 .await?;
+            got += found.iter().map(rows_in).sum::<usize>();
             out.extend(found);
         }
         Ok(out)
@@ -526,7 +529,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 let hashes: [&[u8]; 1] = [&hash[..]];
                 open_candidates(files, FileKind::Receipts, from, to, &[("tx_hash", &hashes)])
             };
-            let found = self.open_file_rows(wanted, enough, rows).await?;
+            let found = self.open_file_rows(wanted, enough, |_| 1, rows).await?;
             out.extend(found);
             if first_only && !out.is_empty() {
                 return Ok(out);
@@ -579,7 +582,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         }
         if let Some(files) = &snap.written {
             let wanted = open_candidates(files, FileKind::Receipts, from, to, &[]);
-            let found = self.open_file_rows(wanted, usize::MAX, rows).await?;
+            let found = self.open_file_rows(wanted, usize::MAX, |_| 1, rows).await?;
             out.extend(found);
         }
         let chunks = overlapping(snap, from, to);
@@ -611,31 +614,34 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             .map(|s| s.iter().map(|t| &t[..]).collect())
             .unwrap_or_default();
         let shared = Arc::new(filter.clone());
-        let mut out: Vec<LogRecord> = Vec::new();
-        // The same decoder for closed files and the open pair's written row groups.
-        // Row groups are decoded one at a time and their rows put in order while the decoded
-        // columns are still in cache: a logs row group is stored in address order, and
-        // gathering rows in block order from columns decoded long before (a whole file's, 390 MB
-        // for 500 blocks) missed the cache on nearly every value (1.5x the time of a scan).
+        // Runs of rows, each in get_logs order: one per decode job.
+        let mut runs: Vec<Vec<LogRecord>> = Vec::new();
+        let found = |runs: &Vec<Vec<LogRecord>>| runs.iter().map(Vec::len).sum::<usize>();
+        // The same decoder for closed files and the open pair's written row groups. Row groups
+        // are decoded one at a time and their rows put in order while the decoded columns are
+        // still in cache: a logs row group is stored in address order, and gathering rows in
+        // block order from columns decoded long before (a whole file's, 390 MB for 500 blocks)
+        // missed the cache on nearly every value (1.5x the time of a scan). Each job hands back
+        // one run in order.
         let rows = {
             let filter = shared.clone();
             move |c: Candidates| {
                 let path = c.path().to_path_buf();
-                let mut out = Vec::new();
+                let mut groups = Vec::new();
                 for c in c.per_group() {
                     let batches = c.decode_logs_where(filter.clone())?;
-                    out.extend(logs_from(&path, batches, |b, a, t| {
+                    groups.push(logs_from(&path, batches, |b, a, t| {
                         filter.matches_raw(b, a, t)
                     })?);
                 }
-                Ok(out)
+                Ok(vec![join_runs(groups)])
             }
         };
         for pair in &snap.closed {
-            if out.len() >= limit || pair.start > to {
+            if found(&runs) >= limit || pair.start > to {
                 break;
             }
-            out.extend(
+            runs.extend(
                 self.file_rows(
                     pair,
                     FileKind::Logs,
@@ -646,7 +652,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 .await?,
             );
         }
-        if let Some(files) = snap.written.as_ref().filter(|_| out.len() < limit) {
+        if let Some(files) = snap.written.as_ref().filter(|_| found(&runs) < limit) {
             let wanted = open_candidates(
                 files,
                 FileKind::Logs,
@@ -654,40 +660,68 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 to,
                 &[("address", &addrs), ("topic0", &topic0)],
             );
-            let found = self.open_file_rows(wanted, limit - out.len(), rows).await?;
-            out.extend(found);
+            let enough = limit - found(&runs);
+            runs.extend(self.open_file_rows(wanted, enough, Vec::len, rows).await?);
         }
-        if out.len() < limit {
+        if found(&runs) < limit {
             let chunks = overlapping(snap, from, to);
             if !chunks.is_empty() {
                 let filter = shared.clone();
-                let found = self
+                let run = self
                     .pool
                     .run_blocking(move || {
-                        scan_open(&chunks, |c| &c.logs, |x| filter.matches(x), false).0
+                        sort_logs(scan_open(&chunks, |c| &c.logs, |x| filter.matches(x), false).0)
                     })
                     .await;
-                out.extend(found);
+                runs.push(run);
             }
         }
-        if filter.limit.is_some_and(|l| out.len() >= l) {
+        if filter.limit.is_some_and(|l| found(&runs) >= l) {
             crate::mark!("read-limit-reached");
         }
-        // One sort of everything, on the pool: each decode job's rows are in order, but a
-        // block's rows can straddle row groups, decode jobs or the written/in-memory boundary,
-        // and the caller's tx indices need not increase.
-        let mut out = self.pool.run_blocking(move || sort_logs(out)).await;
+        // One join of the runs, on the pool: a block's rows can straddle row groups, decode
+        // jobs or the written/in-memory boundary, and the caller's tx indices need not
+        // increase, so runs that do not follow each other in order are sorted as a whole.
+        let mut out = self.pool.run_blocking(move || join_runs(runs)).await;
         out.truncate(limit);
         Ok(out)
     }
 }
 
-/// Logs in `get_logs` order: block, then the caller's tx index, then log index (unique within a
-/// block, so the order is total). Sorts a compact array of keys and positions, then moves each
-/// record once into place: moving 120-byte records through a sort cost more than decoding them.
-/// Runs already in order (one per row-group run, in block order) make the key sort a merge.
+/// The place of a log in `get_logs` order: block, the caller's tx index, log index (unique
+/// within a block, so the order is total).
+fn log_key(l: &LogRecord) -> (u64, u32, u32) {
+    (l.block_number, l.tx_index, l.log_index)
+}
+
+/// Runs each in `get_logs` order joined into one: concatenated when each starts at or after
+/// where the one before ended (checked at the joins only), else sorted whole.
+fn join_runs(runs: Vec<Vec<LogRecord>>) -> Vec<LogRecord> {
+    let mut out: Vec<LogRecord> = Vec::with_capacity(runs.iter().map(Vec::len).sum());
+    let mut in_order = true;
+    for run in runs {
+        debug_assert!(run.is_sorted_by_key(log_key), "a run is in order");
+        if let (Some(last), Some(first)) = (out.last(), run.first()) {
+            in_order &= log_key(last) <= log_key(first);
+        }
+        if out.is_empty() {
+            out = run;
+        } else {
+            out.extend(run);
+        }
+    }
+    if in_order {
+        out
+    } else {
+        sort_logs(out)
+    }
+}
+
+/// Logs in `get_logs` order ([`log_key`]). Sorts a compact array of keys and positions, then
+/// moves each record once into place: moving 120-byte records through a sort cost more than
+/// decoding them. Runs already in order make the key sort a merge.
 fn sort_logs(logs: Vec<LogRecord>) -> Vec<LogRecord> {
-    let key = |l: &LogRecord| (l.block_number, l.tx_index, l.log_index);
+    let key = log_key;
     if logs.is_sorted_by_key(key) {
         return logs;
     }

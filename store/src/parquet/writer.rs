@@ -47,7 +47,7 @@ pub const DATA_PAGE_SIZE_LIMIT_BYTES: usize = 1024 * 1024;
 /// address, then topic0 (see [`sorting_columns`]), so a filter on an address selects a run of
 /// neighbouring pages that the column index's per-page min/max finds. At 20,000 rows (a whole
 /// 3,000-row group in one page) a 2% address filter decompressed every page of every column.
-pub const DATA_PAGE_ROW_COUNT_LIMIT: usize = 1024;
+pub const DATA_PAGE_ROW_COUNT_LIMIT: usize = 512;
 /// Columns whose per-page min/max go into the column index (what reads prune pages by); the
 /// others keep row-group statistics only, which keeps the page index small.
 pub fn page_statistics_columns(kind: FileKind) -> &'static [&'static str] {
