@@ -88,16 +88,43 @@ pub fn log_row_order(a: &LogRecord, b: &LogRecord) -> std::cmp::Ordering {
         .then(a.log_index.cmp(&b.log_index))
 }
 
-/// One logs row group's batch: `rows` (`len` of them) in [`log_row_order`].
+/// One logs row group's batch: `rows` (`len` of them, in block and log order as staged) in
+/// [`log_row_order`]. It runs on the coordinator for every flush, so the sort compares
+/// integers: the first 8 bytes of the address and of topic0 (distinct for distinct values
+/// nearly always: they are hashes or contract addresses), then the full values on a tie, then
+/// the staged position, which is already block and log order.
 pub fn logs_row_group<'a>(
     rows: impl IntoIterator<Item = &'a LogRecord>,
     len: usize,
 ) -> RecordBatch {
-    let mut sorted: Vec<&LogRecord> = Vec::with_capacity(len);
-    sorted.extend(rows);
-    debug_assert_eq!(sorted.len(), len);
-    sorted.sort_unstable_by(|a, b| log_row_order(a, b));
-    logs_to_batch_from(sorted, len)
+    let rows: Vec<&LogRecord> = rows.into_iter().collect();
+    debug_assert_eq!(rows.len(), len);
+    let prefix = |bytes: &[u8]| {
+        let mut p = [0u8; 8];
+        let n = bytes.len().min(8);
+        p[..n].copy_from_slice(&bytes[..n]);
+        u64::from_be_bytes(p)
+    };
+    fn topic0(r: &LogRecord) -> &[u8] {
+        r.topics.first().map_or(&[], |t| &t[..])
+    }
+    let mut keys: Vec<(u64, u64, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (prefix(&r.address), prefix(topic0(r)), i as u32))
+        .collect();
+    keys.sort_unstable_by(|a, b| {
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+            let (x, y) = (rows[a.2 as usize], rows[b.2 as usize]);
+            log_row_order(x, y).then(a.2.cmp(&b.2))
+        })
+    });
+    debug_assert!(keys.windows(2).all(|w| log_row_order(
+        rows[w[0].2 as usize],
+        rows[w[1].2 as usize]
+    )
+    .is_le()));
+    logs_to_batch_from(keys.iter().map(|k| rows[k.2 as usize]), len)
 }
 
 pub fn properties(
