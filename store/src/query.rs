@@ -192,6 +192,10 @@ impl IndexCache {
     }
 }
 
+/// The most row groups one decode job takes (a few milliseconds of decoding for blocks of
+/// thousands of logs): what bounds how long a commit can wait for a decode slot lent to reads.
+pub const DECODE_JOB_GROUPS_MAX: usize = 2;
+
 /// One file's candidate row groups, read and verified, not yet decoded (decoding is the
 /// pool's work).
 pub(crate) enum Candidates {
@@ -394,7 +398,11 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         } else if idx.spans.is_some() {
             let fetched = idx.fetch_groups(self.fs, groups).await?.with_pages(pages);
             self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
-            let parts = idx.split_fetched(fetched, self.pool.parallelism());
+            // At least one job per decode slot, and none longer than
+            // `DECODE_JOB_GROUPS_MAX` row groups: a slot lent to reads while no commit runs
+            // finishes the job it took before a commit gets its core back.
+            let jobs = fetched.len().div_ceil(DECODE_JOB_GROUPS_MAX);
+            let parts = idx.split_fetched(fetched, jobs.max(self.pool.parallelism()));
             if parts.len() > 1 {
                 crate::mark!("read-decoded-in-parallel");
             }

@@ -368,6 +368,9 @@ impl<E: Env> State<E> {
         let prune_on = self.config.keep_recent > 0 && !self.config.prune_interval.is_zero();
         let clock = self.env.clock().clone();
         let mut tick = Box::pin(clock.sleep(self.config.prune_interval));
+        // Held while serving, dropped while waiting for a request: the pool lends the cores
+        // kept for commits to reads only while it is dropped (see `BlockingPool::foreground`).
+        let mut busy = Some(self.env.spawner().foreground());
         loop {
             self.publish();
             // The chunks replay sealed (at most a window's) are written one per turn while no
@@ -388,11 +391,16 @@ impl<E: Env> State<E> {
                 }
                 continue;
             }
+            let waiting = rx.is_empty();
+            if waiting {
+                busy = None;
+            }
             let req = if prune_on {
                 tokio::select! {
                     biased;
                     req = rx.recv() => req,
                     _ = &mut tick => {
+                        busy.get_or_insert_with(|| self.env.spawner().foreground());
                         tick = Box::pin(clock.sleep(self.config.prune_interval));
                         let _ = self.prune().await;
                         continue;
@@ -401,6 +409,7 @@ impl<E: Env> State<E> {
             } else {
                 rx.recv().await
             };
+            busy.get_or_insert_with(|| self.env.spawner().foreground());
             let Some(req) = req else {
                 // Every handle dropped without close: leave the open pair unfinished; its rows
                 // are in the WAL and the next open replays them.

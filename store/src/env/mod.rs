@@ -103,10 +103,18 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send;
 
-    /// How many `run_blocking` jobs run at once: one read splits its decoding into this many
-    /// jobs (each a contiguous run of row groups). 1 where work runs inline.
+    /// How many `run_blocking` jobs run at once: one read splits its decoding into at least
+    /// this many jobs (each a contiguous run of row groups). 1 where work runs inline.
     fn parallelism(&self) -> usize {
         1
+    }
+
+    /// Marks foreground work while the returned value lives: the coordinator holds one while
+    /// it serves requests and drops it while it waits for the next. A pool may keep some of its
+    /// slots for idle time only (the real one does), so a read never takes the core a commit
+    /// needs. No effect by default.
+    fn foreground(&self) -> Foreground {
+        Foreground(None)
     }
 
     /// Runs CPU work of the coordinator's own writes: one file's row group is encoded here
@@ -125,6 +133,17 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
 
 /// Runs the work on the caller's task, when it is polled. For callers that are one task on
 /// their own anyway: the open-time scan (before the coordinator runs) and the read-only CLI.
+/// Foreground work in progress ([`BlockingPool::foreground`]); ends when dropped.
+pub struct Foreground(pub Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inline;
 
