@@ -705,18 +705,21 @@ fn log_key(l: &LogRecord) -> (u64, u32, u32) {
 /// Runs each in `get_logs` order joined into one: concatenated when each starts at or after
 /// where the one before ended (checked at the joins only), else sorted whole.
 fn join_runs(runs: Vec<Vec<LogRecord>>) -> Vec<LogRecord> {
-    let mut out: Vec<LogRecord> = Vec::with_capacity(runs.iter().map(Vec::len).sum());
+    debug_assert!(
+        runs.iter().all(|r| r.is_sorted_by_key(log_key)),
+        "runs are in order"
+    );
+    let total = runs.iter().map(Vec::len).sum::<usize>();
+    let mut runs = runs.into_iter();
+    // The first run becomes the result: its rows are not copied.
+    let mut out = runs.next().unwrap_or_default();
+    out.reserve(total - out.len());
     let mut in_order = true;
     for run in runs {
-        debug_assert!(run.is_sorted_by_key(log_key), "a run is in order");
         if let (Some(last), Some(first)) = (out.last(), run.first()) {
             in_order &= log_key(last) <= log_key(first);
         }
-        if out.is_empty() {
-            out = run;
-        } else {
-            out.extend(run);
-        }
+        out.extend(run);
     }
     if in_order {
         out
