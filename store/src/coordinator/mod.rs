@@ -391,8 +391,7 @@ impl<E: Env> State<E> {
                 }
                 continue;
             }
-            let waiting = rx.is_empty();
-            if waiting {
+            if rx.is_empty() {
                 busy = None;
             }
             let req = if prune_on {

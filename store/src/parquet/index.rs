@@ -485,9 +485,9 @@ impl FileIndex {
 
     /// The rows of row group `g` that may hold a row matching every `(column, values)` pair
     /// (empty `values` match all), judged by the column index's per-page min/max: `None` when
-    /// every row may (no page index, no filter, or no page ruled out), `Some` of an empty
-    /// selection when none may. Byte arrays compare as unsigned bytes, parquet's order for
-    /// binary statistics.
+    /// every row may (no page index, no filter, or no page ruled out), `Some` of a selection
+    /// that skips every row when none may. Byte arrays compare as unsigned bytes, parquet's
+    /// order for binary statistics.
     pub(crate) fn page_rows(&self, g: usize, must_match: &[(&str, &[&[u8]])]) -> PageRows {
         let metadata = self.metadata.metadata();
         let pages = metadata.page_index()?;
