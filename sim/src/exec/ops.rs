@@ -2,6 +2,7 @@
 //! checked.
 
 use super::*;
+use receipt_store::files::{final_file_name, parse_open_pair_name};
 
 impl<E: PlanEnv> Run<'_, E> {
     /// A write of `receipts` at `height`, with its outcome fed to the model and checked.
@@ -402,12 +403,12 @@ impl<E: PlanEnv> Run<'_, E> {
                             rotted.push(path.display().to_string());
                             // A rotted open file keeps its bytes when it is finalized under its
                             // final name (the checksums it gets are of the bytes as written).
-                            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                                if let Some(fin) =
-                                    name.strip_prefix('.').and_then(|n| n.strip_suffix(".open"))
-                                {
-                                    rotted.push(path.with_file_name(fin).display().to_string());
-                                }
+                            let open_pair = path
+                                .file_name()
+                                .and_then(|n| parse_open_pair_name(&n.to_string_lossy()));
+                            if let Some((kind, start)) = open_pair {
+                                let fin = path.with_file_name(final_file_name(kind, start));
+                                rotted.push(fin.display().to_string());
                             }
                         }
                     }

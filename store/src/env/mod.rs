@@ -131,8 +131,6 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
     }
 }
 
-/// Runs the work on the caller's task, when it is polled. For callers that are one task on
-/// their own anyway: the open-time scan (before the coordinator runs) and the read-only CLI.
 /// Foreground work in progress ([`BlockingPool::foreground`]); ends when dropped.
 pub struct Foreground(pub Option<Box<dyn FnOnce() + Send>>);
 
@@ -144,6 +142,8 @@ impl Drop for Foreground {
     }
 }
 
+/// Runs the work on the caller's task, when it is polled. For callers that are one task on
+/// their own anyway: the open-time scan (before the coordinator runs) and the read-only CLI.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inline;
 

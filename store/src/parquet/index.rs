@@ -665,13 +665,13 @@ impl FileIndex {
         self.verify(&fetched)?;
         let schema = self.metadata.metadata().file_metadata().schema_descr();
         let mask = ProjectionMask::columns(schema, columns.iter().copied());
-        let builder = self
-            .builder(&fetched)
+        let (builder, groups) = self.builder(fetched);
+        let builder = builder
             .with_row_filter(RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
                 mask, keep,
             ))]))
             .with_row_selection_policy(RowSelectionPolicy::Selectors);
-        decode_groups(&self.path, builder, fetched.groups)
+        decode_groups(&self.path, builder, groups)
     }
 
     /// Decodes fetched row groups into Arrow batches (CPU work; run it on a blocking pool).
@@ -680,27 +680,39 @@ impl FileIndex {
         fetched: FetchedGroups,
     ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
         self.verify(&fetched)?;
-        decode_groups(&self.path, self.builder(&fetched), fetched.groups)
+        let (builder, groups) = self.builder(fetched);
+        decode_groups(&self.path, builder, groups)
     }
 
-    /// A reader over fetched row groups, limited to the rows their page selections keep.
-    fn builder(&self, fetched: &FetchedGroups) -> ParquetRecordBatchReaderBuilder<Sparse> {
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            fetched.sparse.clone(),
-            self.metadata.clone(),
-        );
-        if fetched.pages.iter().all(Option::is_none) {
-            return builder;
+    /// A reader over fetched row groups, limited to the rows their page selections keep, and
+    /// the groups to read with it.
+    fn builder(
+        &self,
+        fetched: FetchedGroups,
+    ) -> (ParquetRecordBatchReaderBuilder<Sparse>, Vec<usize>) {
+        let FetchedGroups {
+            sparse,
+            groups,
+            pages,
+            ..
+        } = fetched;
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(sparse, self.metadata.clone());
+        if pages.iter().all(Option::is_none) {
+            return (builder, groups);
         }
         crate::mark!("read-page-skipped");
         let mut selectors = Vec::new();
-        for (&g, pages) in fetched.groups.iter().zip(&fetched.pages) {
+        for (&g, pages) in groups.iter().zip(pages) {
             match pages {
-                Some(rows) => selectors.extend(rows.iter().copied()),
+                Some(rows) => selectors.extend(rows),
                 None => selectors.push(RowSelector::select(self.row_groups[g].rows as usize)),
             }
         }
-        builder.with_row_selection(RowSelection::from(selectors))
+        (
+            builder.with_row_selection(RowSelection::from(selectors)),
+            groups,
+        )
     }
 }
 

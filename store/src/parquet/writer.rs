@@ -16,7 +16,6 @@ use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};
 use crate::types::LogRecord;
-
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
@@ -42,9 +41,9 @@ pub const BLOOM_FPP: f64 = 0.001;
 pub const WRITER_VERSION: WriterVersion = WriterVersion::PARQUET_1_0;
 /// Page size and row limits, spelled out so a dependency bump cannot change our files.
 pub const DATA_PAGE_SIZE_LIMIT_BYTES: usize = 1024 * 1024;
-/// Rows per data page by default ([`crate::Config::page_rows`]). A page is what a read can skip without decompressing it (the offset
-/// index says where each starts and which rows it holds), and a logs row group is sorted by
-/// address, then topic0 (see [`sorting_columns`]), so a filter on an address selects a run of
+/// Rows per data page by default ([`crate::Config::page_rows`]). A page is what a read can
+/// skip without decompressing it (the offset index says where each starts and which rows it
+/// holds), and a logs row group is sorted by address, then topic0 (see [`sorting_columns`]), so a filter on an address selects a run of
 /// neighbouring pages that the column index's per-page min/max finds. At 20,000 rows (a whole
 /// 3,000-row group in one page) a 2% address filter decompressed every page of every column.
 pub const DATA_PAGE_ROW_COUNT_LIMIT: usize = 512;
@@ -76,11 +75,13 @@ pub fn sorting_columns(kind: FileKind) -> Vec<SortingColumn> {
     }
 }
 
+/// A log's topic0, empty when it has no topics (as the file stores it).
+fn topic0(r: &LogRecord) -> &[u8] {
+    r.topics.first().map_or(&[], |t| &t[..])
+}
+
 /// The row order of a logs row group, as declared by [`sorting_columns`].
 pub fn log_row_order(a: &LogRecord, b: &LogRecord) -> std::cmp::Ordering {
-    fn topic0(r: &LogRecord) -> &[u8] {
-        r.topics.first().map_or(&[], |t| &t[..])
-    }
     a.address
         .cmp(&b.address)
         .then_with(|| topic0(a).cmp(topic0(b)))
@@ -105,9 +106,6 @@ pub fn logs_row_group<'a>(
         p[..n].copy_from_slice(&bytes[..n]);
         u64::from_be_bytes(p)
     };
-    fn topic0(r: &LogRecord) -> &[u8] {
-        r.topics.first().map_or(&[], |t| &t[..])
-    }
     let mut keys: Vec<(u64, u64, u32)> = rows
         .iter()
         .enumerate()
