@@ -5,7 +5,7 @@ use super::write::FlushRule;
 use super::{
     prune, FaultHook, Published, Publisher, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY,
 };
-use crate::env::{Env, Fs, FsFile, Spawner};
+use crate::env::{BlockingPool, Env, Fs, FsFile, Spawner};
 use crate::error::{Error, Result};
 use crate::files::{
     discard, final_file_name, group_listing, open_file_name, parse_pair_name, quarantine,
@@ -614,8 +614,11 @@ pub(crate) async fn open<E: Env>(
         .await
         .expect("the rewrite task runs to its end and sends its result");
     let replayed = match rewritten {
-        Ok(wal) => {
+        Ok((wal, replaced)) => {
             state.wal = Some(wal);
+            // Freeing the segments as read (their memory, and the page cache of those the
+            // rewrite replaced) runs on the write lane, not on the way to serving.
+            drop(env.spawner().run_write(move || drop(replaced)));
             replayed
         }
         // The records stay in the old segments (the rewrite replaces them only by a rename):
