@@ -196,6 +196,25 @@ impl IndexCache {
 /// thousands of logs): what bounds how long a commit can wait for a decode slot lent to reads.
 pub const DECODE_JOB_GROUPS_MAX: usize = 2;
 
+/// How many read-and-not-yet-decoded jobs of one file read may wait per decode slot.
+pub const DECODE_JOBS_IN_FLIGHT_PER_SLOT: usize = 2;
+
+/// `n` items split into `parts` runs of consecutive items (fewer when there are fewer items)
+/// whose sizes differ by at most one.
+pub(crate) fn consecutive_runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let end = start + base + usize::from(i < extra);
+            let run = start..end;
+            start = end;
+            run
+        })
+        .collect()
+}
+
 /// One file's candidate row groups, read and verified, not yet decoded (decoding is the
 /// pool's work).
 pub(crate) enum Candidates {
@@ -396,26 +415,43 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         let candidates = if groups.is_empty() {
             return rows(Candidates::Nothing(idx.path.clone()));
         } else if idx.spans.is_some() {
-            let fetched = idx.fetch_groups(self.fs, groups).await?.with_pages(pages);
-            self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
             // At least one job per decode slot, and none longer than
             // `DECODE_JOB_GROUPS_MAX` row groups: a slot lent to reads while no commit runs
             // finishes the job it took before a commit gets its core back.
-            let jobs = fetched.len().div_ceil(DECODE_JOB_GROUPS_MAX);
-            let parts = idx.split_fetched(fetched, jobs.max(self.pool.parallelism()));
-            if parts.len() > 1 {
+            let jobs = groups
+                .len()
+                .div_ceil(DECODE_JOB_GROUPS_MAX)
+                .max(self.pool.parallelism());
+            let runs = consecutive_runs(groups.len(), jobs);
+            if runs.len() > 1 {
                 crate::mark!("read-decoded-in-parallel");
             }
-            // Every part is handed to the pool before the first is awaited.
-            let jobs: Vec<_> = parts
-                .into_iter()
-                .map(|part| {
-                    let (rows, c) = (rows.clone(), Candidates::Ranged(idx.clone(), part));
-                    self.pool.run_blocking(move || rows(c))
-                })
-                .collect();
+            // Each job's groups are read and handed to the pool before the next job's are read,
+            // so decoding starts with the first job's bytes, not after the whole file's; at
+            // most `in_flight_max` read jobs wait, which bounds the bytes a read holds (and lets
+            // the allocator reuse them instead of faulting in fresh pages for every group).
+            let in_flight_max = DECODE_JOBS_IN_FLIGHT_PER_SLOT * self.pool.parallelism();
+            let file = self
+                .fs
+                .open(&idx.path)
+                .await
+                .map_err(|e| Error::io(&idx.path, e))?;
+            let mut running = std::collections::VecDeque::with_capacity(in_flight_max);
             let mut out = Vec::new();
-            for job in jobs {
+            for run in runs {
+                if running.len() == in_flight_max {
+                    let oldest = running.pop_front().expect("in_flight_max > 0");
+                    out.extend(oldest.await?);
+                }
+                let fetched = idx
+                    .fetch_groups_in(&file, groups[run.clone()].to_vec())
+                    .await?
+                    .with_pages(pages[run].to_vec());
+                self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
+                let (rows, c) = (rows.clone(), Candidates::Ranged(idx.clone(), fetched));
+                running.push_back(self.pool.run_blocking(move || rows(c)));
+            }
+            for job in running {
                 out.extend(job.await?);
             }
             return Ok(out);

@@ -458,7 +458,9 @@ impl FileIndex {
     }
 
     /// Fetches only the bytes of `groups` and verifies each against its recorded checksum, as
-    /// it arrives. Decoding them is [`FileIndex::decode`]'s (CPU) work. Needs `spans`.
+    /// it arrives. Decoding them is [`FileIndex::decode`]'s (CPU) work. Needs `spans`. (Reads
+    /// go through [`FileIndex::fetch_groups_in`] a job at a time; this is the tests' shorthand.)
+    #[cfg(test)]
     pub(crate) async fn fetch_groups<F: Fs>(
         &self,
         fs: &F,
@@ -577,8 +579,8 @@ impl FileIndex {
     }
 
     /// Splits fetched row groups into `parts` runs of consecutive groups (file order; fewer when
-    /// there are fewer groups),
-    /// each with only its own bytes, so they can be verified and decoded at once on a pool.
+    /// there are fewer groups), each with only its own bytes, so they can be verified and
+    /// decoded one at a time or at once on a pool.
     pub(crate) fn split_fetched(&self, fetched: FetchedGroups, parts: usize) -> Vec<FetchedGroups> {
         let parts = parts.clamp(1, fetched.groups.len().max(1));
         if parts == 1 {
@@ -594,16 +596,9 @@ impl FileIndex {
             pages,
             bytes_read,
         } = fetched;
-        // `parts` runs whose sizes differ by at most one group.
-        let (base, extra) = (groups.len() / parts, groups.len() % parts);
         let mut out = Vec::with_capacity(parts);
-        let mut rest = &groups[..];
-        let mut rest_pages = &pages[..];
-        for i in 0..parts {
-            let (chunk, tail) = rest.split_at(base + usize::from(i < extra));
-            rest = tail;
-            let (chunk_pages, tail_pages) = rest_pages.split_at(chunk.len());
-            rest_pages = tail_pages;
+        for run in crate::query::consecutive_runs(groups.len(), parts) {
+            let chunk = &groups[run.clone()];
             let mut ranges = BTreeMap::new();
             for &g in chunk {
                 let at = spans[g].offset;
@@ -619,7 +614,7 @@ impl FileIndex {
                     ranges,
                 },
                 groups: chunk.to_vec(),
-                pages: chunk_pages.to_vec(),
+                pages: pages[run].to_vec(),
                 bytes_read: 0,
             });
         }
