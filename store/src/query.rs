@@ -7,7 +7,7 @@ use crate::env::{BlockingPool, Fs, ReadAt};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
 use crate::parquet::index::{FetchedGroups, FileIndex, PageRows};
-use crate::parquet::reader::{candidate_groups, logs_from, receipts_from, FileKind, ParquetFile};
+use crate::parquet::reader::{candidate_groups, logs_into, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow_schema::ArrowError;
@@ -671,14 +671,23 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             let filter = shared.clone();
             move |c: Candidates| {
                 let path = c.path().to_path_buf();
-                let mut groups = Vec::new();
-                for c in c.per_group() {
+                let groups = c.per_group();
+                let n = groups.len();
+                let mut run = Vec::new();
+                let mut in_order = true;
+                for (k, c) in groups.into_iter().enumerate() {
                     let batches = c.decode_logs_where(filter.clone())?;
-                    groups.push(logs_from(&path, batches, |b, a, t| {
-                        filter.matches_raw(b, a, t)
-                    })?);
+                    let before = run.len();
+                    let keep = |b, a: &[u8], t: [&[u8]; 4]| filter.matches_raw(b, a, t);
+                    logs_into(&path, batches, keep, &mut run, n - k)?;
+                    // Each group's rows are in order; where they meet, they may not be.
+                    if let (Some(last), Some(first)) =
+                        (before.checked_sub(1).map(|i| &run[i]), run.get(before))
+                    {
+                        in_order &= log_key(last) <= log_key(first);
+                    }
                 }
-                Ok(vec![join_runs(groups)])
+                Ok(vec![if in_order { run } else { sort_logs(run) }])
             }
         };
         for pair in &snap.closed {
