@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 13] = [
+pub const TABLE: [(Canary, &str); 15] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -28,6 +28,8 @@ pub const TABLE: [(Canary, &str); 13] = [
     (Canary::SkipReusedSegmentSync, "crash-storm"),
     (Canary::SkipNewestOpenRowGroup, "default"),
     (Canary::PageMinExclusive, "default"),
+    (Canary::JobPagesFromFirstRun, "default"),
+    (Canary::LeakReplacedWalSegments, "crash-storm"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

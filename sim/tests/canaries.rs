@@ -128,6 +128,24 @@ fn pruning_a_page_that_starts_with_the_wanted_value_is_caught_by_a_reader() {
     assert!(why.starts_with("[read]"), "{why}");
 }
 
+/// A read fetches and hands its row groups to the decoders a job at a time: a job given the
+/// page selections of other groups skips pages its own groups needed, and a reader checked
+/// against the model misses their rows.
+#[test]
+fn a_decode_job_pruned_by_another_jobs_pages_is_caught_by_a_reader() {
+    let (_, why) = first_catch(Canary::JobPagesFromFirstRun, "default").expect("caught");
+    assert!(why.starts_with("[read]"), "{why}");
+}
+
+/// Open's WAL rewrite keeps the segments it replaced open until the write lane frees them: a
+/// store that never closes them leaks a handle per replaced segment, and the handle count
+/// after close says so.
+#[test]
+fn never_closing_the_wal_segments_a_rewrite_replaced_is_caught_as_a_leak() {
+    let (_, why) = first_catch(Canary::LeakReplacedWalSegments, "crash-storm").expect("caught");
+    assert!(why.contains("handle"), "{why}");
+}
+
 #[test]
 fn without_a_canary_the_same_seeds_pass() {
     let sc = load_scenario("power-loss").unwrap();

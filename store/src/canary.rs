@@ -39,10 +39,16 @@ pub enum Canary {
     /// Page pruning treats a page's column-index minimum as exclusive: a page whose first
     /// (smallest) address is the one asked for is skipped, and its rows go missing.
     PageMinExclusive,
+    /// A read handed to decode jobs one at a time gives every job the page selections of the
+    /// read's first groups instead of its own: a job skips the pages another group needed.
+    JobPagesFromFirstRun,
+    /// The WAL segments open's rewrite replaced are never closed (their handles leak instead of
+    /// being dropped on the write lane).
+    LeakReplacedWalSegments,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 13] = [
+    pub const ALL: [Canary; 15] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -56,6 +62,8 @@ impl Canary {
         Canary::SkipReusedSegmentSync,
         Canary::SkipNewestOpenRowGroup,
         Canary::PageMinExclusive,
+        Canary::JobPagesFromFirstRun,
+        Canary::LeakReplacedWalSegments,
     ];
 }
 

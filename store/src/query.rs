@@ -443,10 +443,15 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     let oldest = running.pop_front().expect("in_flight_max > 0");
                     out.extend(oldest.await?);
                 }
+                let pages = if crate::planted!(JobPagesFromFirstRun) {
+                    pages[..run.len()].to_vec()
+                } else {
+                    pages[run.clone()].to_vec()
+                };
                 let fetched = idx
-                    .fetch_groups_in(&file, groups[run.clone()].to_vec())
+                    .fetch_groups_in(&file, groups[run].to_vec())
                     .await?
-                    .with_pages(pages[run].to_vec());
+                    .with_pages(pages);
                 self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
                 let (rows, c) = (rows.clone(), Candidates::Ranged(idx.clone(), fetched));
                 running.push_back(self.pool.run_blocking(move || rows(c)));

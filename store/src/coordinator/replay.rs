@@ -618,7 +618,11 @@ pub(crate) async fn open<E: Env>(
             state.wal = Some(wal);
             // Freeing the segments as read (their memory, and the page cache of those the
             // rewrite replaced) runs on the write lane, not on the way to serving.
-            drop(env.spawner().run_write(move || drop(replaced)));
+            if crate::planted!(LeakReplacedWalSegments) {
+                std::mem::forget(replaced);
+            } else {
+                drop(env.spawner().run_write(move || drop(replaced)));
+            }
             replayed
         }
         // The records stay in the old segments (the rewrite replaces them only by a rename):
