@@ -440,6 +440,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             let mut out = Vec::new();
             for run in runs {
                 if running.len() == in_flight_max {
+                    crate::mark!("read-decode-backpressure");
                     let oldest = running.pop_front().expect("in_flight_max > 0");
                     out.extend(oldest.await?);
                 }

@@ -5,7 +5,9 @@
 use super::reader::{
     decode_groups, footer_facts, row_group_index, FileKind, RowGroupIndex, UNFINISHED,
 };
-use super::{BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY, PAGE_INDEX_CRC_KEY, ROW_GROUP_CRC_KEY};
+use super::{
+    BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY, PAGE_CRC_KEY, PAGE_INDEX_CRC_KEY, ROW_GROUP_CRC_KEY,
+};
 use crate::env::{BlockingPool, Fs, FsFile, Inline, ReadAt};
 use crate::error::Error;
 use arrow_array::{BooleanArray, RecordBatch};
@@ -103,6 +105,10 @@ pub struct FileIndex {
     pub bytes_read: u64,
     /// The store's last seen block when the file was finalized (absent in older files).
     pub last_seen_block: Option<u64>,
+    /// Per row group, the crc32c of each page of each column (in offset-index order), when the
+    /// writer recorded them and the page index is loaded: a read that decodes some pages of a
+    /// group verifies only those. Empty, or `None` for a group, means verify the group whole.
+    page_crcs: Vec<Option<Vec<Vec<u32>>>>,
     /// The decoded footer, reused by every ranged read of this file.
     metadata: ArrowReaderMetadata,
 }
@@ -140,6 +146,8 @@ struct Footer {
     /// Where the page indexes start (the body's end) and their checksum, when the writer
     /// recorded one (files written before it have page indexes nobody verified: unused).
     page_index: Option<(u64, u32)>,
+    /// The raw page checksum list ([`PAGE_CRC_KEY`]), parsed once the page index is in.
+    page_crcs: Option<String>,
 }
 
 /// Decodes and checks a footer (CPU work: thrift and the footer checksum).
@@ -177,6 +185,7 @@ fn decode_footer(path: &Path, footer: &[u8]) -> Result<Footer, Error> {
             return Err(corrupt(path, "page index checksum without a body length"));
         }
     };
+    let page_crcs = find(PAGE_CRC_KEY);
     Ok(Footer {
         metadata,
         last_seen_block,
@@ -184,6 +193,7 @@ fn decode_footer(path: &Path, footer: &[u8]) -> Result<Footer, Error> {
         bloom_crcs,
         row_group_crcs,
         page_index,
+        page_crcs,
     })
 }
 
@@ -216,6 +226,63 @@ fn parse_spans(
         ));
     }
     Ok(spans)
+}
+
+/// The page checksum list ([`PAGE_CRC_KEY`]) as `[group][column][page]`, checked against the
+/// offset index: one entry per row group, and for a group with checksums one list per column
+/// with one checksum per page the offset index locates.
+fn parse_page_crcs(
+    path: &Path,
+    list: &str,
+    metadata: &ParquetMetaData,
+) -> Result<Vec<Option<Vec<Vec<u32>>>>, Error> {
+    let mismatch = |what: String| corrupt(path, format!("page checksum list: {what}"));
+    let pages = metadata
+        .page_index()
+        .ok_or_else(|| mismatch("no page index".into()))?;
+    let columns_per_group = metadata.file_metadata().schema_descr().num_columns();
+    let groups: Vec<&str> = list.split(',').collect();
+    if groups.len() != metadata.num_row_groups() {
+        return Err(mismatch(format!(
+            "{} entries for {} row groups",
+            groups.len(),
+            metadata.num_row_groups()
+        )));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, entry) in groups.iter().enumerate() {
+        if entry.is_empty() {
+            out.push(None);
+            continue;
+        }
+        let columns: Vec<&str> = entry.split(';').collect();
+        if columns.len() != columns_per_group {
+            return Err(mismatch(format!(
+                "row group {g} has {} columns of checksums for {columns_per_group} columns",
+                columns.len(),
+            )));
+        }
+        let mut per_column = Vec::with_capacity(columns.len());
+        for (c, hex) in columns.iter().enumerate() {
+            let pages = pages
+                .page_locations(g, c)
+                .ok_or_else(|| mismatch(format!("row group {g} column {c}: no page locations")))?
+                .len();
+            if hex.len() != pages * 8 || !hex.is_ascii() {
+                return Err(mismatch(format!(
+                    "row group {g} column {c}: {} checksum digits for {pages} pages",
+                    hex.len()
+                )));
+            }
+            let crcs = (0..pages)
+                .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16))
+                .collect::<Result<Vec<u32>, _>>()
+                .map_err(|_| mismatch(format!("row group {g} column {c}: not hex")))?;
+            per_column.push(crcs);
+        }
+        out.push(Some(per_column));
+    }
+    Ok(out)
 }
 
 /// The bytes of some row groups of one file, fetched, not yet verified or decoded: their
@@ -294,6 +361,7 @@ impl FileIndex {
             bloom_crcs,
             row_group_crcs,
             page_index,
+            page_crcs,
         } = pool
             .run_blocking(move || decode_footer(&owned, &footer))
             .await?;
@@ -389,6 +457,16 @@ impl FileIndex {
                     footer_start,
                 )?),
             };
+            let page_crcs = match page_crcs {
+                Some(list)
+                    if metadata
+                        .page_index()
+                        .is_some_and(|p| p.has_offset_indexes()) =>
+                {
+                    parse_page_crcs(&path, &list, &metadata)?
+                }
+                _ => Vec::new(),
+            };
             let metadata = Arc::new(metadata);
             let arrow_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())
                 .map_err(|e| corrupt(&path, e.to_string()))?;
@@ -403,6 +481,7 @@ impl FileIndex {
                 spans,
                 bytes_read,
                 last_seen_block,
+                page_crcs,
                 metadata: arrow_meta,
             })
         })
@@ -453,6 +532,7 @@ impl FileIndex {
             spans: Some(vec![span]),
             bytes_read: 0,
             last_seen_block: None,
+            page_crcs: Vec::new(),
             metadata: arrow_meta,
         })
     }
@@ -622,29 +702,85 @@ impl FileIndex {
         out
     }
 
-    /// Checks every fetched row group against the checksum the writer recorded; a mismatch is
-    /// `CorruptFile` naming the file, the group and its offset. CPU work (the decoders call it).
-    fn verify(&self, fetched: &FetchedGroups) -> Result<(), Error> {
+    /// Checks the fetched row groups against the checksums the writer recorded, and hands back
+    /// only bytes that passed: a group read whole is checked whole; a group limited to some
+    /// pages (a page selection, and page checksums in the file) has just the pages holding a
+    /// selected row checked, and only those pages stay readable, so the decoder can touch no
+    /// byte that was not verified (it fails instead). A mismatch is `CorruptFile` naming the
+    /// file, the group and the offset. CPU work (the decoders call it).
+    fn verify(&self, mut fetched: FetchedGroups) -> Result<FetchedGroups, Error> {
         let spans = self
             .spans
             .as_ref()
             .expect("ranged reads need row group checksums");
-        for &g in &fetched.groups {
+        let page_index = self.metadata.metadata().page_index();
+        for (k, &g) in fetched.groups.iter().enumerate() {
             let span = spans[g];
             let bytes = fetched
                 .sparse
                 .ranges
                 .get(&span.offset)
-                .expect("every candidate group was fetched");
-            if crc32c::crc32c(bytes) != span.crc {
-                crate::mark!("read-row-group-checksum-failed");
-                return Err(corrupt(
-                    &self.path,
-                    format!("row group {g} checksum mismatch at offset {}", span.offset),
-                ));
+                .expect("every candidate group was fetched")
+                .clone();
+            let crcs = self.page_crcs.get(g).and_then(Option::as_ref);
+            let (Some(selectors), Some(crcs), Some(page_index)) =
+                (&fetched.pages[k], crcs, page_index)
+            else {
+                if crc32c::crc32c(&bytes) != span.crc {
+                    crate::mark!("read-row-group-checksum-failed");
+                    return Err(corrupt(
+                        &self.path,
+                        format!("row group {g} checksum mismatch at offset {}", span.offset),
+                    ));
+                }
+                continue;
+            };
+            let mut selected = Vec::new();
+            let mut row = 0;
+            for s in selectors {
+                if !s.skip {
+                    selected.push(row..row + s.row_count);
+                }
+                row += s.row_count;
             }
+            let rows = self.row_groups[g].rows as usize;
+            let mut pages = Vec::new();
+            for (c, crcs) in crcs.iter().enumerate() {
+                let locations = page_index
+                    .page_locations(g, c)
+                    .expect("page checksums are loaded only with page locations");
+                for (i, loc) in locations.iter().enumerate() {
+                    let first = loc.first_row_index as usize;
+                    let end = locations
+                        .get(i + 1)
+                        .map_or(rows, |next| next.first_row_index as usize);
+                    if !selected.iter().any(|r| r.start < end && first < r.end) {
+                        continue;
+                    }
+                    let (at, len) = (loc.offset as u64, loc.compressed_page_size as usize);
+                    if at < span.offset || at + len as u64 > span.offset + span.len as u64 {
+                        return Err(corrupt(
+                            &self.path,
+                            format!("row group {g} has a page at {at}+{len} outside its bytes"),
+                        ));
+                    }
+                    let from = (at - span.offset) as usize;
+                    let page = bytes.slice(from..from + len);
+                    if crc32c::crc32c(&page) != crcs[i] {
+                        crate::mark!("read-page-checksum-failed");
+                        return Err(corrupt(
+                            &self.path,
+                            format!("row group {g} page checksum mismatch at offset {at}"),
+                        ));
+                    }
+                    pages.push((at, page));
+                }
+            }
+            crate::mark!("read-page-verified");
+            fetched.sparse.ranges.remove(&span.offset);
+            fetched.sparse.ranges.extend(pages);
         }
-        Ok(())
+        Ok(fetched)
     }
 
     /// Decodes fetched row groups in two passes (late materialization, parquet's `RowFilter`):
@@ -657,7 +793,7 @@ impl FileIndex {
         columns: &[&str],
         keep: impl FnMut(RecordBatch) -> Result<BooleanArray, ArrowError> + Send + 'static,
     ) -> Result<Vec<RecordBatch>, Error> {
-        self.verify(&fetched)?;
+        let fetched = self.verify(fetched)?;
         let schema = self.metadata.metadata().file_metadata().schema_descr();
         let mask = ProjectionMask::columns(schema, columns.iter().copied());
         let (builder, groups) = self.builder(fetched);
@@ -674,7 +810,7 @@ impl FileIndex {
         &self,
         fetched: FetchedGroups,
     ) -> Result<Vec<arrow_array::RecordBatch>, Error> {
-        self.verify(&fetched)?;
+        let fetched = self.verify(fetched)?;
         let (builder, groups) = self.builder(fetched);
         decode_groups(&self.path, builder, groups)
     }
@@ -886,6 +1022,138 @@ mod tests {
         assert_eq!(got, expected);
         let keys: Vec<_> = all.iter().map(|l| (l.block_number, l.log_index)).collect();
         assert!(keys.is_sorted(), "rows come back in block and log order");
+        s.close().await.unwrap();
+    }
+
+    /// The writer checksums every page it writes: for each row group and column, one checksum
+    /// per page the offset index locates, each the crc32c of exactly that page's bytes in the
+    /// file (header and data).
+    #[tokio::test]
+    async fn every_page_the_offset_index_locates_has_the_checksum_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        logs_window(dir.path()).await.close().await.unwrap();
+        let path = dir.path().join("logs_0.parquet");
+        let idx = FileIndex::load(&RealFs, &path, FileKind::Logs)
+            .await
+            .unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let metadata = idx.metadata.metadata();
+        let pages = metadata.page_index().expect("page index loaded");
+        assert_eq!(idx.page_crcs.len(), idx.row_groups.len());
+        let mut checked = 0;
+        for (g, crcs) in idx.page_crcs.iter().enumerate() {
+            let crcs = crcs.as_ref().expect("every group has page checksums");
+            assert_eq!(
+                crcs.len(),
+                metadata.file_metadata().schema_descr().num_columns()
+            );
+            for (c, crcs) in crcs.iter().enumerate() {
+                let locations = pages.page_locations(g, c).unwrap();
+                assert_eq!(crcs.len(), locations.len(), "group {g} column {c}");
+                for (loc, &crc) in locations.iter().zip(crcs) {
+                    let at = loc.offset as usize;
+                    let page = &file[at..at + loc.compressed_page_size as usize];
+                    assert_eq!(
+                        crc32c::crc32c(page),
+                        crc,
+                        "group {g} column {c} page at {at}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        // 24-row groups in 4-row pages, 12 columns, 4 groups and more.
+        assert!(checked >= 4 * 12 * 6, "{checked} pages");
+    }
+
+    /// A read that decodes some pages of a row group verifies those pages by their own
+    /// checksums: a flipped bit in a page the address filter decodes fails the read naming the
+    /// file, while the same flip in a page no selected row lives in leaves the filtered read
+    /// whole and correct (the page is neither verified nor decoded) and fails a full scan.
+    #[tokio::test]
+    async fn a_rotted_page_fails_the_reads_that_decode_it_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = logs_window(dir.path()).await;
+        let filter = crate::LogFilter {
+            addresses: vec![[0x13; 20]],
+            ..Default::default()
+        };
+        let want = s.get_logs(&filter).await.unwrap();
+        assert_eq!(want.len(), 16);
+        s.close().await.unwrap();
+        let path = dir.path().join("logs_0.parquet");
+        let clean = std::fs::read(&path).unwrap();
+        let idx = FileIndex::load(&RealFs, &path, FileKind::Logs)
+            .await
+            .unwrap();
+        let metadata = idx.metadata.metadata();
+        let schema = metadata.file_metadata().schema_descr();
+        let data = (0..schema.num_columns())
+            .find(|&c| schema.column(c).name() == "data")
+            .unwrap();
+        let g = 1;
+        let kept = idx
+            .page_rows(g, &[("address", &[&[0x13; 20][..]])])
+            .unwrap();
+        let mut selected = Vec::new();
+        let mut row = 0;
+        for sel in &kept {
+            if !sel.skip {
+                selected.push(row..row + sel.row_count);
+            }
+            row += sel.row_count;
+        }
+        let locations = metadata
+            .page_index()
+            .unwrap()
+            .page_locations(g, data)
+            .unwrap();
+        let rows = idx.row_groups[g].rows as usize;
+        let holds_selected = |i: usize| {
+            let first = locations[i].first_row_index as usize;
+            let end = locations
+                .get(i + 1)
+                .map_or(rows, |n| n.first_row_index as usize);
+            selected.iter().any(|r| r.start < end && first < r.end)
+        };
+        let inside = (0..locations.len()).find(|&i| holds_selected(i)).unwrap();
+        let outside = (0..locations.len()).find(|&i| !holds_selected(i)).unwrap();
+        // The last byte of a page is data (the header comes first).
+        let last_byte = |i: usize| {
+            (locations[i].offset + i64::from(locations[i].compressed_page_size) - 1) as usize
+        };
+        let reopen = || async {
+            Store::open(
+                RealEnv::default(),
+                dir.path(),
+                Config {
+                    max_blocks_per_file: 10,
+                    page_rows: 4,
+                    ..Config::default()
+                },
+            )
+            .await
+            .unwrap()
+        };
+
+        let mut rotted = clean.clone();
+        rotted[last_byte(inside)] ^= 0x01;
+        std::fs::write(&path, &rotted).unwrap();
+        let s = reopen().await;
+        let err = s.get_logs(&filter).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{text}");
+        assert!(text.contains("page checksum mismatch"), "{text}");
+        assert!(text.contains("logs_0.parquet"), "{text}");
+        s.close().await.unwrap();
+
+        let mut rotted = clean.clone();
+        rotted[last_byte(outside)] ^= 0x01;
+        std::fs::write(&path, &rotted).unwrap();
+        let s = reopen().await;
+        assert_eq!(s.get_logs(&filter).await.unwrap(), want);
+        let err = s.get_logs(&crate::LogFilter::default()).await.unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
         s.close().await.unwrap();
     }
 

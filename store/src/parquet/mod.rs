@@ -43,6 +43,12 @@ pub const FOOTER_CRC_PLACEHOLDER: &[u8; 8] = b"00000000";
 /// covered by it). A read prunes pages by them only when it is present and matches: a rotted
 /// min/max would otherwise hide rows.
 pub const PAGE_INDEX_CRC_KEY: &str = "receipt_store.page_index_crc32c";
+/// Footer key: crc32c of every data page (header and data, the bytes the offset index locates),
+/// so a read that decodes a few pages of a row group verifies those pages only. Row groups are
+/// separated by `,`, a row group's columns by `;`, and a column is its pages' checksums as
+/// 8 hex digits each, in page order. A row group written without them has an empty entry and
+/// is verified whole ([`ROW_GROUP_CRC_KEY`]).
+pub const PAGE_CRC_KEY: &str = "receipt_store.page_crc32c";
 
 /// Where the footer checksum's value sits in the raw footer bytes (see [`kv_value_span`]).
 pub(crate) fn footer_crc_span(footer: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {

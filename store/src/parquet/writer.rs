@@ -10,7 +10,8 @@ use super::reader::FileKind;
 use super::{footer_crc_span, kv_value_span, FOOTER_CRC_KEY, FOOTER_CRC_PLACEHOLDER};
 use super::{
     log_schema, logs_to_batch_from, receipt_schema, BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY,
-    LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, PAGE_INDEX_CRC_KEY, ROW_GROUP_CRC_KEY,
+    LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, PAGE_CRC_KEY, PAGE_INDEX_CRC_KEY,
+    ROW_GROUP_CRC_KEY,
 };
 use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
 use crate::error::Error;
@@ -19,8 +20,10 @@ use crate::types::LogRecord;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::column::page_store::{PageKey, PageStore, PageStoreArgs, PageStoreFactory};
 use parquet::file::metadata::{KeyValue, RowGroupMetaData, SortingColumn};
 use parquet::file::properties::{
     BloomFilterPosition, EnabledStatistics, WriterProperties, WriterVersion,
@@ -28,7 +31,7 @@ use parquet::file::properties::{
 use parquet::schema::types::ColumnPath;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Bloom filters are sized for this many distinct values per row group and folded down to fit
 /// the real count when the row group closes.
@@ -176,6 +179,125 @@ pub fn properties_with_pages(kind: FileKind, page_rows: usize) -> WriterProperti
         .build()
 }
 
+/// The sizes of the pages parquet-rs encodes, per column chunk. The encoder keeps a column
+/// chunk's pages in a [`PageStore`] until its row group is written, handing over each data page
+/// as two blobs, its header and its data; this store keeps them on the heap as parquet's own
+/// does and, once the chunk is written (the store dropped), reports their lengths. That is how
+/// the writer finds each page in the bytes it appends and checksums it (parquet-rs writes no
+/// page CRCs and exposes no page offsets before the file's close). Hand-written: no crate
+/// offers this.
+#[derive(Debug, Default, Clone)]
+struct PageTally {
+    /// `(column, blob lengths in put order)` of every chunk written since the last take.
+    chunks: Arc<Mutex<Vec<(usize, Vec<usize>)>>>,
+}
+
+impl PageTally {
+    /// The chunks reported since the last call, by column.
+    fn take(&self) -> BTreeMap<usize, Vec<usize>> {
+        std::mem::take(&mut *self.chunks.lock().unwrap())
+            .into_iter()
+            .collect()
+    }
+}
+
+impl PageStoreFactory for PageTally {
+    fn create(&self, args: &PageStoreArgs<'_>) -> parquet::errors::Result<Box<dyn PageStore>> {
+        Ok(Box::new(TalliedStore {
+            column: args.column_index(),
+            blobs: Vec::new(),
+            lens: Vec::new(),
+            resident: 0,
+            tally: self.clone(),
+        }))
+    }
+}
+
+/// One column chunk's pages (see [`PageTally`]).
+struct TalliedStore {
+    column: usize,
+    blobs: Vec<Bytes>,
+    lens: Vec<usize>,
+    resident: usize,
+    tally: PageTally,
+}
+
+impl PageStore for TalliedStore {
+    fn put(&mut self, value: Bytes) -> parquet::errors::Result<PageKey> {
+        let key = PageKey::new(self.blobs.len() as u64);
+        self.lens.push(value.len());
+        self.resident += value.len();
+        self.blobs.push(value);
+        Ok(key)
+    }
+
+    fn take(&mut self, key: PageKey) -> parquet::errors::Result<Bytes> {
+        let blob = self
+            .blobs
+            .get_mut(key.get() as usize)
+            .map(std::mem::take)
+            .ok_or_else(|| parquet::errors::ParquetError::General("unknown page key".into()))?;
+        self.resident -= blob.len();
+        Ok(blob)
+    }
+
+    fn memory_size(&self) -> usize {
+        self.resident
+    }
+}
+
+impl Drop for TalliedStore {
+    fn drop(&mut self) {
+        let lens = std::mem::take(&mut self.lens);
+        if let Ok(mut chunks) = self.tally.chunks.lock() {
+            chunks.push((self.column, lens));
+        }
+    }
+}
+
+/// The crc32c of every page of the row group just flushed into `buf` (whose first byte lands at
+/// file offset `base`), in the footer's [`PAGE_CRC_KEY`] form: columns separated by `;`. Empty
+/// (the group is then verified whole) if the tallied pages do not tile a column chunk exactly,
+/// or a chunk has a dictionary page (tallied out of order by the encoder); neither happens with
+/// these writer properties.
+fn page_checksums(
+    buf: &[u8],
+    base: u64,
+    group: &RowGroupMetaData,
+    mut tally: BTreeMap<usize, Vec<usize>>,
+) -> String {
+    let mut columns = Vec::with_capacity(group.num_columns());
+    for (c, col) in group.columns().iter().enumerate() {
+        let Some(blobs) = tally.remove(&c) else {
+            return String::new();
+        };
+        let start = col.data_page_offset() as u64;
+        let chunk = col.compressed_size() as usize;
+        if col.dictionary_page_offset().is_some()
+            || blobs.len() % 2 != 0
+            || blobs.iter().sum::<usize>() != chunk
+            || start < base
+            || (start - base) as usize + chunk > buf.len()
+        {
+            debug_assert!(
+                false,
+                "pages of column {c} do not tile its chunk: {blobs:?}"
+            );
+            return String::new();
+        }
+        let mut at = (start - base) as usize;
+        let mut crcs = String::with_capacity(blobs.len() / 2 * 8);
+        // A data page is its header then its data: two blobs, one page.
+        for pair in blobs.chunks(2) {
+            let len = pair[0] + pair[1];
+            crcs.push_str(&format!("{:08x}", crc32c::crc32c(&buf[at..at + len])));
+            at += len;
+        }
+        columns.push(crcs);
+    }
+    columns.join(";")
+}
+
 /// One parquet file being written through the `Fs`, under the open pair's name (`path`) until
 /// [`PairWriter::finish`] renames it to `final_path`.
 struct FileWriter<F: Fs> {
@@ -184,6 +306,8 @@ struct FileWriter<F: Fs> {
     /// `None` only while a row group is being encoded on the write lane (see
     /// [`PairWriter::encode_row_groups`]).
     encoder: Option<ArrowWriter<Vec<u8>>>,
+    /// The encoder's page sizes (see [`PageTally`]).
+    tally: PageTally,
     /// The row group encoded but not yet appended.
     pending: Option<EncodedGroup>,
     file: F::File,
@@ -193,6 +317,8 @@ struct FileWriter<F: Fs> {
     bloom_crcs: Vec<String>,
     /// `offset:length:crc32c` of every row group's bytes written so far.
     row_group_crcs: Vec<String>,
+    /// Every row group's page checksums ([`PAGE_CRC_KEY`]) so far.
+    page_crcs: Vec<String>,
 }
 
 impl<F: Fs> FileWriter<F> {
@@ -205,22 +331,29 @@ impl<F: Fs> FileWriter<F> {
         page_rows: usize,
     ) -> Result<Self, Error> {
         let properties = properties_with_pages(kind, page_rows);
-        let encoder = ArrowWriter::try_new(Vec::new(), schema, Some(properties)).map_err(|e| {
-            Error::Parquet {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let tally = PageTally::default();
+        let options = ArrowWriterOptions::new()
+            .with_properties(properties)
+            .with_page_store_factory(Arc::new(tally.clone()));
+        let encoder =
+            ArrowWriter::try_new_with_options(Vec::new(), schema, options).map_err(|e| {
+                Error::Parquet {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(FileWriter {
             path,
             final_path,
             encoder: Some(encoder),
+            tally,
             pending: None,
             file,
             crc: 0,
             written: 0,
             bloom_crcs: Vec::new(),
             row_group_crcs: Vec::new(),
+            page_crcs: Vec::new(),
         })
     }
 
@@ -253,7 +386,7 @@ impl<F: Fs> FileWriter<F> {
     /// Encodes one row group on this task (see [`encode_row_group`]).
     fn encode(&mut self, batch: &RecordBatch) -> Result<(), Error> {
         let encoder = self.encoder.as_mut().expect("no encode in flight");
-        let encoded = encode_row_group(encoder, &self.path, self.written, batch)?;
+        let encoded = encode_row_group(encoder, &self.tally, &self.path, self.written, batch)?;
         self.pending = Some(encoded);
         Ok(())
     }
@@ -268,6 +401,7 @@ impl<F: Fs> FileWriter<F> {
             .take()
             .expect("a row group was encoded before it is appended");
         self.bloom_crcs.extend(encoded.bloom_crcs);
+        self.page_crcs.push(encoded.page_crcs);
         let (offset, len, crc) = self.drain().await?;
         self.row_group_crcs
             .push(format!("{offset}:{len}:{crc:08x}"));
@@ -302,6 +436,10 @@ impl<F: Fs> FileWriter<F> {
         encoder.append_key_value_metadata(KeyValue::new(
             ROW_GROUP_CRC_KEY.to_string(),
             self.row_group_crcs.join(","),
+        ));
+        encoder.append_key_value_metadata(KeyValue::new(
+            PAGE_CRC_KEY.to_string(),
+            self.page_crcs.join(","),
         ));
         encoder.append_key_value_metadata(KeyValue::new(
             LAYOUT_VERSION_KEY.to_string(),
@@ -362,6 +500,8 @@ struct EncodedGroup {
     /// window's readers need to find and decode the group in the unfinished file.
     blooms: BTreeMap<u64, Bytes>,
     metadata: RowGroupMetaData,
+    /// Its pages' checksums, in the footer's form ([`page_checksums`]).
+    page_crcs: String,
 }
 
 /// Encodes `batch` as one row group into `encoder`'s buffer, whose first byte will land at file
@@ -369,6 +509,7 @@ struct EncodedGroup {
 /// work (nothing is appended to the file), so it can run off the coordinator's task.
 fn encode_row_group(
     encoder: &mut ArrowWriter<Vec<u8>>,
+    tally: &PageTally,
     path: &Path,
     base: u64,
     batch: &RecordBatch,
@@ -377,6 +518,8 @@ fn encode_row_group(
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    // Chunks a failed encode left tallied are no part of this group.
+    drop(tally.take());
     encoder.write(batch).map_err(perr)?;
     encoder.flush().map_err(perr)?;
     encoder.sync().map_err(|e| Error::io(path, e))?;
@@ -397,10 +540,12 @@ fn encode_row_group(
             blooms.insert(off, Bytes::copy_from_slice(bytes));
         }
     }
+    let page_crcs = page_checksums(buf, base, rg, tally.take());
     Ok(EncodedGroup {
         bloom_crcs,
         blooms,
         metadata: rg.clone(),
+        page_crcs,
     })
 }
 
@@ -537,13 +682,14 @@ impl<F: Fs> PairWriter<F> {
     ) -> Result<(), Error> {
         let mut encoder = self.receipts.encoder.take().expect("no encode in flight");
         let (path, base) = (self.receipts.path.clone(), self.receipts.written);
+        let tally = self.receipts.tally.clone();
         let receipts_job = lane.run_write(move || {
             let batch = receipts();
             assert!(
                 batch.num_rows() > 0,
                 "a flush with no receipts writes nothing"
             );
-            let r = encode_row_group(&mut encoder, &path, base, &batch);
+            let r = encode_row_group(&mut encoder, &tally, &path, base, &batch);
             (encoder, r)
         });
         let logs_encoded = match logs {
