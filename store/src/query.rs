@@ -6,7 +6,7 @@ use crate::coordinator::{replay::read_file, Chunk, OpenFiles, Snapshot};
 use crate::env::{BlockingPool, Fs, ReadAt};
 use crate::error::{Error, Result};
 use crate::files::ClosedPair;
-use crate::parquet::index::{FetchedGroups, FileIndex, PageRows};
+use crate::parquet::index::{consecutive_runs, FetchedGroups, FileIndex, PageRows};
 use crate::parquet::reader::{candidate_groups, logs_into, receipts_from, FileKind, ParquetFile};
 use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
@@ -199,22 +199,6 @@ pub const DECODE_JOB_GROUPS_MAX: usize = 2;
 /// How many read-and-not-yet-decoded jobs of one file read may wait per decode slot.
 pub const DECODE_JOBS_IN_FLIGHT_PER_SLOT: usize = 2;
 
-/// `n` items split into `parts` runs of consecutive items (fewer when there are fewer items)
-/// whose sizes differ by at most one.
-pub(crate) fn consecutive_runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
-    let parts = parts.clamp(1, n.max(1));
-    let (base, extra) = (n / parts, n % parts);
-    let mut start = 0;
-    (0..parts)
-        .map(|i| {
-            let end = start + base + usize::from(i < extra);
-            let run = start..end;
-            start = end;
-            run
-        })
-        .collect()
-}
-
 /// One file's candidate row groups, read and verified, not yet decoded (decoding is the
 /// pool's work).
 pub(crate) enum Candidates {
@@ -390,7 +374,8 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
     /// Rows of one file: the row groups that may hold rows in `[from, to]` matching every
     /// `(column, values)` pair are read (each verified against its checksum; a file without
     /// row-group checksums is read and verified whole), then `rows` decodes them on the pool,
-    /// split into [`BlockingPool::parallelism`] runs of consecutive row groups decoded at once;
+    /// in jobs of consecutive row groups (at least [`BlockingPool::parallelism`], at most
+    /// [`DECODE_JOB_GROUPS_MAX`] groups each), each handed over as soon as its groups are read;
     /// their rows are returned in file order. With no candidate row group, `rows` runs here on
     /// nothing.
     async fn file_rows<T: Send + 'static>(

@@ -86,6 +86,22 @@ pub struct RowGroupSpan {
     pub crc: u32,
 }
 
+/// `n` items split into `parts` runs of consecutive items (fewer when there are fewer items)
+/// whose sizes differ by at most one.
+pub(crate) fn consecutive_runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let end = start + base + usize::from(i < extra);
+            let run = start..end;
+            start = end;
+            run
+        })
+        .collect()
+}
+
 /// The rows of one row group a read decodes, as a selection over the group's rows (`None`:
 /// every row). Rows outside it are in pages whose column-index min/max rule the filter out, so
 /// their pages are skipped without being decompressed.
@@ -677,7 +693,7 @@ impl FileIndex {
             bytes_read,
         } = fetched;
         let mut out = Vec::with_capacity(parts);
-        for run in crate::query::consecutive_runs(groups.len(), parts) {
+        for run in consecutive_runs(groups.len(), parts) {
             let chunk = &groups[run.clone()];
             let mut ranges = BTreeMap::new();
             for &g in chunk {

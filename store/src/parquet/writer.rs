@@ -188,9 +188,11 @@ pub fn properties_with_pages(kind: FileKind, page_rows: usize) -> WriterProperti
 /// offers this.
 #[derive(Debug, Default, Clone)]
 struct PageTally {
-    /// `(column, blob lengths in put order)` of every chunk written since the last take.
-    chunks: Arc<Mutex<Vec<(usize, Vec<usize>)>>>,
+    chunks: Arc<Mutex<Vec<TalliedChunk>>>,
 }
+
+/// One column chunk's blob lengths, in the order the encoder stored them, and its column.
+type TalliedChunk = (usize, Vec<usize>);
 
 impl PageTally {
     /// The chunks reported since the last call, by column.
