@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Default)]
 pub struct RealFs;
 
-/// Reads up to this size are made on the calling task (a footer tail, a bloom filter, a row
-/// group of a few thousand logs: tens of microseconds at most); larger ones (big row groups,
-/// whole files) go to a read pool of [`READ_SLOTS`] threads, so a reader copying megabytes
-/// never holds an async worker. At 64 KiB every 160 KB row group of a 500-block `get_logs`
-/// took the hop to the read thread and back, and on two cores busy decoding that hop waited
-/// for a time slice: the query ran in streaks of 44 ms and of 75 ms (decode slots idle half the
-/// time); reading such groups here made it a steady 44 ms.
-pub const READ_INLINE_BYTES_MAX: usize = 256 * 1024;
+/// Reads up to this size are made on the calling task (a footer tail, a bloom filter: a few
+/// microseconds); larger ones (row groups, whole files) go to a read pool of [`READ_SLOTS`]
+/// threads, so a reader copying megabytes never holds an async worker. Measured at 256 KiB
+/// (every 160 KB row group of a 500-block `get_logs` read on the async workers): reads with one
+/// reader got steadier (the hop to a read thread waits for a time slice on busy cores), but
+/// the commit p99 under eight readers went to 3.45-3.83x of idle in two full bench runs,
+/// against 1.24x at 64 KiB: the coordinator shares those workers. A read's neighbouring row
+/// groups are fetched with one read instead (see `FileIndex::fetch_groups_in`).
+pub const READ_INLINE_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct RealFile {

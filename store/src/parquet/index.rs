@@ -28,6 +28,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Row groups of one read this close (their bloom filters lie between them) are fetched with
+/// one read.
+const FETCH_GAP_MAX_BYTES: u64 = 64 * 1024;
+
 /// Footers larger than this are refused as corrupt (ours are a few hundred KiB at most).
 const MAX_FOOTER_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -649,21 +653,40 @@ impl FileIndex {
         let path = &self.path;
         let io = |e| Error::io(path, e);
         let mut bytes_read = 0;
-        for &g in &groups {
-            let span = spans[g];
-            let bytes = file
-                .read_at_boxed(span.offset, span.len)
-                .await
-                .map_err(io)?;
-            if bytes.len() != span.len {
+        // Neighbouring groups (apart by their bloom filters at most) are read at once: on busy
+        // cores every read that leaves this task waits for the read thread's time slice.
+        let mut i = 0;
+        while i < groups.len() {
+            let first = spans[groups[i]];
+            let mut end = first.offset + first.len as u64;
+            let mut j = i + 1;
+            while let Some(&g) = groups.get(j) {
+                let next = spans[g];
+                if next.offset < end || next.offset - end > FETCH_GAP_MAX_BYTES {
+                    break;
+                }
+                end = next.offset + next.len as u64;
+                j += 1;
+            }
+            let len = (end - first.offset) as usize;
+            let bytes = Bytes::from(file.read_at_boxed(first.offset, len).await.map_err(io)?);
+            if bytes.len() != len {
                 crate::mark!("read-row-group-checksum-failed");
+                let g = groups[i];
                 return Err(corrupt(
                     path,
-                    format!("row group {g} checksum mismatch at offset {}", span.offset),
+                    format!("row group {g} checksum mismatch at offset {}", first.offset),
                 ));
             }
-            bytes_read += span.len as u64;
-            sparse.ranges.insert(span.offset, Bytes::from(bytes));
+            bytes_read += len as u64;
+            for &g in &groups[i..j] {
+                let span = spans[g];
+                let from = (span.offset - first.offset) as usize;
+                sparse
+                    .ranges
+                    .insert(span.offset, bytes.slice(from..from + span.len));
+            }
+            i = j;
         }
         let pages = vec![None; groups.len()];
         Ok(FetchedGroups {
