@@ -23,6 +23,7 @@ use parquet::file::metadata::{
     FileMetaData, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
 };
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::{ChunkReader, Length};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,14 @@ pub(crate) fn consecutive_runs(n: usize, parts: usize) -> Vec<std::ops::Range<us
             run
         })
         .collect()
+}
+
+/// The rows of page `i` of a column chunk of `rows` rows, from its offset index.
+fn page_row_range(locations: &[PageLocation], i: usize, rows: usize) -> std::ops::Range<usize> {
+    let end = locations
+        .get(i + 1)
+        .map_or(rows, |next| next.first_row_index as usize);
+    locations[i].first_row_index as usize..end
 }
 
 /// The rows of one row group a read decodes, as a selection over the group's rows (`None`:
@@ -606,11 +615,6 @@ impl FileIndex {
             else {
                 continue;
             };
-            let page_end = |i: usize| {
-                locations
-                    .get(i + 1)
-                    .map_or(rows, |next| next.first_row_index as usize)
-            };
             let ranges = (0..locations.len())
                 .filter(|&i| match (index.min_value(i), index.max_value(i)) {
                     (Some(lo), Some(hi)) => values.iter().any(|v| {
@@ -624,7 +628,7 @@ impl FileIndex {
                     // A page of nulls only: our columns have none, so keep it (never wrong).
                     _ => true,
                 })
-                .map(|i| locations[i].first_row_index as usize..page_end(i));
+                .map(|i| page_row_range(locations, i, rows));
             let these = RowSelection::from_consecutive_ranges(ranges, rows);
             selection = Some(match selection {
                 None => these,
@@ -789,11 +793,11 @@ impl FileIndex {
                     .page_locations(g, c)
                     .expect("page checksums are loaded only with page locations");
                 for (i, loc) in locations.iter().enumerate() {
-                    let first = loc.first_row_index as usize;
-                    let end = locations
-                        .get(i + 1)
-                        .map_or(rows, |next| next.first_row_index as usize);
-                    if !selected.iter().any(|r| r.start < end && first < r.end) {
+                    let page = page_row_range(locations, i, rows);
+                    if !selected
+                        .iter()
+                        .any(|r| r.start < page.end && page.start < r.end)
+                    {
                         continue;
                     }
                     let (at, len) = (loc.offset as u64, loc.compressed_page_size as usize);
