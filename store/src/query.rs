@@ -411,16 +411,18 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             if runs.len() > 1 {
                 crate::mark!("read-decoded-in-parallel");
             }
-            // Each job's groups are read and handed to the pool before the next job's are read,
-            // so decoding starts with the first job's bytes, not after the whole file's; at
-            // most `in_flight_max` read jobs wait, which bounds the bytes a read holds (and lets
-            // the allocator reuse them instead of faulting in fresh pages for every group).
+            // Each job reads its own groups and decodes them (on the pool, where the pool's
+            // threads may block), so decoding starts with the first job's bytes, not after the
+            // whole file's; at most `in_flight_max` jobs are queued, which bounds the bytes a
+            // read holds (and lets the allocator reuse them instead of faulting in fresh pages
+            // for every group).
             let in_flight_max = DECODE_JOBS_IN_FLIGHT_PER_SLOT * self.pool.parallelism();
-            let file = self
-                .fs
-                .open(&idx.path)
-                .await
-                .map_err(|e| Error::io(&idx.path, e))?;
+            let file = Arc::new(
+                self.fs
+                    .open(&idx.path)
+                    .await
+                    .map_err(|e| Error::io(&idx.path, e))?,
+            );
             let mut running = std::collections::VecDeque::with_capacity(in_flight_max);
             let mut out = Vec::new();
             for run in runs {
@@ -434,13 +436,18 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 } else {
                     pages[run.clone()].to_vec()
                 };
-                let fetched = idx
-                    .fetch_groups_in(&file, groups[run].to_vec())
-                    .await?
-                    .with_pages(pages);
-                self.cache.lock().unwrap().data_bytes_read += fetched.bytes_read;
-                let (rows, c) = (rows.clone(), Candidates::Ranged(idx.clone(), fetched));
-                running.push_back(self.pool.run_blocking(move || rows(c)));
+                let groups = groups[run].to_vec();
+                let reads = idx.group_reads(&groups);
+                let bytes: u64 = reads.iter().map(|&(_, len)| len as u64).sum();
+                self.cache.lock().unwrap().data_bytes_read += bytes;
+                let (rows, job_idx) = (rows.clone(), idx.clone());
+                // Called here, not in the async block: the pool queues the job when called.
+                let job = self.pool.run_read(file.clone(), reads, move |bytes| {
+                    let fetched = job_idx.fetched(groups, bytes)?.with_pages(pages);
+                    rows(Candidates::Ranged(job_idx, fetched))
+                });
+                let path = &idx.path;
+                running.push_back(async move { job.await.map_err(|e| Error::io(path, e))? });
             }
             for job in running {
                 out.extend(job.await?);

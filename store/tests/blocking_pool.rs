@@ -279,6 +279,52 @@ async fn reads_above_the_inline_bound_return_the_bytes_on_disk() {
     );
 }
 
+/// A pool job that reads a real file makes its reads on the pool thread that then runs the
+/// work (no hop through a read thread), in the order asked; a failed read is the job's result
+/// and the work never runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_job_reads_a_real_file_on_the_pool_thread_that_runs_its_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let bytes: Vec<u8> = (0..3 * READ_INLINE_BYTES_MAX)
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = Arc::new(RealFs.open(&path).await.unwrap());
+    let pool = TokioSpawner::default();
+    let large = 2 * READ_INLINE_BYTES_MAX + 3;
+    let (read, ran_on) = pool
+        .run_read(file.clone(), vec![(5, large), (11, 100)], |read| {
+            (read, std::thread::current().name().map(str::to_owned))
+        })
+        .await
+        .expect("both reads lie inside the file");
+    assert_eq!(
+        read,
+        vec![bytes[5..5 + large].to_vec(), bytes[11..111].to_vec()]
+    );
+    let ran_on = ran_on.expect("pool threads are named");
+    assert!(
+        ran_on.starts_with("receipt-store-decode"),
+        "the work ran on {ran_on}, not a decode thread"
+    );
+
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran_too = ran.clone();
+    let past_end = pool
+        .run_read(
+            file,
+            vec![(0, 10), (bytes.len() as u64 - 10, 20)],
+            move |_| ran_too.store(true, Ordering::SeqCst),
+        )
+        .await;
+    assert_eq!(
+        past_end.expect_err("a read past the end fails").kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    assert!(!ran.load(Ordering::SeqCst), "work ran without its bytes");
+}
+
 /// This thread's nice value, from `/proc/thread-self/stat` (field 19).
 #[cfg(target_os = "linux")]
 fn this_thread_nice() -> i64 {

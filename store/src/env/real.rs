@@ -5,10 +5,13 @@
 //! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
 //! at most a worker or two, the same trade the upstream Go store makes. The heavy part of reads
 //! runs on bounded pools of lower-priority threads instead: parquet decoding and filtering
-//! ([`TokioSpawner`]'s [`BlockingPool`]), and reads larger than [`READ_INLINE_BYTES_MAX`]. These
+//! ([`TokioSpawner`]'s [`BlockingPool`], whose decode jobs read their own row groups), and
+//! other reads larger than [`READ_INLINE_BYTES_MAX`]. These
 //! are the only threads the store starts, and only here in the real environment.
 
-use super::{BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, Spawner};
+use super::{
+    BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt, ReadBlocking, Spawner,
+};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -25,8 +28,8 @@ pub struct RealFs;
 /// (every 160 KB row group of a 500-block `get_logs` read on the async workers): reads with one
 /// reader got steadier (the hop to a read thread waits for a time slice on busy cores), but
 /// the commit p99 under eight readers went to 3.45-3.83x of idle in two full bench runs,
-/// against 1.24x at 64 KiB: the coordinator shares those workers. A read's neighbouring row
-/// groups are fetched with one read instead (see `FileIndex::fetch_groups_in`).
+/// against 1.24x at 64 KiB: the coordinator shares those workers. A `get_logs` decode job now
+/// reads its own row groups on its decode thread instead ([`BlockingPool::run_read`]).
 pub const READ_INLINE_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
@@ -102,6 +105,12 @@ fn pread_into_spare(file: &File, offset: u64, buf: &mut Vec<u8>, len: usize) -> 
     file.read_exact_at(buf, offset)
 }
 
+impl ReadBlocking for RealFile {
+    fn read_at_blocking(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        pread(&self.file, offset, len)
+    }
+}
+
 impl FsFile for RealFile {
     async fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut file = &*self.file;
@@ -122,6 +131,9 @@ impl FsFile for RealFile {
     }
     async fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    fn blocking(&self) -> Option<&dyn ReadBlocking> {
+        Some(self)
     }
     async fn sync_all(&mut self) -> io::Result<()> {
         self.file.sync_all()
@@ -467,6 +479,44 @@ impl BlockingPool for TokioSpawner {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send {
         self.pool.run(work)
+    }
+
+    /// Reads of a real file are made on the decode thread that then decodes them: no hop to the
+    /// read thread and back, nothing on the async workers.
+    fn run_read<F: ReadAt + ?Sized, T: Send + 'static>(
+        &self,
+        file: Arc<F>,
+        reads: Vec<(u64, usize)>,
+        work: impl FnOnce(Vec<Vec<u8>>) -> T + Send + 'static,
+    ) -> impl Future<Output = io::Result<T>> + Send {
+        let (mut work, mut reads) = (Some(work), Some(reads));
+        // Queued now, as `run_blocking` queues: a caller may start several before awaiting one.
+        let queued = file.blocking().is_some().then(|| {
+            let file = file.clone();
+            let (work, reads) = (
+                work.take().expect("not taken"),
+                reads.take().expect("not taken"),
+            );
+            self.pool.run(move || {
+                let read = file.blocking().expect("checked before queueing");
+                let bytes = reads
+                    .into_iter()
+                    .map(|(offset, len)| read.read_at_blocking(offset, len))
+                    .collect::<io::Result<Vec<_>>>()?;
+                Ok(work(bytes))
+            })
+        });
+        async move {
+            if let Some(queued) = queued {
+                return queued.await;
+            }
+            let (work, reads) = (work.expect("kept"), reads.expect("kept"));
+            let mut bytes = Vec::with_capacity(reads.len());
+            for (offset, len) in reads {
+                bytes.push(file.read_at_boxed(offset, len).await?);
+            }
+            Ok(self.pool.run(move || work(bytes)).await)
+        }
     }
 
     fn run_write<T: Send + 'static>(

@@ -646,22 +646,83 @@ impl FileIndex {
         file: &R,
         groups: Vec<usize>,
     ) -> Result<FetchedGroups, Error> {
+        let mut bytes = Vec::new();
+        for (offset, len) in self.group_reads(&groups) {
+            bytes.push(
+                file.read_at_boxed(offset, len)
+                    .await
+                    .map_err(|e| Error::io(&self.path, e))?,
+            );
+        }
+        self.fetched(groups, bytes)
+    }
+
+    /// The reads (offset, length) that fetch `groups` (ascending): neighbouring groups, apart
+    /// by their bloom filters at most, are read at once, so a filtered read makes about one
+    /// read per run of candidate groups rather than one per group.
+    pub(crate) fn group_reads(&self, groups: &[usize]) -> Vec<(u64, usize)> {
+        self.joined_reads(groups)
+            .map(|(_, offset, len)| (offset, len))
+            .collect()
+    }
+
+    /// `groups`' bytes from what [`FileIndex::group_reads`] read, in its order.
+    pub(crate) fn fetched(
+        &self,
+        groups: Vec<usize>,
+        bytes: Vec<Vec<u8>>,
+    ) -> Result<FetchedGroups, Error> {
         let spans = self
             .spans
             .as_ref()
             .expect("ranged reads need row group checksums");
+        let reads: Vec<_> = self.joined_reads(&groups).collect();
+        assert_eq!(reads.len(), bytes.len(), "one buffer per group read");
         let mut sparse = Sparse {
             len: self.len,
             ranges: BTreeMap::new(),
         };
-        let path = &self.path;
-        let io = |e| Error::io(path, e);
         let mut bytes_read = 0;
-        // Neighbouring groups (apart by their bloom filters at most) are read at once: on busy
-        // cores every read that leaves this task waits for the read thread's time slice.
+        for ((run, offset, len), bytes) in reads.into_iter().zip(bytes) {
+            if bytes.len() != len {
+                crate::mark!("read-row-group-checksum-failed");
+                let g = groups[run.start];
+                return Err(corrupt(
+                    &self.path,
+                    format!("row group {g} checksum mismatch at offset {offset}"),
+                ));
+            }
+            bytes_read += len as u64;
+            let bytes = Bytes::from(bytes);
+            for &g in &groups[run] {
+                let span = spans[g];
+                let from = (span.offset - offset) as usize;
+                sparse
+                    .ranges
+                    .insert(span.offset, bytes.slice(from..from + span.len));
+            }
+        }
+        let pages = vec![None; groups.len()];
+        Ok(FetchedGroups {
+            sparse,
+            groups,
+            pages,
+            bytes_read,
+        })
+    }
+
+    /// The runs of `groups` (indices into it) read at once, each with its offset and length.
+    fn joined_reads<'a>(
+        &'a self,
+        groups: &'a [usize],
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, u64, usize)> + 'a {
+        let spans = self
+            .spans
+            .as_ref()
+            .expect("ranged reads need row group checksums");
         let mut i = 0;
-        while i < groups.len() {
-            let first = spans[groups[i]];
+        std::iter::from_fn(move || {
+            let first = spans[*groups.get(i)?];
             let mut end = first.offset + first.len as u64;
             let mut j = i + 1;
             while let Some(&g) = groups.get(j) {
@@ -672,32 +733,9 @@ impl FileIndex {
                 end = next.offset + next.len as u64;
                 j += 1;
             }
-            let len = (end - first.offset) as usize;
-            let bytes = Bytes::from(file.read_at_boxed(first.offset, len).await.map_err(io)?);
-            if bytes.len() != len {
-                crate::mark!("read-row-group-checksum-failed");
-                let g = groups[i];
-                return Err(corrupt(
-                    path,
-                    format!("row group {g} checksum mismatch at offset {}", first.offset),
-                ));
-            }
-            bytes_read += len as u64;
-            for &g in &groups[i..j] {
-                let span = spans[g];
-                let from = (span.offset - first.offset) as usize;
-                sparse
-                    .ranges
-                    .insert(span.offset, bytes.slice(from..from + span.len));
-            }
+            let run = i..j;
             i = j;
-        }
-        let pages = vec![None; groups.len()];
-        Ok(FetchedGroups {
-            sparse,
-            groups,
-            pages,
-            bytes_read,
+            Some((run, first.offset, (end - first.offset) as usize))
         })
     }
 
