@@ -530,9 +530,23 @@ impl BlockingPool for TokioSpawner {
     }
 }
 
+/// Each task the store spawns (its coordinator, and the WAL rewrite during open) runs on a
+/// thread of its own, in a single-threaded runtime, not on the application's async workers:
+/// on tokio's workers a commit waited whenever readers' tasks (or anything else of the
+/// application's) held both workers, and the coordinator's fsyncs and row-group appends block
+/// the thread they run on. The thread ends with the task.
 impl Spawner for TokioSpawner {
-    fn spawn(&self, _name: &'static str, future: BoxFuture<()>) {
-        tokio::spawn(future);
+    fn spawn(&self, name: &'static str, future: BoxFuture<()>) {
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a runtime for a store task")
+                    .block_on(future)
+            })
+            .expect("starting a store task's thread");
     }
 }
 
