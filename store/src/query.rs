@@ -275,6 +275,19 @@ impl Candidates {
     }
 }
 
+/// `failed` once every job still `running` has ended (their results thrown away): a job holds
+/// the file it reads until it ends, so a read that fails leaves none of the store's files open
+/// behind it (dropping the jobs would not stop those already queued on a pool's threads).
+async fn settle<T>(
+    running: std::collections::VecDeque<impl std::future::Future<Output = Result<T>>>,
+    failed: Error,
+) -> Error {
+    for job in running {
+        let _ = job.await;
+    }
+    failed
+}
+
 /// The binary column `name` of a predicate's batch, `None` when the batch lacks it.
 fn binary_column<'a>(
     batch: &'a RecordBatch,
@@ -429,7 +442,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 if running.len() == in_flight_max {
                     crate::mark!("read-decode-backpressure");
                     let oldest = running.pop_front().expect("in_flight_max > 0");
-                    out.extend(oldest.await?);
+                    match oldest.await {
+                        Ok(rows) => out.extend(rows),
+                        Err(e) => return Err(settle(running, e).await),
+                    }
                 }
                 let pages = if crate::planted!(JobPagesFromFirstRun) {
                     pages[..run.len()].to_vec()
@@ -449,8 +465,11 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 let path = &idx.path;
                 running.push_back(async move { job.await.map_err(|e| Error::io(path, e))? });
             }
-            for job in running {
-                out.extend(job.await?);
+            while let Some(job) = running.pop_front() {
+                match job.await {
+                    Ok(rows) => out.extend(rows),
+                    Err(e) => return Err(settle(running, e).await),
+                }
             }
             return Ok(out);
         } else {
@@ -461,9 +480,9 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         self.pool.run_blocking(move || rows(candidates)).await
     }
 
-    /// Rows of the open pair's row groups that [`open_candidates`] picked, in block order: each
-    /// is fetched through the snapshot's handle, then `rows` verifies and decodes a batch of
-    /// them (at most [`OPEN_FILE_READ_BATCH_BYTES_MAX`] bytes) on the pool. Stops after the
+    /// Rows of the open pair's row groups that [`open_candidates`] picked, in block order: a
+    /// pool job reads a batch of them (at most [`OPEN_FILE_READ_BATCH_BYTES_MAX`] bytes)
+    /// through the snapshot's handle, then `rows` verifies and decodes them. Stops after the
     /// batch that brings the rows to `enough`, counting `rows_in` each item `rows` returns.
     async fn open_file_rows<T: Send + 'static>(
         &self,
@@ -476,15 +495,19 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         let mut got = 0;
         let mut pending = wanted.into_iter().peekable();
         while pending.peek().is_some() && got < enough {
+            // Each item: a written row group's index, its candidate groups, and how many of
+            // the batch's reads are theirs.
             let mut batch = Vec::new();
+            let mut reads = Vec::new();
             let mut batch_bytes = 0;
             while batch_bytes < OPEN_FILE_READ_BATCH_BYTES_MAX {
                 let Some((idx, candidates)) = pending.next() else {
                     break;
                 };
-                let fetched = idx.fetch_groups_in(handle.as_ref(), candidates).await?;
-                batch_bytes += fetched.bytes_read;
-                batch.push(Candidates::Ranged(idx, fetched));
+                let these = idx.group_reads(&candidates);
+                batch_bytes += these.iter().map(|&(_, len)| len as u64).sum::<u64>();
+                batch.push((idx, candidates, these.len()));
+                reads.extend(these);
             }
             if batch.is_empty() {
                 continue;
@@ -492,16 +515,21 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             crate::mark!("read-open-file");
             self.cache.lock().unwrap().data_bytes_read += batch_bytes;
             let rows = rows.clone();
-            let found = self
-                .pool
-                .run_blocking(move || {
+            let path = batch[0].0.path.clone();
+            // Boxed as a `Send` future here: without it rustc rejected the future of
+            // `Store::get_logs` as not `Send` ("implementation of `Send` is not general
+            // enough", a limit of its inference for closures in async fns).
+            let job: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+                Box::pin(self.pool.run_read(handle.clone(), reads, move |bytes| {
+                    let mut bytes = bytes.into_iter();
                     let mut found = Vec::new();
-                    for c in batch {
-                        found.extend(rows(c)?);
+                    for (idx, candidates, n) in batch {
+                        let fetched = idx.fetched(candidates, bytes.by_ref().take(n).collect())?;
+                        found.extend(rows(Candidates::Ranged(idx, fetched))?);
                     }
                     Ok::<_, Error>(found)
-                })
-                .await?;
+                }));
+            let found = job.await.map_err(|e| Error::io(&path, e))??;
             got += found.iter().map(rows_in).sum::<usize>();
             out.extend(found);
         }

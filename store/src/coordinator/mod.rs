@@ -158,6 +158,14 @@ pub struct Status {
     pub open_receipts_in_memory: usize,
 }
 
+/// What serving a request left the coordinator to do.
+enum Served {
+    /// Take the next request.
+    Going,
+    /// End (a close or a crash): drop the state, then give the caller this answer.
+    Ended(Box<dyn FnOnce() + Send>),
+}
+
 pub(crate) enum Request {
     /// The reply carries the chunks this write retired (rows now in the pair's files), for
     /// the caller to free on its own thread: the caller allocated most of those rows, and
@@ -379,8 +387,8 @@ impl<E: Env> State<E> {
             if self.has_backlog() {
                 match rx.try_recv() {
                     Ok(req) => {
-                        if !self.serve(req).await {
-                            return;
+                        if let Served::Ended(answer) = self.serve(req).await {
+                            return self.end(answer);
                         }
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
@@ -414,14 +422,14 @@ impl<E: Env> State<E> {
                 // are in the WAL and the next open replays them.
                 return;
             };
-            if !self.serve(req).await {
-                return;
+            if let Served::Ended(answer) = self.serve(req).await {
+                return self.end(answer);
             }
         }
     }
 
-    /// Serves one request; `false` when it ended the coordinator (close or crash).
-    async fn serve(&mut self, req: Request) -> bool {
+    /// Serves one request (see [`Served`]).
+    async fn serve(&mut self, req: Request) -> Served {
         match req {
             Request::Write {
                 height,
@@ -436,7 +444,7 @@ impl<E: Env> State<E> {
                 // After the ack: the caller builds its next block while the row groups this
                 // write sealed are encoded (their chunks go back to it with the next reply).
                 self.write_sealed_after_ack().await;
-                return true;
+                return Served::Going;
             }
             Request::SetMaxBlocksPerFile { n, reply } => {
                 let r = if n == 0 {
@@ -487,19 +495,29 @@ impl<E: Env> State<E> {
                 *self.ending.lock().unwrap() = Some(ending);
                 // After the ending: a read that finds nothing published reports it.
                 self.published.0.set(None);
-                let _ = reply.send(r);
-                return false;
+                return Served::Ended(Box::new(move || {
+                    let _ = reply.send(r);
+                }));
             }
             Request::Crash { reply } => {
                 self.crash();
                 *self.ending.lock().unwrap() = Some(Ending::Crashed);
                 self.published.0.set(None);
-                let _ = reply.send(());
-                return false;
+                return Served::Ended(Box::new(move || {
+                    let _ = reply.send(());
+                }));
             }
         }
         self.free_retired();
-        true
+        Served::Going
+    }
+
+    /// Ends the coordinator: drops every piece of its state (closing every file it holds) and
+    /// only then answers the close or crash that ended it, so a caller whose close returned
+    /// finds no file of the store open (the coordinator may run on a thread of its own).
+    fn end(self, answer: Box<dyn FnOnce() + Send>) {
+        drop(self);
+        answer();
     }
 
     /// Frees the chunks retired serving anything but a write (whose caller frees them): a flush,

@@ -8,7 +8,7 @@ use super::reader::{
 use super::{
     BLOOM_CRC_KEY, BODY_CRC_KEY, BODY_LEN_KEY, PAGE_CRC_KEY, PAGE_INDEX_CRC_KEY, ROW_GROUP_CRC_KEY,
 };
-use crate::env::{BlockingPool, Fs, FsFile, Inline, ReadAt};
+use crate::env::{BlockingPool, Fs, FsFile, Inline};
 use crate::error::Error;
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::ArrowError;
@@ -566,9 +566,10 @@ impl FileIndex {
         })
     }
 
-    /// Fetches only the bytes of `groups` and verifies each against its recorded checksum, as
-    /// it arrives. Decoding them is [`FileIndex::decode`]'s (CPU) work. Needs `spans`. (Reads
-    /// go through [`FileIndex::fetch_groups_in`] a job at a time; this is the tests' shorthand.)
+    /// Fetches only the bytes of `groups` ([`FileIndex::group_reads`], then
+    /// [`FileIndex::fetched`]); verifying and decoding them is [`FileIndex::decode`]'s (CPU)
+    /// work. Needs `spans`. (Reads hand the reads to a pool job, which reads and decodes a few
+    /// groups at a time; this is the tests' shorthand.)
     #[cfg(test)]
     pub(crate) async fn fetch_groups<F: Fs>(
         &self,
@@ -587,11 +588,13 @@ impl FileIndex {
                 bytes_read: 0,
             });
         }
-        let file = fs
-            .open(&self.path)
-            .await
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.fetch_groups_in(&file, groups).await
+        let io = |e| Error::io(&self.path, e);
+        let file = fs.open(&self.path).await.map_err(io)?;
+        let mut bytes = Vec::new();
+        for (offset, len) in self.group_reads(&groups) {
+            bytes.push(file.read_at(offset, len).await.map_err(io)?);
+        }
+        self.fetched(groups, bytes)
     }
 
     /// The rows of row group `g` that may hold a row matching every `(column, values)` pair
@@ -637,24 +640,6 @@ impl FileIndex {
         }
         let selection = selection?;
         (selection.skipped_row_count() > 0).then(|| selection.into())
-    }
-
-    /// [`FileIndex::fetch_groups`] through a handle already open on the file (the open pair's,
-    /// which a snapshot holds so the read survives the pair's rename and prune).
-    pub(crate) async fn fetch_groups_in<R: ReadAt + ?Sized>(
-        &self,
-        file: &R,
-        groups: Vec<usize>,
-    ) -> Result<FetchedGroups, Error> {
-        let mut bytes = Vec::new();
-        for (offset, len) in self.group_reads(&groups) {
-            bytes.push(
-                file.read_at_boxed(offset, len)
-                    .await
-                    .map_err(|e| Error::io(&self.path, e))?,
-            );
-        }
-        self.fetched(groups, bytes)
     }
 
     /// The reads (offset, length) that fetch `groups` (ascending): neighbouring groups, apart
