@@ -2,7 +2,9 @@
 //! checked.
 
 use super::*;
-use receipt_store::files::{final_file_name, parse_open_pair_name};
+use receipt_store::files::{
+    final_file_name, open_file_name, parse_open_pair_name, parse_pair_name,
+};
 
 impl<E: PlanEnv> Run<'_, E> {
     /// A write of `receipts` at `height`, with its outcome fed to the model and checked.
@@ -401,14 +403,22 @@ impl<E: PlanEnv> Run<'_, E> {
                             ));
                             let mut rotted = self.rotted.lock().unwrap();
                             rotted.push(path.display().to_string());
-                            // A rotted open file keeps its bytes when it is finalized under its
-                            // final name (the checksums it gets are of the bytes as written).
-                            let open_pair = path
+                            // The file's other name is rotted too: a rotted open file keeps its
+                            // bytes when it is finalized under its final name (the checksums it
+                            // gets are of the bytes as written), and a reader whose snapshot
+                            // took a finalized file's handle while it was open reads the rotted
+                            // bytes under the open name.
+                            let name = path
                                 .file_name()
-                                .and_then(|n| parse_open_pair_name(&n.to_string_lossy()));
-                            if let Some((kind, start)) = open_pair {
-                                let fin = path.with_file_name(final_file_name(kind, start));
-                                rotted.push(fin.display().to_string());
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            let other = match parse_open_pair_name(&name) {
+                                Some((kind, start)) => Some(final_file_name(kind, start)),
+                                None => parse_pair_name(&name)
+                                    .map(|(kind, start)| open_file_name(kind, start)),
+                            };
+                            if let Some(other) = other {
+                                rotted.push(path.with_file_name(other).display().to_string());
                             }
                         }
                     }

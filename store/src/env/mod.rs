@@ -163,13 +163,23 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         work: impl FnOnce(Vec<Vec<u8>>) -> T + Send + 'static,
     ) -> impl Future<Output = io::Result<T>> + Send {
         async move {
-            let mut bytes = Vec::with_capacity(reads.len());
-            for (offset, len) in reads {
-                bytes.push(file.read_at_boxed(offset, len).await?);
-            }
+            let bytes = read_each(file.as_ref(), reads).await?;
             Ok(self.run_blocking(move || work(bytes)).await)
         }
     }
+}
+
+/// Reads `reads` (offset, length) from `file` one after another, awaiting each: the
+/// [`BlockingPool::run_read`] of a pool or file that cannot block.
+pub async fn read_each<F: ReadAt + ?Sized>(
+    file: &F,
+    reads: Vec<(u64, usize)>,
+) -> io::Result<Vec<Vec<u8>>> {
+    let mut bytes = Vec::with_capacity(reads.len());
+    for (offset, len) in reads {
+        bytes.push(file.read_at_boxed(offset, len).await?);
+    }
+    Ok(bytes)
 }
 
 /// Foreground work in progress ([`BlockingPool::foreground`]); ends when dropped.

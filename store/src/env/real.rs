@@ -10,7 +10,8 @@
 //! are the only threads the store starts, and only here in the real environment.
 
 use super::{
-    BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt, ReadBlocking, Spawner,
+    read_each, BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt, ReadBlocking,
+    Spawner,
 };
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -511,10 +512,7 @@ impl BlockingPool for TokioSpawner {
                 return queued.await;
             }
             let (work, reads) = (work.expect("kept"), reads.expect("kept"));
-            let mut bytes = Vec::with_capacity(reads.len());
-            for (offset, len) in reads {
-                bytes.push(file.read_at_boxed(offset, len).await?);
-            }
+            let bytes = read_each(file.as_ref(), reads).await?;
             Ok(self.pool.run(move || work(bytes)).await)
         }
     }

@@ -590,10 +590,9 @@ impl FileIndex {
         }
         let io = |e| Error::io(&self.path, e);
         let file = fs.open(&self.path).await.map_err(io)?;
-        let mut bytes = Vec::new();
-        for (offset, len) in self.group_reads(&groups) {
-            bytes.push(file.read_at(offset, len).await.map_err(io)?);
-        }
+        let bytes = crate::env::read_each(&file, self.group_reads(&groups))
+            .await
+            .map_err(io)?;
         self.fetched(groups, bytes)
     }
 
