@@ -111,9 +111,11 @@ pub trait Clock: Clone + Send + Sync + 'static {
 ///
 /// Contract: awaited to the end, the future runs `work` once and yields its result; a panic in
 /// `work` resumes in the caller. Dropped early, `work` may never start, or may still run to
-/// its end with the result thrown away (so it must not leave shared state half-changed). `work` does no I/O through the seams (it cannot await): the caller
-/// reads the bytes first, or hands the reads to [`BlockingPool::run_read`]. Implementations bound how many run at once, so reads queue for a
-/// slot rather than for the cores. Coverage marks and canaries are per thread: only an
+/// its end with the result thrown away (so it must not leave shared state half-changed, and
+/// what it holds, a file for one, stays held until it ends). `work` does no I/O through the
+/// seams (it cannot await): the caller reads the bytes first, or hands the reads to
+/// [`BlockingPool::run_read`]. Implementations bound how many run at once, so reads queue for
+/// a slot rather than for the cores. Coverage marks and canaries are per thread: only an
 /// implementation that runs `work` on the calling thread (the simulator's) counts marks hit in
 /// it, so `work` should leave marks to its caller where a count matters.
 pub trait BlockingPool: Clone + Send + Sync + 'static {

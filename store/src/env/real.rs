@@ -1,13 +1,13 @@
-//! The production environment: `std::fs` with real fsyncs, tokio's clock and spawner, and two
-//! small thread pools for the heavy part of reads.
+//! The production environment: `std::fs` with real fsyncs, tokio's clock, a thread per task
+//! the store spawns, and small thread pools for the heavy part of reads and for encoding.
 //!
-//! File operations are blocking calls made from async functions. The store issues them from a
-//! single coordinator task (plus reader tasks), so on a multi-threaded tokio runtime they occupy
-//! at most a worker or two, the same trade the upstream Go store makes. The heavy part of reads
-//! runs on bounded pools of lower-priority threads instead: parquet decoding and filtering
-//! ([`TokioSpawner`]'s [`BlockingPool`], whose decode jobs read their own row groups), and
-//! other reads larger than [`READ_INLINE_BYTES_MAX`]. These
-//! are the only threads the store starts, and only here in the real environment.
+//! File operations are blocking calls made from async functions. The coordinator makes them on
+//! a thread of its own (see [`TokioSpawner`]'s [`Spawner`]); reader tasks make only small ones
+//! (footers, bloom filters: at most [`READ_INLINE_BYTES_MAX`]) on the caller's task. The heavy
+//! part of reads runs on bounded pools of lower-priority threads: parquet decoding and filtering
+//! ([`TokioSpawner`]'s [`BlockingPool`], whose decode jobs read their own row groups), and other
+//! reads larger than [`READ_INLINE_BYTES_MAX`]. With the write lane ([`WRITE_LANE_THREADS`])
+//! these are the only threads the store starts, and only here in the real environment.
 
 use super::{
     read_each, BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt, ReadBlocking,
@@ -133,11 +133,11 @@ impl FsFile for RealFile {
     async fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
-    fn blocking(&self) -> Option<&dyn ReadBlocking> {
-        Some(self)
-    }
     async fn sync_all(&mut self) -> io::Result<()> {
         self.file.sync_all()
+    }
+    fn blocking(&self) -> Option<&dyn ReadBlocking> {
+        Some(self)
     }
 }
 
