@@ -4,8 +4,7 @@
 //! bound, passes panics on, and large file reads made through it return the right bytes.
 
 use receipt_store::env::real::{
-    decode_slots, RealEnv, RealFs, TokioClock, TokioSpawner, POOL_THREAD_NICE,
-    READ_INLINE_BYTES_MAX,
+    decode_slots, RealFs, TokioClock, TokioSpawner, POOL_THREAD_NICE, READ_INLINE_BYTES_MAX,
 };
 use receipt_store::env::{BlockingPool, BoxFuture, Env, Fs, FsFile, Spawner};
 use receipt_store::{Config, LogFilter, LogInput, ReceiptInput, Store};
@@ -278,57 +277,6 @@ async fn reads_above_the_inline_bound_return_the_bytes_on_disk() {
             .kind(),
         std::io::ErrorKind::UnexpectedEof
     );
-}
-
-/// Bytes in the store's WAL folder, read straight from the disk.
-fn wal_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir.join("wal"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-/// The real env runs the coordinator on a thread of its own: a write is logged (and would be
-/// fsynced) while the application's only async worker is blocked, which a coordinator spawned
-/// on that worker could not do until the worker came free.
-#[tokio::test(flavor = "current_thread")]
-async fn the_coordinator_logs_a_write_while_every_async_worker_is_blocked() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        Store::open(RealEnv::default(), dir.path(), Config::new(100, 1))
-            .await
-            .expect("open"),
-    );
-    let before = wal_bytes(dir.path());
-    let write = s.write_receipts(1, block(1));
-    tokio::pin!(write);
-    // Polled once: the request is sent, and the write waits for its answer. Nothing else of
-    // this runtime runs until this task awaits again.
-    std::future::poll_fn(|cx| {
-        assert!(
-            write.as_mut().poll(cx).is_pending(),
-            "a write waits for the coordinator"
-        );
-        std::task::Poll::Ready(())
-    })
-    .await;
-    // Blocks the runtime's only worker (never awaits) until the WAL grows, or the bound.
-    let started = std::time::Instant::now();
-    let mut logged = wal_bytes(dir.path());
-    while logged == before && started.elapsed() < LIVENESS_BOUND {
-        std::thread::sleep(Duration::from_millis(1));
-        logged = wal_bytes(dir.path());
-    }
-    assert!(
-        logged > before,
-        "the write was not logged while the async worker was blocked ({before} bytes)"
-    );
-    write.await.expect("write");
-    s.close().await.expect("close");
 }
 
 /// A pool job that reads a real file makes its reads on the pool thread that then runs the

@@ -514,7 +514,8 @@ impl<E: Env> State<E> {
 
     /// Ends the coordinator: drops every piece of its state (closing every file it holds) and
     /// only then answers the close or crash that ended it, so a caller whose close returned
-    /// finds no file of the store open (the coordinator may run on a thread of its own).
+    /// finds no file of the store open (the coordinator may run on another thread than
+    /// the caller, a multi-threaded runtime's other worker).
     fn end(self, answer: Box<dyn FnOnce() + Send>) {
         drop(self);
         answer();
