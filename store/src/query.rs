@@ -12,7 +12,8 @@ use crate::types::{Address, LogRecord, ReceiptRecord, Topic, TxHash};
 use arrow_array::{Array, BinaryArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow_schema::ArrowError;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -275,17 +276,27 @@ impl Candidates {
     }
 }
 
-/// `failed` once every job still `running` has ended (their results thrown away): a job holds
-/// the file it reads until it ends, so a read that fails leaves none of the store's files open
-/// behind it (dropping the jobs would not stop those already queued on a pool's threads).
-async fn settle<T>(
-    running: std::collections::VecDeque<impl std::future::Future<Output = Result<T>>>,
-    failed: Error,
-) -> Error {
-    for job in running {
-        let _ = job.await;
+/// Awaits the oldest of the `running` decode jobs and adds its rows to `out`. If it failed,
+/// every other job is awaited too (results thrown away) before the error is returned: a job
+/// holds the file it reads until it ends, so a read that fails leaves none of the store's files
+/// open behind it (dropping the jobs would not stop those already queued on a pool's threads).
+async fn finish_oldest<T>(
+    running: &mut VecDeque<impl Future<Output = Result<Vec<T>>>>,
+    out: &mut Vec<T>,
+) -> Result<()> {
+    let oldest = running.pop_front().expect("a decode job is running");
+    match oldest.await {
+        Ok(rows) => {
+            out.extend(rows);
+            Ok(())
+        }
+        Err(failed) => {
+            for job in running.drain(..) {
+                let _ = job.await;
+            }
+            Err(failed)
+        }
     }
-    failed
 }
 
 /// The binary column `name` of a predicate's batch, `None` when the batch lacks it.
@@ -436,16 +447,12 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     .await
                     .map_err(|e| Error::io(&idx.path, e))?,
             );
-            let mut running = std::collections::VecDeque::with_capacity(in_flight_max);
+            let mut running = VecDeque::with_capacity(in_flight_max);
             let mut out = Vec::new();
             for run in runs {
                 if running.len() == in_flight_max {
                     crate::mark!("read-decode-backpressure");
-                    let oldest = running.pop_front().expect("in_flight_max > 0");
-                    match oldest.await {
-                        Ok(rows) => out.extend(rows),
-                        Err(e) => return Err(settle(running, e).await),
-                    }
+                    finish_oldest(&mut running, &mut out).await?;
                 }
                 let pages = if crate::planted!(JobPagesFromFirstRun) {
                     pages[..run.len()].to_vec()
@@ -465,11 +472,8 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 let path = &idx.path;
                 running.push_back(async move { job.await.map_err(|e| Error::io(path, e))? });
             }
-            while let Some(job) = running.pop_front() {
-                match job.await {
-                    Ok(rows) => out.extend(rows),
-                    Err(e) => return Err(settle(running, e).await),
-                }
+            while !running.is_empty() {
+                finish_oldest(&mut running, &mut out).await?;
             }
             return Ok(out);
         } else {
@@ -519,7 +523,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             // Boxed as a `Send` future here: without it rustc rejected the future of
             // `Store::get_logs` as not `Send` ("implementation of `Send` is not general
             // enough", a limit of its inference for closures in async fns).
-            let job: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+            let job: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
                 Box::pin(self.pool.run_read(handle.clone(), reads, move |bytes| {
                     let mut bytes = bytes.into_iter();
                     let mut found = Vec::new();

@@ -164,15 +164,23 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         reads: Vec<(u64, usize)>,
         work: impl FnOnce(Vec<Vec<u8>>) -> T + Send + 'static,
     ) -> impl Future<Output = io::Result<T>> + Send {
-        async move {
-            let bytes = read_each(file.as_ref(), reads).await?;
-            Ok(self.run_blocking(move || work(bytes)).await)
-        }
+        read_then_run(self, file, reads, work)
     }
 }
 
-/// Reads `reads` (offset, length) from `file` one after another, awaiting each: the
-/// [`BlockingPool::run_read`] of a pool or file that cannot block.
+/// [`BlockingPool::run_read`] where the reads cannot block a pool thread: each read awaited on
+/// the caller's task in turn ([`read_each`]), then `work` on `pool`.
+pub async fn read_then_run<P: BlockingPool, F: ReadAt + ?Sized, T: Send + 'static>(
+    pool: &P,
+    file: Arc<F>,
+    reads: Vec<(u64, usize)>,
+    work: impl FnOnce(Vec<Vec<u8>>) -> T + Send + 'static,
+) -> io::Result<T> {
+    let bytes = read_each(file.as_ref(), reads).await?;
+    Ok(pool.run_blocking(move || work(bytes)).await)
+}
+
+/// Reads `reads` (offset, length) from `file` one after another, awaiting each.
 pub async fn read_each<F: ReadAt + ?Sized>(
     file: &F,
     reads: Vec<(u64, usize)>,

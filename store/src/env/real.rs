@@ -11,13 +11,14 @@
 //! these are the only threads the store starts, and only here in the real environment.
 
 use super::{
-    read_each, BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt, ReadBlocking,
-    Spawner,
+    read_then_run, BlockingPool, BoxFuture, Clock, Env, Foreground, Fs, FsFile, ReadAt,
+    ReadBlocking, Spawner,
 };
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -491,31 +492,22 @@ impl BlockingPool for TokioSpawner {
         reads: Vec<(u64, usize)>,
         work: impl FnOnce(Vec<Vec<u8>>) -> T + Send + 'static,
     ) -> impl Future<Output = io::Result<T>> + Send {
-        let (mut work, mut reads) = (Some(work), Some(reads));
-        // Queued now, as `run_blocking` queues: a caller may start several before awaiting one.
-        let queued = file.blocking().is_some().then(|| {
-            let file = file.clone();
-            let (work, reads) = (
-                work.take().expect("not taken"),
-                reads.take().expect("not taken"),
-            );
-            self.pool.run(move || {
-                let read = file.blocking().expect("checked before queueing");
-                let bytes = reads
-                    .into_iter()
-                    .map(|(offset, len)| read.read_at_blocking(offset, len))
-                    .collect::<io::Result<Vec<_>>>()?;
-                Ok(work(bytes))
-            })
-        });
-        async move {
-            if let Some(queued) = queued {
-                return queued.await;
-            }
-            let (work, reads) = (work.expect("kept"), reads.expect("kept"));
-            let bytes = read_each(file.as_ref(), reads).await?;
-            Ok(self.pool.run(move || work(bytes)).await)
-        }
+        let job: Pin<Box<dyn Future<Output = io::Result<T>> + Send + '_>> =
+            if file.blocking().is_some() {
+                // Queued now, as `run_blocking` queues: a caller may start several jobs before
+                // awaiting one.
+                Box::pin(self.pool.run(move || {
+                    let read = file.blocking().expect("checked before queueing");
+                    let bytes = reads
+                        .into_iter()
+                        .map(|(offset, len)| read.read_at_blocking(offset, len))
+                        .collect::<io::Result<Vec<_>>>()?;
+                    Ok(work(bytes))
+                }))
+            } else {
+                Box::pin(read_then_run(self, file, reads, work))
+            };
+        job
     }
 
     fn run_write<T: Send + 'static>(

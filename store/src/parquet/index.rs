@@ -323,8 +323,6 @@ pub(crate) struct FetchedGroups {
     groups: Vec<usize>,
     /// For each of `groups`, the rows that may match ([`FileIndex::page_rows`]); `None`: all.
     pages: Vec<PageRows>,
-    /// Bytes read to fetch them.
-    pub bytes_read: u64,
 }
 
 impl FetchedGroups {
@@ -585,7 +583,6 @@ impl FileIndex {
                 },
                 groups,
                 pages: Vec::new(),
-                bytes_read: 0,
             });
         }
         let io = |e| Error::io(&self.path, e);
@@ -666,7 +663,6 @@ impl FileIndex {
             len: self.len,
             ranges: BTreeMap::new(),
         };
-        let mut bytes_read = 0;
         for ((run, offset, len), bytes) in reads.into_iter().zip(bytes) {
             if bytes.len() != len {
                 crate::mark!("read-row-group-checksum-failed");
@@ -676,7 +672,6 @@ impl FileIndex {
                     format!("row group {g} checksum mismatch at offset {offset}"),
                 ));
             }
-            bytes_read += len as u64;
             let bytes = Bytes::from(bytes);
             for &g in &groups[run] {
                 let span = spans[g];
@@ -691,7 +686,6 @@ impl FileIndex {
             sparse,
             groups,
             pages,
-            bytes_read,
         })
     }
 
@@ -739,7 +733,6 @@ impl FileIndex {
             sparse,
             groups,
             pages,
-            bytes_read,
         } = fetched;
         let mut out = Vec::with_capacity(parts);
         for run in consecutive_runs(groups.len(), parts) {
@@ -760,10 +753,8 @@ impl FileIndex {
                 },
                 groups: chunk.to_vec(),
                 pages: pages[run].to_vec(),
-                bytes_read: 0,
             });
         }
-        out[0].bytes_read = bytes_read;
         out
     }
 

@@ -30,6 +30,7 @@ use parquet::file::properties::{
 };
 use parquet::schema::types::ColumnPath;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -292,7 +293,7 @@ fn page_checksums(
         // A data page is its header then its data: two blobs, one page.
         for pair in blobs.chunks(2) {
             let len = pair[0] + pair[1];
-            crcs.push_str(&format!("{:08x}", crc32c::crc32c(&buf[at..at + len])));
+            let _ = write!(crcs, "{:08x}", crc32c::crc32c(&buf[at..at + len]));
             at += len;
         }
         columns.push(crcs);
