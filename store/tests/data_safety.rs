@@ -826,8 +826,24 @@ async fn closed_files_declare_their_sort_order_and_layout_version() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let tmp = tempfile::tempdir().unwrap();
     let s = open(tmp.path(), config(4)).await;
+    // Two precompile-style addresses share their first 18 bytes (zeros), and their topic0s
+    // are in the other order: a sort that looks at an address prefix before topic0 puts 0x..1002
+    // first.
+    let precompile = |last: u8| {
+        let mut a = [0u8; 20];
+        a[18..].copy_from_slice(&[0x10, last]);
+        a
+    };
     for b in 1..=5 {
-        s.write_receipts(b, vec![receipt(b, 0, 2), receipt(b, 1, 1)])
+        let mut precompiles = receipt(b, 2, 0);
+        for (address, topic0) in [(precompile(2), [1; 32]), (precompile(1), [2; 32])] {
+            precompiles.logs.push(receipt_store::LogInput {
+                address,
+                topics: vec![topic0],
+                data: vec![],
+            });
+        }
+        s.write_receipts(b, vec![receipt(b, 0, 2), receipt(b, 1, 1), precompiles])
             .await
             .unwrap();
     }
