@@ -166,15 +166,22 @@ impl<E: Env> Store<E> {
     /// Stores one block's receipts (one WAL record per call). Empty `receipts` observes the
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
-        // The WAL payload is encoded here, on the caller's task, while the coordinator may still
-        // be writing the previous block's row groups. Only valid input is encoded; the
-        // coordinator checks everything again in its own order, so errors do not change.
+        // The WAL payload is encoded, and the rows converted to the open window's, here on the
+        // caller's task, while the coordinator may still be writing the previous block's row
+        // groups. Only valid input is prepared; the coordinator checks everything else again in
+        // its own order, so errors do not change.
         let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
-        let frame = valid.then(|| PendingFrame::encode(height, &receipts));
+        let input = if valid {
+            coordinator::WriteInput::Prepared {
+                frame: PendingFrame::encode(height, &receipts),
+                rows: coordinator::StagedRows::of(height, receipts),
+            }
+        } else {
+            coordinator::WriteInput::Raw(receipts)
+        };
         let request = |reply| Request::Write {
             height,
-            receipts,
-            frame,
+            input,
             reply,
         };
         match self.request(request).await {

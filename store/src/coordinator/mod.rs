@@ -8,15 +8,15 @@ pub(crate) mod replay;
 mod write;
 
 pub(crate) use replay::open;
-pub(crate) use write::check_input;
+pub(crate) use write::{check_input, StagedRows, WriteInput};
 
 use crate::env::{BlockingPool, Clock, Env};
 use crate::error::{Error, Result};
 use crate::files::{ClosedPair, QuarantinedFile};
 use crate::parquet::index::FileIndex;
 use crate::parquet::writer::{OpenReaders, PairWriter};
-use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
-use crate::wal::{PendingFrame, Wal, WalTailCut};
+use crate::types::{Config, LogRecord, ReceiptRecord};
+use crate::wal::{Wal, WalTailCut};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -172,11 +172,11 @@ pub(crate) enum Request {
     /// glibc frees a block's thousands of them several times faster on the thread whose arena
     /// they came from (freeing them on the write lane cost 8% of a 500-block write).
     ///
-    /// `frame` is the WAL record's payload, encoded by the caller when its input is valid.
+    /// `input` is the WAL record's payload and the rows, prepared by the caller when its input
+    /// is valid (see [`WriteInput`]).
     Write {
         height: u64,
-        receipts: Vec<ReceiptInput>,
-        frame: Option<PendingFrame>,
+        input: WriteInput,
         reply: oneshot::Sender<(Result<()>, Vec<Arc<Chunk>>)>,
     },
     SetMaxBlocksPerFile {
@@ -433,11 +433,10 @@ impl<E: Env> State<E> {
         match req {
             Request::Write {
                 height,
-                receipts,
-                frame,
+                input,
                 reply,
             } => {
-                let r = self.write(height, receipts, frame).await;
+                let r = self.write(height, input).await;
                 // Published before the answer: a read after an acked write sees it.
                 self.publish();
                 let _ = reply.send((r, std::mem::take(&mut self.retired)));

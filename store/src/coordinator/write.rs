@@ -67,6 +67,78 @@ pub(crate) enum FlushRule {
     WhenIdle,
 }
 
+/// A write's receipts as the coordinator gets them.
+pub(crate) enum WriteInput {
+    /// Input the caller did not prepare (empty, or refused by [`check_input`]): the
+    /// coordinator checks it, in its own order, and prepares it if it is valid.
+    Raw(Vec<ReceiptInput>),
+    /// Valid input the caller prepared on its own task: the WAL record's payload and the rows.
+    Prepared {
+        frame: PendingFrame,
+        rows: StagedRows,
+    },
+}
+
+impl WriteInput {
+    fn is_empty(&self) -> bool {
+        match self {
+            WriteInput::Raw(receipts) => receipts.is_empty(),
+            WriteInput::Prepared { rows, .. } => rows.receipts.is_empty(),
+        }
+    }
+}
+
+/// One write's rows as the open window keeps them, converted from its input (for a live write
+/// on the caller's task, so the coordinator only moves them into its buffers). Log indices
+/// count from 0 within the write; [`State::stage`] moves them up when the write continues a
+/// block.
+pub(crate) struct StagedRows {
+    receipts: Vec<ReceiptRecord>,
+    logs: Vec<LogRecord>,
+    /// How many of `logs` are the first receipt's.
+    first_logs: usize,
+}
+
+impl StagedRows {
+    pub(crate) fn of(block: u64, input: Vec<ReceiptInput>) -> StagedRows {
+        let mut receipts = Vec::with_capacity(input.len());
+        let mut logs = Vec::with_capacity(input.iter().map(|r| r.logs.len()).sum());
+        let mut first_logs = None;
+        let mut log_index = 0u32;
+        for r in input {
+            let ReceiptInput {
+                tx_hash,
+                tx_index,
+                receipt_bytes,
+                logs: inputs,
+            } = r;
+            for log in inputs {
+                logs.push(LogRecord {
+                    block_number: block,
+                    tx_hash,
+                    tx_index,
+                    log_index,
+                    address: log.address,
+                    topics: log.topics,
+                    data: log.data,
+                });
+                log_index = log_index.saturating_add(1);
+            }
+            first_logs.get_or_insert(logs.len());
+            receipts.push(ReceiptRecord {
+                tx_hash,
+                block_number: block,
+                receipt_bytes,
+            });
+        }
+        StagedRows {
+            receipts,
+            logs,
+            first_logs: first_logs.unwrap_or(0),
+        }
+    }
+}
+
 impl<E: Env> State<E> {
     fn is_boundary(&self, height: u64) -> bool {
         height.is_multiple_of(self.config.max_blocks_per_file)
@@ -81,15 +153,9 @@ impl<E: Env> State<E> {
     }
 
     /// `write_receipts(height, receipts)`.
-    /// `frame`: the WAL payload the caller encoded, if it did (see [`PendingFrame`]).
-    pub(crate) async fn write(
-        &mut self,
-        height: u64,
-        receipts: Vec<ReceiptInput>,
-        frame: Option<PendingFrame>,
-    ) -> Result<()> {
+    pub(crate) async fn write(&mut self, height: u64, input: WriteInput) -> Result<()> {
         self.check_usable()?;
-        if receipts.is_empty() {
+        if input.is_empty() {
             return self.observe(height).await;
         }
         if let Some(last) = self.last_seen {
@@ -114,25 +180,25 @@ impl<E: Env> State<E> {
                 last_seen: self.last_seen.unwrap_or(floor - 1),
             });
         }
-        // A caller sends a frame only for input `check_input` accepted (`Store::write_receipts`):
-        // checking those receipts again here would find nothing, on the coordinator's time.
-        if frame.is_none() {
-            validate(&receipts)?;
-        }
-        debug_assert!(check_input(&receipts).is_ok(), "framed input was checked");
-        let rotate = self.rotates_at(height);
-        let frame = match frame {
-            Some(f) => {
+        let (frame, rows) = match input {
+            // A caller prepares only input `check_input` accepted (`Store::write_receipts`):
+            // checking it again here would find nothing, on the coordinator's time.
+            WriteInput::Prepared { frame, rows } => {
                 assert_eq!(
-                    f.height(),
+                    frame.height(),
                     height,
                     "the caller encoded this block's payload"
                 );
-                f
+                (frame, rows)
             }
-            None => PendingFrame::encode(height, &receipts),
+            WriteInput::Raw(receipts) => {
+                validate(&receipts)?;
+                let frame = PendingFrame::encode(height, &receipts);
+                (frame, StagedRows::of(height, receipts))
+            }
         };
-        let r = self.write_logged(height, receipts, frame, rotate).await;
+        let rotate = self.rotates_at(height);
+        let r = self.write_logged(height, rows, frame, rotate).await;
         if let Err(e) = &r {
             mark!("poison-write");
             self.poison(e);
@@ -143,7 +209,7 @@ impl<E: Env> State<E> {
     async fn write_logged(
         &mut self,
         height: u64,
-        receipts: Vec<ReceiptInput>,
+        rows: StagedRows,
         frame: PendingFrame,
         rotate: bool,
     ) -> Result<()> {
@@ -159,9 +225,7 @@ impl<E: Env> State<E> {
             mark!("rotate-on-write");
             self.rotate(height, Some(seq), true).await?;
         }
-        for r in receipts {
-            self.apply(height, r, FlushRule::AfterAck).await?;
-        }
+        self.stage(height, rows, FlushRule::AfterAck).await?;
         self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
     }
@@ -187,13 +251,34 @@ impl<E: Env> State<E> {
         Ok(())
     }
 
-    /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
-    pub(crate) async fn apply(
+    /// Stages one write's rows, receipt by receipt as spec 3.2 says (lazy aligned start, block
+    /// counter, buffers, flush rule), with what that comes to for rows of one block: only the
+    /// first receipt can find a new block, so only it can move the block counter and meet the
+    /// flush rule; the rest are appended in one move.
+    pub(crate) async fn stage(
         &mut self,
         block: u64,
-        input: ReceiptInput,
+        rows: StagedRows,
         rule: FlushRule,
     ) -> Result<()> {
+        let StagedRows {
+            receipts,
+            mut logs,
+            first_logs,
+        } = rows;
+        if receipts.is_empty() {
+            debug_assert!(logs.is_empty(), "logs come with their receipt");
+            return Ok(());
+        }
+        assert!(
+            first_logs <= logs.len(),
+            "the first receipt's logs are logs"
+        );
+        debug_assert!(
+            receipts.iter().all(|r| r.block_number == block)
+                && logs.iter().all(|l| l.block_number == block),
+            "a write's rows are its block's"
+        );
         if self.open.is_none() {
             let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
             if aligned >= self.file_start_block {
@@ -215,33 +300,30 @@ impl<E: Env> State<E> {
             }
             self.last_seen = Some(block);
         }
-        let mut log_index = match self.log_cursor {
+        // Log indices are block-wide: a write to a block an earlier write had continues them.
+        let base = match self.log_cursor {
             Some((b, n)) if b == block => {
                 mark!("write-same-block-continues-log-index");
                 n
             }
             _ => 0,
         };
-        let open = self.open.as_mut().expect("opened above");
-        open.buf_receipts.push(ReceiptRecord {
-            tx_hash: input.tx_hash,
-            block_number: block,
-            receipt_bytes: input.receipt_bytes,
-        });
-        for log in input.logs {
-            open.buf_logs.push(LogRecord {
-                block_number: block,
-                tx_hash: input.tx_hash,
-                tx_index: input.tx_index,
-                log_index,
-                address: log.address,
-                topics: log.topics,
-                data: log.data,
-            });
-            log_index = log_index.saturating_add(1);
+        if base > 0 {
+            for l in &mut logs {
+                l.log_index = base.saturating_add(l.log_index);
+            }
         }
+        let logged = u32::try_from(logs.len()).unwrap_or(u32::MAX);
+        self.log_cursor = Some((block, base.saturating_add(logged)));
+        let (mut receipts, mut logs) = (receipts.into_iter(), logs.into_iter());
+        let open = self.open.as_mut().expect("opened above");
+        open.buf_receipts.push(
+            receipts
+                .next()
+                .expect("a write with rows has a first receipt"),
+        );
+        open.buf_logs.extend(logs.by_ref().take(first_logs));
         open.rows += 1;
-        self.log_cursor = Some((block, log_index));
         let bfi = self.config.block_flush_interval;
         if bfi > 0 && self.blocks_since_flush >= bfi {
             match rule {
@@ -251,6 +333,11 @@ impl<E: Env> State<E> {
             self.seal_buffers();
             self.blocks_since_flush = 0;
         }
+        // The rest find the block counter where the first left it: no flush among them.
+        let open = self.open.as_mut().expect("opened above");
+        open.rows += receipts.len() as u64;
+        open.buf_receipts.extend(receipts);
+        open.buf_logs.extend(logs);
         Ok(())
     }
 
