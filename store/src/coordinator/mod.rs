@@ -60,6 +60,9 @@ pub trait FaultHook: Send + Sync + 'static {
 pub struct Chunk {
     pub receipts: Vec<ReceiptRecord>,
     pub logs: Vec<LogRecord>,
+    /// The positions of `logs` in a logs row group's order, when the write that staged them
+    /// worked it out (see [`StagedRows`]); a flush sorts a piece without one.
+    pub(crate) log_order: Option<Vec<u32>>,
 }
 
 impl Chunk {
@@ -223,8 +226,12 @@ pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
     pub buf_receipts: Vec<ReceiptRecord>,
     pub buf_logs: Vec<LogRecord>,
-    /// Rows staged since the last seal, one immutable piece per write (moved out of the buffers
-    /// when the write ends), so a published snapshot shares them instead of copying them.
+    /// The order of `buf_logs` (see [`Chunk::log_order`]), while they are one write's rows
+    /// after its first receipt.
+    pub buf_log_order: Option<Vec<u32>>,
+    /// Rows staged since the last seal, immutable pieces moved out of the buffers (when a write
+    /// ends, and before a write's rows after its first receipt), so a published snapshot shares
+    /// them instead of copying them.
     pub pieces: Vec<Arc<Chunk>>,
     /// Sealed chunks not yet written, in block order, each the pieces of one row group (the
     /// backlog replay leaves, see [`State::replay`]; a live write's are written right after its

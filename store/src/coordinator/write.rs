@@ -9,8 +9,8 @@ use crate::files::{discard, ClosedPair};
 use crate::mark;
 use crate::parquet::index::FileIndex;
 use crate::parquet::receipts_to_batch_from;
-use crate::parquet::writer::logs_row_group;
 use crate::parquet::writer::PairWriter;
+use crate::parquet::writer::{log_row_permutation, logs_row_group};
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
@@ -89,14 +89,19 @@ impl WriteInput {
 }
 
 /// One write's rows as the open window keeps them, converted from its input (for a live write
-/// on the caller's task, so the coordinator only moves them into its buffers). Log indices
+/// on the caller's task, so the coordinator only moves them into its buffers), and for a live
+/// write the order a logs row group puts the logs after the first receipt's in. Log indices
 /// count from 0 within the write; [`State::stage`] moves them up when the write continues a
-/// block.
+/// block (the same shift for all, so their order holds).
 pub(crate) struct StagedRows {
     receipts: Vec<ReceiptRecord>,
     logs: Vec<LogRecord>,
     /// How many of `logs` are the first receipt's.
     first_logs: usize,
+    /// The positions of `logs[first_logs..]` in [`log_row_permutation`]'s order, if worked
+    /// out ([`StagedRows::with_order`]); a flush sorts them otherwise. Replay leaves it out:
+    /// open returns before the chunks it seals are sorted and written.
+    rest_order: Option<Vec<u32>>,
 }
 
 impl StagedRows {
@@ -135,7 +140,15 @@ impl StagedRows {
             receipts,
             logs,
             first_logs: first_logs.unwrap_or(0),
+            rest_order: None,
         }
+    }
+
+    /// The rows with the order of the logs after the first receipt's worked out.
+    pub(crate) fn with_order(mut self) -> StagedRows {
+        let rest: Vec<&LogRecord> = self.logs[self.first_logs..].iter().collect();
+        self.rest_order = Some(log_row_permutation(&rest));
+        self
     }
 }
 
@@ -254,7 +267,8 @@ impl<E: Env> State<E> {
     /// Stages one write's rows, receipt by receipt as spec 3.2 says (lazy aligned start, block
     /// counter, buffers, flush rule), with what that comes to for rows of one block: only the
     /// first receipt can find a new block, so only it can move the block counter and meet the
-    /// flush rule; the rest are appended in one move.
+    /// flush rule; the rest are appended in one move (into empty buffers when their order comes
+    /// with them, so the order is the buffers').
     pub(crate) async fn stage(
         &mut self,
         block: u64,
@@ -265,6 +279,7 @@ impl<E: Env> State<E> {
             receipts,
             mut logs,
             first_logs,
+            rest_order,
         } = rows;
         if receipts.is_empty() {
             debug_assert!(logs.is_empty(), "logs come with their receipt");
@@ -316,6 +331,14 @@ impl<E: Env> State<E> {
         let logged = u32::try_from(logs.len()).unwrap_or(u32::MAX);
         self.log_cursor = Some((block, base.saturating_add(logged)));
         let (mut receipts, mut logs) = (receipts.into_iter(), logs.into_iter());
+        // The buffers' order is for their rows alone: they become a piece before more come.
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.buf_log_order.is_some())
+        {
+            self.piece_buffers();
+        }
         let open = self.open.as_mut().expect("opened above");
         open.buf_receipts.push(
             receipts
@@ -334,10 +357,20 @@ impl<E: Env> State<E> {
             self.blocks_since_flush = 0;
         }
         // The rest find the block counter where the first left it: no flush among them.
+        if receipts.len() == 0 {
+            debug_assert_eq!(logs.len(), 0, "logs come with their receipt");
+            return Ok(());
+        }
+        if let Some(order) = &rest_order {
+            assert_eq!(order.len(), logs.len(), "one position per log");
+            self.piece_buffers();
+        }
         let open = self.open.as_mut().expect("opened above");
+        debug_assert!(rest_order.is_none() || open.buf_logs.is_empty());
         open.rows += receipts.len() as u64;
         open.buf_receipts.extend(receipts);
         open.buf_logs.extend(logs);
+        open.buf_log_order = rest_order;
         Ok(())
     }
 
@@ -350,12 +383,19 @@ impl<E: Env> State<E> {
         };
         if open.buf_receipts.is_empty() {
             debug_assert!(open.buf_logs.is_empty(), "logs come with their receipt");
+            debug_assert!(open.buf_log_order.is_none(), "an order comes with its rows");
             return;
         }
         let (receipts, logs) = (open.buf_receipts.len(), open.buf_logs.len());
+        let log_order = open.buf_log_order.take();
+        assert!(
+            log_order.as_ref().is_none_or(|o| o.len() == logs),
+            "an order has one position per buffered log"
+        );
         open.pieces.push(Arc::new(Chunk {
             receipts: std::mem::replace(&mut open.buf_receipts, Vec::with_capacity(receipts)),
             logs: std::mem::replace(&mut open.buf_logs, Vec::with_capacity(logs)),
+            log_order,
         }));
     }
 
@@ -430,6 +470,7 @@ impl<E: Env> State<E> {
             writer,
             buf_receipts: Vec::new(),
             buf_logs: Vec::new(),
+            buf_log_order: None,
             pieces: Vec::new(),
             sealed: VecDeque::new(),
             receipt_groups: Vec::new(),
@@ -462,8 +503,14 @@ impl<E: Env> State<E> {
             let n = pieces.iter().map(|p| p.receipts.len()).sum();
             receipts_to_batch_from(pieces.iter().flat_map(|p| &p.receipts), n)
         };
-        let n = chunk.iter().map(|p| p.logs.len()).sum();
-        let logs = (n > 0).then(|| logs_row_group(chunk.iter().flat_map(|p| &p.logs), n));
+        let n: usize = chunk.iter().map(|p| p.logs.len()).sum();
+        let logs = (n > 0).then(|| {
+            let pieces: Vec<_> = chunk
+                .iter()
+                .map(|p| (&p.logs[..], p.log_order.as_deref()))
+                .collect();
+            logs_row_group(&pieces)
+        });
         open.writer
             .encode_row_groups(self.env.spawner(), receipts, logs)
             .await?;
