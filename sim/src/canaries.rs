@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 15] = [
+pub const TABLE: [(Canary, &str); 16] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -30,6 +30,7 @@ pub const TABLE: [(Canary, &str); 15] = [
     (Canary::PageMinExclusive, "default"),
     (Canary::JobPagesFromFirstRun, "default"),
     (Canary::LeakReplacedWalSegments, "crash-storm"),
+    (Canary::PartialKeyRowMerge, "default"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

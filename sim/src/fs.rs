@@ -399,6 +399,14 @@ impl SimFs {
         out
     }
 
+    /// The bytes of the file visible at `path`, if there is one.
+    pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let s = self.state.lock().unwrap();
+        let (dir, name) = (path.parent()?, path.file_name()?.to_str()?);
+        let ino = s.dirs.get(dir)?.entries.get(name)?;
+        Some(s.inodes[ino].data.clone())
+    }
+
     /// Every visible file and its bytes.
     pub fn snapshot_files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let s = self.state.lock().unwrap();

@@ -146,6 +146,18 @@ fn never_closing_the_wal_segments_a_rewrite_replaced_is_caught_as_a_leak() {
     assert!(why.contains("handle"), "{why}");
 }
 
+/// A flush that merges its pieces' rows by address alone writes a logs row group out of the
+/// order its footer declares; reads sort what they return and cannot see it, the file check
+/// after each open does.
+#[test]
+fn a_row_group_merged_by_a_partial_key_is_caught_by_the_file_order_check() {
+    let (_, why) = first_catch(Canary::PartialKeyRowMerge, "default").expect("caught");
+    assert!(
+        why.starts_with("[files]") && why.contains("against the declared order"),
+        "{why}"
+    );
+}
+
 #[test]
 fn without_a_canary_the_same_seeds_pass() {
     let sc = load_scenario("power-loss").unwrap();

@@ -206,6 +206,7 @@ impl<E: PlanEnv> Run<'_, E> {
         for f in check::check_files(&files, Path::new(DATA_DIR), &status) {
             self.fail(f);
         }
+        self.check_closed_files_order(&status);
         let got = match self.read_state_retrying(&store).await {
             Ok(s) => s,
             Err(e) if self.refused_rot("reading the recovered state", &e) => {
@@ -484,5 +485,39 @@ impl<E: PlanEnv> Run<'_, E> {
     /// The op a crash happening now is inside, as `Outcome::crash_points_reached` counts it.
     pub(super) fn crash_op(&self) -> usize {
         self.restarting_for.unwrap_or(self.out.ops)
+    }
+}
+
+impl<E: PlanEnv> Run<'_, E> {
+    /// Invariant 6 inside the closed pairs' files (see [`check::check_declared_order`]); files
+    /// the plan rotted are left out.
+    fn check_closed_files_order(&mut self, status: &receipt_store::Status) {
+        let rotted = self.rotted();
+        for start in &status.closed_pairs {
+            for name in [
+                format!("receipts_{start}.parquet"),
+                format!("logs_{start}.parquet"),
+            ] {
+                let path = Path::new(DATA_DIR).join(name);
+                let shown = path.display().to_string();
+                if rotted.iter().any(|r| *r == shown) {
+                    continue;
+                }
+                let Some(bytes) = self.fs.file_bytes(&path) else {
+                    continue;
+                };
+                let seen = (path, crc32c::crc32c(&bytes));
+                if self.order_checked.contains(&seen) {
+                    continue;
+                }
+                let failures = check::check_declared_order(&seen.0, bytes);
+                if failures.is_empty() {
+                    self.order_checked.insert(seen);
+                }
+                for f in failures {
+                    self.fail(f);
+                }
+            }
+        }
     }
 }
