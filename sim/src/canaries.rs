@@ -30,7 +30,7 @@ pub const TABLE: [(Canary, &str); 16] = [
     (Canary::PageMinExclusive, "default"),
     (Canary::JobPagesFromFirstRun, "default"),
     (Canary::LeakReplacedWalSegments, "crash-storm"),
-    (Canary::PartialKeyRowMerge, "default"),
+    (Canary::PartialKeyRowSort, "default"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -146,12 +146,12 @@ fn never_closing_the_wal_segments_a_rewrite_replaced_is_caught_as_a_leak() {
     assert!(why.contains("handle"), "{why}");
 }
 
-/// A flush that merges its pieces' rows by address alone writes a logs row group out of the
-/// order its footer declares; reads sort what they return and cannot see it, the file check
-/// after each open does.
+/// A flush that sorts a logs row group by address alone writes it out of the order its footer
+/// declares; reads sort what they return and cannot see it, the file check after each open
+/// does.
 #[test]
-fn a_row_group_merged_by_a_partial_key_is_caught_by_the_file_order_check() {
-    let (_, why) = first_catch(Canary::PartialKeyRowMerge, "default").expect("caught");
+fn a_row_group_sorted_by_a_partial_key_is_caught_by_the_file_order_check() {
+    let (_, why) = first_catch(Canary::PartialKeyRowSort, "default").expect("caught");
     assert!(
         why.starts_with("[files]") && why.contains("against the declared order"),
         "{why}"

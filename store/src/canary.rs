@@ -45,10 +45,10 @@ pub enum Canary {
     /// The WAL segments open's rewrite replaced are never closed (their handles leak instead of
     /// being dropped on the write lane).
     LeakReplacedWalSegments,
-    /// A flush merging the rows of a chunk's pieces compares their addresses alone: rows land
-    /// out of the order the logs file declares (address, topic0, block, log index), which no
-    /// read shows (reads put what they return in `get_logs` order).
-    PartialKeyRowMerge,
+    /// A flush sorts a logs row group by the rows' address prefixes alone: rows land out of the
+    /// order the logs file declares (address, topic0, block, log index), which no read shows
+    /// (reads put what they return in `get_logs` order).
+    PartialKeyRowSort,
 }
 
 impl Canary {
@@ -68,7 +68,7 @@ impl Canary {
         Canary::PageMinExclusive,
         Canary::JobPagesFromFirstRun,
         Canary::LeakReplacedWalSegments,
-        Canary::PartialKeyRowMerge,
+        Canary::PartialKeyRowSort,
     ];
 }
 

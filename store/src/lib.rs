@@ -166,22 +166,15 @@ impl<E: Env> Store<E> {
     /// Stores one block's receipts (one WAL record per call). Empty `receipts` observes the
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
-        // The WAL payload is encoded, and the rows converted to the open window's and put in a
-        // logs row group's order, here on the caller's task, while the coordinator may still be
-        // writing the previous block's row groups. Only valid input is prepared; the coordinator checks everything else again in
-        // its own order, so errors do not change.
+        // The WAL payload is encoded here, on the caller's task, while the coordinator may still
+        // be writing the previous block's row groups. Only valid input is encoded; the
+        // coordinator checks everything again in its own order, so errors do not change.
         let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
-        let input = if valid {
-            coordinator::WriteInput::Prepared {
-                frame: PendingFrame::encode(height, &receipts),
-                rows: coordinator::StagedRows::of(height, receipts).with_order(),
-            }
-        } else {
-            coordinator::WriteInput::Raw(receipts)
-        };
+        let frame = valid.then(|| PendingFrame::encode(height, &receipts));
         let request = |reply| Request::Write {
             height,
-            input,
+            receipts,
+            frame,
             reply,
         };
         match self.request(request).await {

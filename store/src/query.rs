@@ -282,7 +282,7 @@ impl Candidates {
 /// open behind it (dropping the jobs would not stop those already queued on a pool's threads).
 async fn finish_oldest<T>(
     running: &mut VecDeque<impl Future<Output = Result<Vec<T>>>>,
-    out: &mut impl Extend<T>,
+    out: &mut Vec<T>,
 ) -> Result<()> {
     let oldest = running.pop_front().expect("a decode job is running");
     match oldest.await {
@@ -400,8 +400,8 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
     /// row-group checksums is read and verified whole), then `rows` decodes them on the pool,
     /// in jobs of consecutive row groups (at least [`BlockingPool::parallelism`], at most
     /// [`DECODE_JOB_GROUPS_MAX`] groups each), each handed over as soon as its groups are read;
-    /// their rows go to `out` in file order, each job's as soon as it and those before it are
-    /// done. With no candidate row group, `rows` runs here on nothing.
+    /// their rows are returned in file order. With no candidate row group, `rows` runs here on
+    /// nothing.
     async fn file_rows<T: Send + 'static>(
         &self,
         pair: &ClosedPair,
@@ -409,8 +409,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
         (from, to): (u64, u64),
         must_match: &[(&str, &[&[u8]])],
         rows: impl Fn(Candidates) -> Result<Vec<T>> + Clone + Send + Sync + 'static,
-        out: &mut (impl Extend<T> + Send),
-    ) -> Result<()> {
+    ) -> Result<Vec<T>> {
         let idx = self.index(pair, kind).await?;
         // Groups whose pages all fail the filter are dropped before anything is read.
         let (groups, pages): (Vec<usize>, Vec<PageRows>) =
@@ -423,8 +422,7 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             crate::mark!("read-row-group-skipped");
         }
         let candidates = if groups.is_empty() {
-            out.extend(rows(Candidates::Nothing(idx.path.clone()))?);
-            return Ok(());
+            return rows(Candidates::Nothing(idx.path.clone()));
         } else if idx.spans.is_some() {
             // At least one job per decode slot, and none longer than
             // `DECODE_JOB_GROUPS_MAX` row groups: a slot lent to reads while no commit runs
@@ -450,10 +448,11 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     .map_err(|e| Error::io(&idx.path, e))?,
             );
             let mut running = VecDeque::with_capacity(in_flight_max);
+            let mut out = Vec::new();
             for run in runs {
                 if running.len() == in_flight_max {
                     crate::mark!("read-decode-backpressure");
-                    finish_oldest(&mut running, out).await?;
+                    finish_oldest(&mut running, &mut out).await?;
                 }
                 let pages = if crate::planted!(JobPagesFromFirstRun) {
                     pages[..run.len()].to_vec()
@@ -474,29 +473,29 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 running.push_back(async move { job.await.map_err(|e| Error::io(path, e))? });
             }
             while !running.is_empty() {
-                finish_oldest(&mut running, out).await?;
+                finish_oldest(&mut running, &mut out).await?;
             }
-            return Ok(());
+            return Ok(out);
         } else {
             let bytes = read_file(self.fs, &idx.path).await?;
             self.cache.lock().unwrap().data_bytes_read += bytes.len() as u64;
             Candidates::Whole(idx, bytes, groups)
         };
-        out.extend(self.pool.run_blocking(move || rows(candidates)).await?);
-        Ok(())
+        self.pool.run_blocking(move || rows(candidates)).await
     }
 
     /// Rows of the open pair's row groups that [`open_candidates`] picked, in block order: a
     /// pool job reads a batch of them (at most [`OPEN_FILE_READ_BATCH_BYTES_MAX`] bytes)
-    /// through the snapshot's handle, then `rows` verifies and decodes them, and they go to
-    /// `out`. Stops after the batch that brings the rows to `enough`.
+    /// through the snapshot's handle, then `rows` verifies and decodes them. Stops after the
+    /// batch that brings the rows to `enough`, counting `rows_in` each item `rows` returns.
     async fn open_file_rows<T: Send + 'static>(
         &self,
         (handle, wanted): OpenCandidates,
         enough: usize,
+        rows_in: fn(&T) -> usize,
         rows: impl Fn(Candidates) -> Result<Vec<T>> + Clone + Send + Sync + 'static,
-        out: &mut (impl Extend<T> + Send),
-    ) -> Result<()> {
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
         let mut got = 0;
         let mut pending = wanted.into_iter().peekable();
         while pending.peek().is_some() && got < enough {
@@ -535,10 +534,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                     Ok::<_, Error>(found)
                 }));
             let found = job.await.map_err(|e| Error::io(&path, e))??;
-            got += found.len();
+            got += found.iter().map(rows_in).sum::<usize>();
             out.extend(found);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The lowest block with a receipt: the first closed pair with rows (its index's row-group
@@ -584,16 +583,16 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 break;
             }
             let hashes: [&[u8]; 1] = [&hash[..]];
-            let must_match = [("tx_hash", &hashes[..])];
-            self.file_rows(
-                pair,
-                FileKind::Receipts,
-                (from, to),
-                &must_match,
-                rows,
-                &mut out,
-            )
-            .await?;
+            out.extend(
+                self.file_rows(
+                    pair,
+                    FileKind::Receipts,
+                    (from, to),
+                    &[("tx_hash", &hashes)],
+                    rows,
+                )
+                .await?,
+            );
             if first_only && !out.is_empty() {
                 return Ok(out);
             }
@@ -604,7 +603,8 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 let hashes: [&[u8]; 1] = [&hash[..]];
                 open_candidates(files, FileKind::Receipts, from, to, &[("tx_hash", &hashes)])
             };
-            self.open_file_rows(wanted, enough, rows, &mut out).await?;
+            let found = self.open_file_rows(wanted, enough, |_| 1, rows).await?;
+            out.extend(found);
             if first_only && !out.is_empty() {
                 return Ok(out);
             }
@@ -649,13 +649,15 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             if pair.start > to {
                 break;
             }
-            self.file_rows(pair, FileKind::Receipts, (from, to), &[], rows, &mut out)
-                .await?;
+            out.extend(
+                self.file_rows(pair, FileKind::Receipts, (from, to), &[], rows)
+                    .await?,
+            );
         }
         if let Some(files) = &snap.written {
             let wanted = open_candidates(files, FileKind::Receipts, from, to, &[]);
-            self.open_file_rows(wanted, usize::MAX, rows, &mut out)
-                .await?;
+            let found = self.open_file_rows(wanted, usize::MAX, |_| 1, rows).await?;
+            out.extend(found);
         }
         let chunks = overlapping(snap, from, to);
         if !chunks.is_empty() {
@@ -686,7 +688,9 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
             .map(|s| s.iter().map(|t| &t[..]).collect())
             .unwrap_or_default();
         let shared = Arc::new(filter.clone());
-        let mut out = Gathered::default();
+        // Runs of rows, each in get_logs order: one per decode job.
+        let mut runs: Vec<Vec<LogRecord>> = Vec::new();
+        let found = |runs: &Vec<Vec<LogRecord>>| runs.iter().map(Vec::len).sum::<usize>();
         // The same decoder for closed files and the open pair's written row groups. Row groups
         // are decoded one at a time and their rows put in order while the decoded columns are
         // still in cache: a logs row group is stored in address order, and gathering rows in
@@ -713,26 +717,25 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                         in_order &= log_key(last) <= log_key(first);
                     }
                 }
-                Ok(if in_order { run } else { sort_logs(run) })
+                Ok(vec![if in_order { run } else { sort_logs(run) }])
             }
         };
-        let must_match = [("address", &addrs[..]), ("topic0", &topic0[..])];
         for pair in &snap.closed {
-            if out.rows.len() >= limit || pair.start > to {
+            if found(&runs) >= limit || pair.start > to {
                 break;
             }
-            let range = (from, to);
-            self.file_rows(
-                pair,
-                FileKind::Logs,
-                range,
-                &must_match,
-                rows.clone(),
-                &mut out,
-            )
-            .await?;
+            runs.extend(
+                self.file_rows(
+                    pair,
+                    FileKind::Logs,
+                    (from, to),
+                    &[("address", &addrs), ("topic0", &topic0)],
+                    rows.clone(),
+                )
+                .await?,
+            );
         }
-        if let Some(files) = snap.written.as_ref().filter(|_| out.rows.len() < limit) {
+        if let Some(files) = snap.written.as_ref().filter(|_| found(&runs) < limit) {
             let wanted = open_candidates(
                 files,
                 FileKind::Logs,
@@ -740,10 +743,10 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                 to,
                 &[("address", &addrs), ("topic0", &topic0)],
             );
-            let enough = limit - out.rows.len();
-            self.open_file_rows(wanted, enough, rows, &mut out).await?;
+            let enough = limit - found(&runs);
+            runs.extend(self.open_file_rows(wanted, enough, Vec::len, rows).await?);
         }
-        if out.rows.len() < limit {
+        if found(&runs) < limit {
             let chunks = overlapping(snap, from, to);
             if !chunks.is_empty() {
                 let filter = shared.clone();
@@ -753,59 +756,18 @@ impl<F: Fs, P: BlockingPool> Reader<'_, F, P> {
                         sort_logs(scan_open(&chunks, |c| &c.logs, |x| filter.matches(x), false).0)
                     })
                     .await;
-                out.extend(run);
+                runs.push(run);
             }
         }
-        if filter.limit.is_some_and(|l| out.rows.len() >= l) {
+        if filter.limit.is_some_and(|l| found(&runs) >= l) {
             crate::mark!("read-limit-reached");
         }
-        // A block's rows can straddle row groups, decode jobs or the written/in-memory
-        // boundary, and the caller's tx indices need not increase, so runs that do not follow
-        // each other in order are sorted as a whole, on the pool.
-        let Gathered { rows, in_order } = out;
-        let mut out = if in_order {
-            rows
-        } else {
-            self.pool.run_blocking(move || sort_logs(rows)).await
-        };
+        // One join of the runs, on the pool: a block's rows can straddle row groups, decode
+        // jobs or the written/in-memory boundary, and the caller's tx indices need not
+        // increase, so runs that do not follow each other in order are sorted as a whole.
+        let mut out = self.pool.run_blocking(move || join_runs(runs)).await;
         out.truncate(limit);
         Ok(out)
-    }
-}
-
-/// The rows of a `get_logs`, each decode job's run appended as soon as it and the jobs before
-/// it are done, while the run is still in cache. Joining every run once decoding had ended
-/// was a third of a 500-block read without a filter: 180 MB copied, and faulted in, on one
-/// thread while the other core had nothing left to do. Each run is in `get_logs` order;
-/// `in_order` says whether that still holds where runs meet.
-struct Gathered {
-    rows: Vec<LogRecord>,
-    in_order: bool,
-}
-
-impl Default for Gathered {
-    fn default() -> Self {
-        Gathered {
-            rows: Vec::new(),
-            in_order: true,
-        }
-    }
-}
-
-impl Extend<LogRecord> for Gathered {
-    fn extend<I: IntoIterator<Item = LogRecord>>(&mut self, run: I) {
-        let before = self.rows.len();
-        self.rows.extend(run);
-        debug_assert!(
-            self.rows[before..].is_sorted_by_key(log_key),
-            "each run is in order"
-        );
-        if let (Some(last), Some(first)) = (
-            before.checked_sub(1).map(|i| &self.rows[i]),
-            self.rows.get(before),
-        ) {
-            self.in_order &= log_key(last) <= log_key(first);
-        }
     }
 }
 
@@ -813,6 +775,32 @@ impl Extend<LogRecord> for Gathered {
 /// within a block, so the order is total).
 fn log_key(l: &LogRecord) -> (u64, u32, u32) {
     (l.block_number, l.tx_index, l.log_index)
+}
+
+/// Runs each in `get_logs` order joined into one: concatenated when each starts at or after
+/// where the one before ended (checked at the joins only), else sorted whole.
+fn join_runs(runs: Vec<Vec<LogRecord>>) -> Vec<LogRecord> {
+    debug_assert!(
+        runs.iter().all(|r| r.is_sorted_by_key(log_key)),
+        "runs are in order"
+    );
+    let total = runs.iter().map(Vec::len).sum::<usize>();
+    let mut runs = runs.into_iter();
+    // The first run becomes the result: its rows are not copied.
+    let mut out = runs.next().unwrap_or_default();
+    out.reserve(total - out.len());
+    let mut in_order = true;
+    for run in runs {
+        if let (Some(last), Some(first)) = (out.last(), run.first()) {
+            in_order &= log_key(last) <= log_key(first);
+        }
+        out.extend(run);
+    }
+    if in_order {
+        out
+    } else {
+        sort_logs(out)
+    }
 }
 
 /// Logs in `get_logs` order ([`log_key`]). Sorts a compact array of keys and positions, then

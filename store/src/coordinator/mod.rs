@@ -8,15 +8,15 @@ pub(crate) mod replay;
 mod write;
 
 pub(crate) use replay::open;
-pub(crate) use write::{check_input, StagedRows, WriteInput};
+pub(crate) use write::check_input;
 
 use crate::env::{BlockingPool, Clock, Env};
 use crate::error::{Error, Result};
 use crate::files::{ClosedPair, QuarantinedFile};
 use crate::parquet::index::FileIndex;
 use crate::parquet::writer::{OpenReaders, PairWriter};
-use crate::types::{Config, LogRecord, ReceiptRecord};
-use crate::wal::{Wal, WalTailCut};
+use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
+use crate::wal::{PendingFrame, Wal, WalTailCut};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -60,9 +60,6 @@ pub trait FaultHook: Send + Sync + 'static {
 pub struct Chunk {
     pub receipts: Vec<ReceiptRecord>,
     pub logs: Vec<LogRecord>,
-    /// The positions of `logs` in a logs row group's order, when the write that staged them
-    /// worked it out (see [`StagedRows`]); a flush sorts a piece without one.
-    pub(crate) log_order: Option<Vec<u32>>,
 }
 
 impl Chunk {
@@ -175,11 +172,11 @@ pub(crate) enum Request {
     /// glibc frees a block's thousands of them several times faster on the thread whose arena
     /// they came from (freeing them on the write lane cost 8% of a 500-block write).
     ///
-    /// `input` is the WAL record's payload and the rows, prepared by the caller when its input
-    /// is valid (see [`WriteInput`]).
+    /// `frame` is the WAL record's payload, encoded by the caller when its input is valid.
     Write {
         height: u64,
-        input: WriteInput,
+        receipts: Vec<ReceiptInput>,
+        frame: Option<PendingFrame>,
         reply: oneshot::Sender<(Result<()>, Vec<Arc<Chunk>>)>,
     },
     SetMaxBlocksPerFile {
@@ -226,12 +223,8 @@ pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
     pub buf_receipts: Vec<ReceiptRecord>,
     pub buf_logs: Vec<LogRecord>,
-    /// The order of `buf_logs` (see [`Chunk::log_order`]), while they are one write's rows
-    /// after its first receipt.
-    pub buf_log_order: Option<Vec<u32>>,
-    /// Rows staged since the last seal, immutable pieces moved out of the buffers (when a write
-    /// ends, and before a write's rows after its first receipt), so a published snapshot shares
-    /// them instead of copying them.
+    /// Rows staged since the last seal, one immutable piece per write (moved out of the buffers
+    /// when the write ends), so a published snapshot shares them instead of copying them.
     pub pieces: Vec<Arc<Chunk>>,
     /// Sealed chunks not yet written, in block order, each the pieces of one row group (the
     /// backlog replay leaves, see [`State::replay`]; a live write's are written right after its
@@ -440,10 +433,11 @@ impl<E: Env> State<E> {
         match req {
             Request::Write {
                 height,
-                input,
+                receipts,
+                frame,
                 reply,
             } => {
-                let r = self.write(height, input).await;
+                let r = self.write(height, receipts, frame).await;
                 // Published before the answer: a read after an acked write sees it.
                 self.publish();
                 let _ = reply.send((r, std::mem::take(&mut self.retired)));

@@ -1,7 +1,7 @@
 //! Open: startup scan, seeding, and WAL replay (spec 2.5, 2.6, 4.6), with replay failure
 //! discarding everything replay produced (spec 4.8).
 
-use super::write::{FlushRule, StagedRows};
+use super::write::FlushRule;
 use super::{
     prune, FaultHook, Published, Publisher, Request, SharedEnding, State, REQUEST_QUEUE_CAPACITY,
 };
@@ -683,8 +683,9 @@ impl<E: Env> State<E> {
             }
             mark!("replay-applied");
             let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
-            let rows = StagedRows::of(rec.height, rec.receipts);
-            self.stage(rec.height, rows, FlushRule::WhenIdle).await?;
+            for r in rec.receipts {
+                self.apply(rec.height, r, FlushRule::WhenIdle).await?;
+            }
             self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
             match out.last_mut() {
                 Some(b) if b.block_number == rec.height => b.tx_hashes.extend(hashes),

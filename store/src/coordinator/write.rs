@@ -9,8 +9,8 @@ use crate::files::{discard, ClosedPair};
 use crate::mark;
 use crate::parquet::index::FileIndex;
 use crate::parquet::receipts_to_batch_from;
+use crate::parquet::writer::logs_row_group;
 use crate::parquet::writer::PairWriter;
-use crate::parquet::writer::{log_row_permutation, logs_row_group};
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
@@ -67,91 +67,6 @@ pub(crate) enum FlushRule {
     WhenIdle,
 }
 
-/// A write's receipts as the coordinator gets them.
-pub(crate) enum WriteInput {
-    /// Input the caller did not prepare (empty, or refused by [`check_input`]): the
-    /// coordinator checks it, in its own order, and prepares it if it is valid.
-    Raw(Vec<ReceiptInput>),
-    /// Valid input the caller prepared on its own task: the WAL record's payload and the rows.
-    Prepared {
-        frame: PendingFrame,
-        rows: StagedRows,
-    },
-}
-
-impl WriteInput {
-    fn is_empty(&self) -> bool {
-        match self {
-            WriteInput::Raw(receipts) => receipts.is_empty(),
-            WriteInput::Prepared { rows, .. } => rows.receipts.is_empty(),
-        }
-    }
-}
-
-/// One write's rows as the open window keeps them, converted from its input (for a live write
-/// on the caller's task, so the coordinator only moves them into its buffers), and for a live
-/// write the order a logs row group puts the logs after the first receipt's in. Log indices
-/// count from 0 within the write; [`State::stage`] moves them up when the write continues a
-/// block (the same shift for all, so their order holds).
-pub(crate) struct StagedRows {
-    receipts: Vec<ReceiptRecord>,
-    logs: Vec<LogRecord>,
-    /// How many of `logs` are the first receipt's.
-    first_logs: usize,
-    /// The positions of `logs[first_logs..]` in [`log_row_permutation`]'s order, if worked
-    /// out ([`StagedRows::with_order`]); a flush sorts them otherwise. Replay leaves it out:
-    /// open returns before the chunks it seals are sorted and written.
-    rest_order: Option<Vec<u32>>,
-}
-
-impl StagedRows {
-    pub(crate) fn of(block: u64, input: Vec<ReceiptInput>) -> StagedRows {
-        let mut receipts = Vec::with_capacity(input.len());
-        let mut logs = Vec::with_capacity(input.iter().map(|r| r.logs.len()).sum());
-        let mut first_logs = None;
-        let mut log_index = 0u32;
-        for r in input {
-            let ReceiptInput {
-                tx_hash,
-                tx_index,
-                receipt_bytes,
-                logs: inputs,
-            } = r;
-            for log in inputs {
-                logs.push(LogRecord {
-                    block_number: block,
-                    tx_hash,
-                    tx_index,
-                    log_index,
-                    address: log.address,
-                    topics: log.topics,
-                    data: log.data,
-                });
-                log_index = log_index.saturating_add(1);
-            }
-            first_logs.get_or_insert(logs.len());
-            receipts.push(ReceiptRecord {
-                tx_hash,
-                block_number: block,
-                receipt_bytes,
-            });
-        }
-        StagedRows {
-            receipts,
-            logs,
-            first_logs: first_logs.unwrap_or(0),
-            rest_order: None,
-        }
-    }
-
-    /// The rows with the order of the logs after the first receipt's worked out.
-    pub(crate) fn with_order(mut self) -> StagedRows {
-        let rest: Vec<&LogRecord> = self.logs[self.first_logs..].iter().collect();
-        self.rest_order = Some(log_row_permutation(&rest));
-        self
-    }
-}
-
 impl<E: Env> State<E> {
     fn is_boundary(&self, height: u64) -> bool {
         height.is_multiple_of(self.config.max_blocks_per_file)
@@ -166,9 +81,15 @@ impl<E: Env> State<E> {
     }
 
     /// `write_receipts(height, receipts)`.
-    pub(crate) async fn write(&mut self, height: u64, input: WriteInput) -> Result<()> {
+    /// `frame`: the WAL payload the caller encoded, if it did (see [`PendingFrame`]).
+    pub(crate) async fn write(
+        &mut self,
+        height: u64,
+        receipts: Vec<ReceiptInput>,
+        frame: Option<PendingFrame>,
+    ) -> Result<()> {
         self.check_usable()?;
-        if input.is_empty() {
+        if receipts.is_empty() {
             return self.observe(height).await;
         }
         if let Some(last) = self.last_seen {
@@ -193,25 +114,25 @@ impl<E: Env> State<E> {
                 last_seen: self.last_seen.unwrap_or(floor - 1),
             });
         }
-        let (frame, rows) = match input {
-            // A caller prepares only input `check_input` accepted (`Store::write_receipts`):
-            // checking it again here would find nothing, on the coordinator's time.
-            WriteInput::Prepared { frame, rows } => {
+        // A caller sends a frame only for input `check_input` accepted (`Store::write_receipts`):
+        // checking those receipts again here would find nothing, on the coordinator's time.
+        if frame.is_none() {
+            validate(&receipts)?;
+        }
+        debug_assert!(check_input(&receipts).is_ok(), "framed input was checked");
+        let rotate = self.rotates_at(height);
+        let frame = match frame {
+            Some(f) => {
                 assert_eq!(
-                    frame.height(),
+                    f.height(),
                     height,
                     "the caller encoded this block's payload"
                 );
-                (frame, rows)
+                f
             }
-            WriteInput::Raw(receipts) => {
-                validate(&receipts)?;
-                let frame = PendingFrame::encode(height, &receipts);
-                (frame, StagedRows::of(height, receipts))
-            }
+            None => PendingFrame::encode(height, &receipts),
         };
-        let rotate = self.rotates_at(height);
-        let r = self.write_logged(height, rows, frame, rotate).await;
+        let r = self.write_logged(height, receipts, frame, rotate).await;
         if let Err(e) = &r {
             mark!("poison-write");
             self.poison(e);
@@ -222,7 +143,7 @@ impl<E: Env> State<E> {
     async fn write_logged(
         &mut self,
         height: u64,
-        rows: StagedRows,
+        receipts: Vec<ReceiptInput>,
         frame: PendingFrame,
         rotate: bool,
     ) -> Result<()> {
@@ -238,7 +159,9 @@ impl<E: Env> State<E> {
             mark!("rotate-on-write");
             self.rotate(height, Some(seq), true).await?;
         }
-        self.stage(height, rows, FlushRule::AfterAck).await?;
+        for r in receipts {
+            self.apply(height, r, FlushRule::AfterAck).await?;
+        }
         self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
     }
@@ -264,36 +187,13 @@ impl<E: Env> State<E> {
         Ok(())
     }
 
-    /// Stages one write's rows, receipt by receipt as spec 3.2 says (lazy aligned start, block
-    /// counter, buffers, flush rule), with what that comes to for rows of one block: only the
-    /// first receipt can find a new block, so only it can move the block counter and meet the
-    /// flush rule; the rest are appended in one move (into empty buffers when their order comes
-    /// with them, so the order is the buffers').
-    pub(crate) async fn stage(
+    /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
+    pub(crate) async fn apply(
         &mut self,
         block: u64,
-        rows: StagedRows,
+        input: ReceiptInput,
         rule: FlushRule,
     ) -> Result<()> {
-        let StagedRows {
-            receipts,
-            mut logs,
-            first_logs,
-            rest_order,
-        } = rows;
-        if receipts.is_empty() {
-            debug_assert!(logs.is_empty(), "logs come with their receipt");
-            return Ok(());
-        }
-        assert!(
-            first_logs <= logs.len(),
-            "the first receipt's logs are logs"
-        );
-        debug_assert!(
-            receipts.iter().all(|r| r.block_number == block)
-                && logs.iter().all(|l| l.block_number == block),
-            "a write's rows are its block's"
-        );
         if self.open.is_none() {
             let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
             if aligned >= self.file_start_block {
@@ -315,38 +215,33 @@ impl<E: Env> State<E> {
             }
             self.last_seen = Some(block);
         }
-        // Log indices are block-wide: a write to a block an earlier write had continues them.
-        let base = match self.log_cursor {
+        let mut log_index = match self.log_cursor {
             Some((b, n)) if b == block => {
                 mark!("write-same-block-continues-log-index");
                 n
             }
             _ => 0,
         };
-        if base > 0 {
-            for l in &mut logs {
-                l.log_index = base.saturating_add(l.log_index);
-            }
-        }
-        let logged = u32::try_from(logs.len()).unwrap_or(u32::MAX);
-        self.log_cursor = Some((block, base.saturating_add(logged)));
-        let (mut receipts, mut logs) = (receipts.into_iter(), logs.into_iter());
-        // The buffers' order is for their rows alone: they become a piece before more come.
-        if self
-            .open
-            .as_ref()
-            .is_some_and(|o| o.buf_log_order.is_some())
-        {
-            self.piece_buffers();
-        }
         let open = self.open.as_mut().expect("opened above");
-        open.buf_receipts.push(
-            receipts
-                .next()
-                .expect("a write with rows has a first receipt"),
-        );
-        open.buf_logs.extend(logs.by_ref().take(first_logs));
+        open.buf_receipts.push(ReceiptRecord {
+            tx_hash: input.tx_hash,
+            block_number: block,
+            receipt_bytes: input.receipt_bytes,
+        });
+        for log in input.logs {
+            open.buf_logs.push(LogRecord {
+                block_number: block,
+                tx_hash: input.tx_hash,
+                tx_index: input.tx_index,
+                log_index,
+                address: log.address,
+                topics: log.topics,
+                data: log.data,
+            });
+            log_index = log_index.saturating_add(1);
+        }
         open.rows += 1;
+        self.log_cursor = Some((block, log_index));
         let bfi = self.config.block_flush_interval;
         if bfi > 0 && self.blocks_since_flush >= bfi {
             match rule {
@@ -356,21 +251,6 @@ impl<E: Env> State<E> {
             self.seal_buffers();
             self.blocks_since_flush = 0;
         }
-        // The rest find the block counter where the first left it: no flush among them.
-        if receipts.len() == 0 {
-            debug_assert_eq!(logs.len(), 0, "logs come with their receipt");
-            return Ok(());
-        }
-        if let Some(order) = &rest_order {
-            assert_eq!(order.len(), logs.len(), "one position per log");
-            self.piece_buffers();
-        }
-        let open = self.open.as_mut().expect("opened above");
-        debug_assert!(rest_order.is_none() || open.buf_logs.is_empty());
-        open.rows += receipts.len() as u64;
-        open.buf_receipts.extend(receipts);
-        open.buf_logs.extend(logs);
-        open.buf_log_order = rest_order;
         Ok(())
     }
 
@@ -383,19 +263,12 @@ impl<E: Env> State<E> {
         };
         if open.buf_receipts.is_empty() {
             debug_assert!(open.buf_logs.is_empty(), "logs come with their receipt");
-            debug_assert!(open.buf_log_order.is_none(), "an order comes with its rows");
             return;
         }
         let (receipts, logs) = (open.buf_receipts.len(), open.buf_logs.len());
-        let log_order = open.buf_log_order.take();
-        assert!(
-            log_order.as_ref().is_none_or(|o| o.len() == logs),
-            "an order has one position per buffered log"
-        );
         open.pieces.push(Arc::new(Chunk {
             receipts: std::mem::replace(&mut open.buf_receipts, Vec::with_capacity(receipts)),
             logs: std::mem::replace(&mut open.buf_logs, Vec::with_capacity(logs)),
-            log_order,
         }));
     }
 
@@ -470,7 +343,6 @@ impl<E: Env> State<E> {
             writer,
             buf_receipts: Vec::new(),
             buf_logs: Vec::new(),
-            buf_log_order: None,
             pieces: Vec::new(),
             sealed: VecDeque::new(),
             receipt_groups: Vec::new(),
@@ -503,14 +375,8 @@ impl<E: Env> State<E> {
             let n = pieces.iter().map(|p| p.receipts.len()).sum();
             receipts_to_batch_from(pieces.iter().flat_map(|p| &p.receipts), n)
         };
-        let n: usize = chunk.iter().map(|p| p.logs.len()).sum();
-        let logs = (n > 0).then(|| {
-            let pieces: Vec<_> = chunk
-                .iter()
-                .map(|p| (&p.logs[..], p.log_order.as_deref()))
-                .collect();
-            logs_row_group(&pieces)
-        });
+        let n = chunk.iter().map(|p| p.logs.len()).sum();
+        let logs = (n > 0).then(|| logs_row_group(chunk.iter().flat_map(|p| &p.logs), n));
         open.writer
             .encode_row_groups(self.env.spawner(), receipts, logs)
             .await?;

@@ -93,67 +93,16 @@ pub fn log_row_order(a: &LogRecord, b: &LogRecord) -> std::cmp::Ordering {
         .then(a.log_index.cmp(&b.log_index))
 }
 
-/// One logs row group's batch: the rows of `pieces` (in block and log order as staged, piece
-/// after piece) in [`log_row_order`]. A piece comes with its rows' order (their positions in
-/// it, see [`log_row_permutation`]) when its write worked it out, else it is sorted here; the
-/// pieces' orders are then merged, so a flush of one write's rows plus the next write's first
-/// receipt (spec 3.2) sorts only that receipt's logs.
-pub fn logs_row_group(pieces: &[(&[LogRecord], Option<&[u32]>)]) -> RecordBatch {
-    let rows: Vec<&LogRecord> = pieces.iter().flat_map(|(logs, _)| logs.iter()).collect();
-    let order = pieces_in_row_order(pieces, &rows);
-    logs_to_batch_from(order.iter().map(|&i| rows[i as usize]), rows.len())
-}
-
-/// The positions of `rows` (the rows of `pieces`, piece after piece) in [`log_row_order`], ties
-/// in position order: each piece's order (given, or sorted here) merged with the ones before.
-fn pieces_in_row_order(pieces: &[(&[LogRecord], Option<&[u32]>)], rows: &[&LogRecord]) -> Vec<u32> {
-    assert!(
-        rows.len() <= u32::MAX as usize,
-        "a row group's positions fit a u32"
-    );
-    let mut order: Vec<u32> = Vec::with_capacity(rows.len());
-    let mut start = 0;
-    for &(logs, given) in pieces {
-        let own = match given {
-            Some(order) => order.to_vec(),
-            None => log_row_permutation(&rows[start..start + logs.len()]),
-        };
-        assert_eq!(own.len(), logs.len(), "one position per log of the piece");
-        let run: Vec<u32> = own.into_iter().map(|i| i + start as u32).collect();
-        order = merge_in_row_order(rows, &order, &run);
-        start += logs.len();
-    }
-    // (Not with the bug planted that breaks it: the simulator must catch that one by itself.)
-    debug_assert!(
-        crate::planted!(PartialKeyRowMerge)
-            || order
-                .windows(2)
-                .all(|w| log_row_order(rows[w[0] as usize], rows[w[1] as usize])
-                    .then(w[0].cmp(&w[1]))
-                    .is_lt())
-    );
-    order
-}
-
-/// Two runs of positions in `rows`, each in [`log_row_order`] with ties in position order and
-/// every position of `left` below every one of `right`, merged into one such run. Each of
-/// `right`'s rows finds its place in what is left of `left` by binary search: `right` is
-/// usually a receipt's few logs.
-fn merge_in_row_order(rows: &[&LogRecord], left: &[u32], right: &[u32]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(left.len() + right.len());
-    let mut rest = left;
-    for &r in right {
-        let before = if crate::planted!(PartialKeyRowMerge) {
-            rest.partition_point(|&l| rows[l as usize].address <= rows[r as usize].address)
-        } else {
-            rest.partition_point(|&l| log_row_order(rows[l as usize], rows[r as usize]).is_le())
-        };
-        out.extend_from_slice(&rest[..before]);
-        out.push(r);
-        rest = &rest[before..];
-    }
-    out.extend_from_slice(rest);
-    out
+/// One logs row group's batch: `rows` (`len` of them, in block and log order as staged) in
+/// [`log_row_order`] (see [`log_row_permutation`]).
+pub fn logs_row_group<'a>(
+    rows: impl IntoIterator<Item = &'a LogRecord>,
+    len: usize,
+) -> RecordBatch {
+    let rows: Vec<&LogRecord> = rows.into_iter().collect();
+    debug_assert_eq!(rows.len(), len);
+    let order = log_row_permutation(&rows);
+    logs_to_batch_from(order.iter().map(|&i| rows[i as usize]), len)
 }
 
 /// The positions of `rows` in [`log_row_order`], ties kept in position order. It runs on the
@@ -180,6 +129,11 @@ pub fn log_row_permutation(rows: &[&LogRecord]) -> Vec<u32> {
         .enumerate()
         .map(|(i, r)| (prefix(&r.address), prefix(topic0(r)), i as u32))
         .collect();
+    if crate::planted!(PartialKeyRowSort) {
+        // The planted bug: rows ordered by their address prefix alone.
+        keys.sort_by_key(|k| (k.0, k.2));
+        return keys.into_iter().map(|k| k.2).collect();
+    }
     keys.sort_unstable();
     let full = |x: &(u64, u64, u32), y: &(u64, u64, u32)| {
         log_row_order(rows[x.2 as usize], rows[y.2 as usize]).then(x.2.cmp(&y.2))
@@ -878,44 +832,6 @@ mod tests {
                 log_row_order(&rows[x as usize], &rows[y as usize]).then(x.cmp(&y))
             });
             prop_assert_eq!(log_row_permutation(&refs), expected);
-        }
-
-        #[test]
-        fn pieces_merged_in_row_order_are_the_full_row_order(
-            specs in proptest::collection::vec(
-                (0u8..4, proptest::option::of(0u8..3), 0u64..3, 0u32..3), 0..80),
-            cuts in proptest::collection::vec((0usize..80, any::<bool>()), 0..4),
-        ) {
-            // Staged as a write stages them: blocks and log indices never go back (a log index
-            // repeats where it saturated, so full ties occur).
-            let mut rows: Vec<LogRecord> =
-                specs.iter().map(|&(a, t, b, l)| row(a, t, b, l)).collect();
-            rows.sort_by_key(|r| (r.block_number, r.log_index));
-            let mut bounds: Vec<usize> = cuts.iter().map(|&(c, _)| c.min(rows.len())).collect();
-            bounds.push(0);
-            bounds.push(rows.len());
-            bounds.sort_unstable();
-            bounds.dedup();
-            let orders: Vec<Option<Vec<u32>>> = bounds
-                .windows(2)
-                .enumerate()
-                .map(|(k, w)| {
-                    let given = cuts.get(k).is_some_and(|&(_, g)| g);
-                    let piece: Vec<&LogRecord> = rows[w[0]..w[1]].iter().collect();
-                    given.then(|| log_row_permutation(&piece))
-                })
-                .collect();
-            let pieces: Vec<(&[LogRecord], Option<&[u32]>)> = bounds
-                .windows(2)
-                .zip(&orders)
-                .map(|(w, o)| (&rows[w[0]..w[1]], o.as_deref()))
-                .collect();
-            let refs: Vec<&LogRecord> = rows.iter().collect();
-            let mut expected: Vec<u32> = (0..rows.len() as u32).collect();
-            expected.sort_by(|&x, &y| {
-                log_row_order(&rows[x as usize], &rows[y as usize]).then(x.cmp(&y))
-            });
-            prop_assert_eq!(pieces_in_row_order(&pieces, &refs), expected);
         }
     }
 }
