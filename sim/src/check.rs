@@ -643,6 +643,72 @@ mod tests {
         false
     }
 
+    /// A parquet file of (address, block) rows declaring the order `sorting` (column indices),
+    /// written by parquet's own writer.
+    fn declared(rows: &[(u8, u64)], sorting: Option<&[i32]>) -> Vec<u8> {
+        use arrow_array::{ArrayRef, BinaryArray, RecordBatch, UInt64Array};
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::metadata::SortingColumn;
+        use parquet::file::properties::WriterProperties;
+        use std::sync::Arc;
+        let address: Vec<[u8; 20]> = rows.iter().map(|&(a, _)| [a; 20]).collect();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "address",
+                Arc::new(BinaryArray::from_iter_values(address.iter())) as ArrayRef,
+            ),
+            (
+                "block_number",
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|&(_, b)| b))) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let columns = sorting.map(|cs| {
+            cs.iter()
+                .map(|&column_idx| SortingColumn {
+                    column_idx,
+                    descending: false,
+                    nulls_first: false,
+                })
+                .collect()
+        });
+        let props = WriterProperties::builder()
+            .set_sorting_columns(columns)
+            .build();
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    }
+
+    #[test]
+    fn rows_out_of_their_declared_order_are_a_files_failure_and_rows_in_it_are_not() {
+        let path = Path::new("/data/logs_0.parquet");
+        let sorted = [(1, 5), (2, 1), (2, 3)];
+        assert_eq!(
+            check_declared_order(path, declared(&sorted, Some(&[0, 1]))),
+            vec![]
+        );
+        // Sorted by address, not by (block, address).
+        let f = check_declared_order(path, declared(&sorted, Some(&[1, 0])));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].check, Check::Files);
+        assert!(
+            f[0].detail
+                .contains("row 1 comes after row 0 against the declared order"),
+            "{f:?}"
+        );
+        // Equal keys are in order; a tie broken the wrong way by the second column is not.
+        let tie = [(2, 3), (2, 3), (2, 1)];
+        let f = check_declared_order(path, declared(&tie, Some(&[0, 1])));
+        assert!(f[0].detail.contains("row 2 comes after row 1"), "{f:?}");
+        let f = check_declared_order(path, declared(&sorted, None));
+        assert!(f[0].detail.contains("declares no sort order"), "{f:?}");
+        // Bytes that are not parquet are for the checks that judge damaged files.
+        assert_eq!(check_declared_order(path, b"not parquet".to_vec()), vec![]);
+    }
+
     #[test]
     fn a_recovered_prefix_matches_and_a_hole_does_not() {
         let m = model(&[1, 2, 3, 4]);
