@@ -537,13 +537,14 @@ pub fn check_files(files: &BTreeMap<PathBuf, usize>, dir: &Path, status: &Status
 /// this check's business (rot is injected; reads and open judge damaged files).
 pub fn check_declared_order(path: &Path, bytes: Vec<u8>) -> Vec<Failure> {
     use arrow_array::{Array, BinaryArray, UInt32Array, UInt64Array};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
     use parquet::arrow::ProjectionMask;
     let bytes = bytes::Bytes::from(bytes);
-    let Ok(builder) = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()) else {
+    // The footer is parsed once; each row group's reader starts from it.
+    let Ok(footer) = ArrowReaderMetadata::load(&bytes, Default::default()) else {
         return Vec::new();
     };
-    let meta = builder.metadata().clone();
+    let meta = footer.metadata().clone();
     let schema = meta.file_metadata().schema_descr_ptr();
     let mut out = Vec::new();
     for (g, rg) in meta.row_groups().iter().enumerate() {
@@ -566,17 +567,19 @@ pub fn check_declared_order(path: &Path, bytes: Vec<u8>) -> Vec<Failure> {
             continue;
         }
         let columns: Vec<usize> = sorting.iter().map(|c| c.column_idx as usize).collect();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map(|b| {
-            b.with_row_groups(vec![g])
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), footer.clone())
+                .with_row_groups(vec![g])
                 .with_projection(ProjectionMask::leaves(&schema, columns.iter().copied()))
-                .build()
-        });
-        let Ok(Ok(reader)) = reader else {
+                .build();
+        let Ok(reader) = reader else {
             return out;
         };
-        // One key per row: each sorting column's value as bytes that compare as the values do.
-        let mut keys: Vec<Vec<Vec<u8>>> = Vec::new();
-        for batch in reader {
+        // Each row's key: each sorting column's value as bytes that compare as the values do;
+        // each compared with the row before it.
+        let mut before: Option<Vec<Vec<u8>>> = None;
+        let mut row = 0;
+        'rows: for batch in reader {
             let Ok(batch) = batch else {
                 return out;
             };
@@ -589,7 +592,7 @@ pub fn check_declared_order(path: &Path, bytes: Vec<u8>) -> Vec<Failure> {
                 .collect::<Option<_>>()
                 .expect("the projected sorting columns are in the batch");
             for i in 0..batch.num_rows() {
-                let key = cols
+                let key: Vec<Vec<u8>> = cols
                     .iter()
                     .map(|col| {
                         let any = col.as_any();
@@ -607,18 +610,20 @@ pub fn check_declared_order(path: &Path, bytes: Vec<u8>) -> Vec<Failure> {
                         }
                     })
                     .collect();
-                keys.push(key);
+                if before.as_ref().is_some_and(|b| *b > key) {
+                    out.push(Failure::new(
+                        Check::Files,
+                        format!(
+                            "{} row group {g}: row {row} comes after row {} against the declared order (columns {columns:?})",
+                            path.display(),
+                            row - 1
+                        ),
+                    ));
+                    break 'rows;
+                }
+                before = Some(key);
+                row += 1;
             }
-        }
-        if let Some(at) = keys.windows(2).position(|w| w[0] > w[1]) {
-            out.push(Failure::new(
-                Check::Files,
-                format!(
-                    "{} row group {g}: row {} comes after row {at} against the declared order (columns {columns:?})",
-                    path.display(),
-                    at + 1
-                ),
-            ));
         }
     }
     out

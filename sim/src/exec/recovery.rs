@@ -486,9 +486,7 @@ impl<E: PlanEnv> Run<'_, E> {
     pub(super) fn crash_op(&self) -> usize {
         self.restarting_for.unwrap_or(self.out.ops)
     }
-}
 
-impl<E: PlanEnv> Run<'_, E> {
     /// Invariant 6 inside the closed pairs' files (see [`check::check_declared_order`]); files
     /// the plan rotted are left out.
     fn check_closed_files_order(&mut self, status: &receipt_store::Status) {
@@ -500,7 +498,7 @@ impl<E: PlanEnv> Run<'_, E> {
             ] {
                 let path = Path::new(DATA_DIR).join(name);
                 let shown = path.display().to_string();
-                if rotted.iter().any(|r| *r == shown) {
+                if rotted.contains(&shown) {
                     continue;
                 }
                 let Some(bytes) = self.fs.file_bytes(&path) else {

@@ -111,8 +111,9 @@ pub fn logs_row_group<'a>(
 /// contract addresses), then the position. Within a run of equal prefixes that leaves rows in
 /// staged order, which is already block and log order. Each run is checked for that and sorted
 /// by the full order only where the check fails: rows sharing an address prefix must share the
-/// address, and rows sharing both prefixes must share topic0 and be in block and log order. A comparison sort falling back to the full order on every tied prefix
-/// spent most of its time there: a block's logs share a few dozen contracts and events.
+/// address, and rows sharing both prefixes must share topic0 and be in block and log order. A
+/// comparison sort falling back to the full order on every tied prefix spent most of its time
+/// there: a block's logs share a few dozen contracts and events.
 pub fn log_row_permutation(rows: &[&LogRecord]) -> Vec<u32> {
     assert!(
         rows.len() <= u32::MAX as usize,
