@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 16] = [
+pub const TABLE: [(Canary, &str); 17] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -31,6 +31,7 @@ pub const TABLE: [(Canary, &str); 16] = [
     (Canary::JobPagesFromFirstRun, "default"),
     (Canary::LeakReplacedWalSegments, "crash-storm"),
     (Canary::PartialKeyRowSort, "default"),
+    (Canary::ChunkUnpublishedWhileEncoding, "default"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

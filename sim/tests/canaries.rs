@@ -158,6 +158,15 @@ fn a_row_group_sorted_by_a_partial_key_is_caught_by_the_file_order_check() {
     );
 }
 
+/// A flush's row groups are encoded on the write lane while the coordinator serves the next
+/// requests; its rows must stay readable from memory until they are appended. A chunk that
+/// leaves what reads see when its encoding starts is missed by a reader that comes meanwhile.
+#[test]
+fn a_chunk_unpublished_while_its_row_groups_are_encoded_is_caught_by_a_reader() {
+    let (_, why) = first_catch(Canary::ChunkUnpublishedWhileEncoding, "default").expect("caught");
+    assert!(why.starts_with("[read]"), "{why}");
+}
+
 #[test]
 fn without_a_canary_the_same_seeds_pass() {
     let sc = load_scenario("power-loss").unwrap();

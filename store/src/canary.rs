@@ -49,10 +49,13 @@ pub enum Canary {
     /// order the logs file declares (address, topic0, block, log index), which no read shows
     /// (reads put what they return in `get_logs` order).
     PartialKeyRowSort,
+    /// A flush's chunk leaves the rows reads see when its encoding starts on the write lane
+    /// instead of when its row groups are appended: a read while it is encoded misses them.
+    ChunkUnpublishedWhileEncoding,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 16] = [
+    pub const ALL: [Canary; 17] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -69,6 +72,7 @@ impl Canary {
         Canary::JobPagesFromFirstRun,
         Canary::LeakReplacedWalSegments,
         Canary::PartialKeyRowSort,
+        Canary::ChunkUnpublishedWhileEncoding,
     ];
 }
 

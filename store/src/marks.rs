@@ -27,14 +27,15 @@ pub const ALL: &[(&str, &str)] = &[
     ("flush-automatic", "the block flush interval writes a row group"),
     ("flush-explicit", "an explicit flush() writes a row group"),
     ("flush-sealed-at-replay", "replay seals a row group's rows without encoding them (open returns sooner)"),
-    ("flush-backlog-written", "the idle coordinator writes a row group replay sealed"),
+    ("flush-backlog-written", "between requests, the coordinator appends a sealed chunk's row groups the write lane encoded"),
+    ("flush-overlapped-request", "a request is served while the write lane encodes a sealed chunk's row groups"),
     ("finalize-failed-cleanup", "finalizing a pair failed and its half-written files are removed"),
     // Poisoning, by cause.
     ("poison-write", "a failure after the WAL append poisons the store"),
     ("poison-empty-rotation", "a failed rotation on an empty boundary poisons the store"),
     ("poison-flush", "a failed explicit flush poisons the store"),
     ("poison-flush-after-ack", "writing the row groups a write sealed fails after its ack and poisons the store"),
-    ("poison-backlog", "a failed write of a row group replay sealed poisons the store"),
+    ("poison-backlog", "a failed write of a sealed row group, between requests or before a status, poisons the store"),
     ("poisoned-call-refused", "a call on a poisoned store is refused until reopen"),
     // Close.
     ("close-finalized", "close finalizes a non-empty open pair"),

@@ -606,8 +606,9 @@ async fn a_crash_at_every_failpoint_loses_nothing_acked() {
 }
 
 /// A block's row groups are written after its write is acked (its WAL record already holds
-/// it): a failure there poisons the store, the next call says so, and a reopen replays the
-/// acked block once.
+/// it), while the coordinator serves the next calls: a failure there poisons the store, a
+/// status (which waits for the row groups being written) shows it, every call after says so,
+/// and a reopen replays the acked blocks once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_failing_after_the_ack_poisons_until_reopen_and_replay_restores_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -621,6 +622,13 @@ async fn a_flush_failing_after_the_ack_poisons_until_reopen_and_replay_restores_
     s.write_receipts(1, vec![receipt(1, 0, 1)]).await.unwrap();
     // Block 2's first receipt seals block 1's rows; their row group fails after the ack.
     s.write_receipts(2, vec![receipt(2, 0, 1)]).await.unwrap();
+    let poisoned = s.status().await.unwrap().poisoned;
+    assert!(
+        poisoned
+            .as_deref()
+            .is_some_and(|p| p.contains(failpoints::AFTER_RECEIPT_ROW_GROUP)),
+        "{poisoned:?}"
+    );
     let err = s
         .write_receipts(3, vec![receipt(3, 0, 1)])
         .await

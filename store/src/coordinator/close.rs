@@ -9,6 +9,8 @@ use crate::mark;
 impl<E: Env> State<E> {
     /// Deletes the open pair without finalizing it; its rows remain in the WAL.
     pub(crate) async fn discard_open(&mut self) -> Result<()> {
+        // An encode in flight holds only the pair's encoders: thrown away with the pair.
+        self.encoding = None;
         let Some(open) = self.open.take() else {
             return Ok(());
         };
@@ -74,6 +76,7 @@ impl<E: Env> State<E> {
     /// Drops everything without finalizing, as a kill -9 would.
     pub(crate) fn crash(&mut self) {
         mark!("crash-dropped-state");
+        self.encoding = None;
         self.open = None;
         self.wal = None;
         self.doomed.clear();

@@ -9,12 +9,13 @@ mod write;
 
 pub(crate) use replay::open;
 pub(crate) use write::check_input;
+use write::SEALED_CHUNKS_AFTER_ACK_MAX;
 
-use crate::env::{BlockingPool, Clock, Env};
+use crate::env::{BlockingPool, BoxFuture, Clock, Env};
 use crate::error::{Error, Result};
 use crate::files::{ClosedPair, QuarantinedFile};
 use crate::parquet::index::FileIndex;
-use crate::parquet::writer::{OpenReaders, PairWriter};
+use crate::parquet::writer::{EncodedPair, OpenReaders, PairWriter};
 use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
 use crate::wal::{PendingFrame, Wal, WalTailCut};
 use serde::Serialize;
@@ -150,8 +151,8 @@ pub struct Status {
     pub wal_tail_cut: Option<WalTailCut>,
     /// Receipts row groups written to the open pair's (unfinished) receipts file.
     pub open_row_groups_written: usize,
-    /// Chunks the last replay sealed that the coordinator has not written yet (it writes one per
-    /// turn while no request waits).
+    /// Sealed chunks not written to the open pair's files yet: a replay's backlog, which the
+    /// coordinator encodes one chunk at a time on the write lane while it serves requests.
     pub open_chunks_unwritten: usize,
     /// Receipts of the open window held in memory: unwritten chunks and the buffer since the
     /// last flush. Everything else of the window is read from its files.
@@ -273,6 +274,9 @@ pub(crate) struct State<E: Env> {
     /// reply hands them to its caller to free (see [`Request::Write`]); after any other
     /// request the write lane frees them.
     pub retired: Vec<Arc<Chunk>>,
+    /// The oldest sealed chunk's row groups being encoded on the write lane (see
+    /// [`State::start_encoding`]); at most one at a time, appended in block order.
+    pub encoding: Option<BoxFuture<EncodedPair>>,
     pub published: Publisher,
     pub last_prune_error: Option<String>,
     pub ending: SharedEnding,
@@ -307,6 +311,9 @@ impl<E: Env> State<E> {
         if self.poisoned.is_none() {
             self.poisoned = Some(err.to_string());
         }
+        // Nothing more is written until a reopen: an encode in flight is thrown away (its job
+        // holds the pair's encoders, so the writer is no longer usable, and never used again).
+        self.encoding = None;
     }
 
     fn status(&self) -> Status {
@@ -350,7 +357,16 @@ impl<E: Env> State<E> {
                 o.buf_receipts.is_empty(),
                 "publish pieces the buffers first"
             );
-            open.extend(o.sealed.iter().flatten().cloned());
+            // The planted bug: the chunk being encoded leaves what reads see too early.
+            let encoding =
+                self.encoding.is_some() && crate::planted!(ChunkUnpublishedWhileEncoding);
+            open.extend(
+                o.sealed
+                    .iter()
+                    .skip(usize::from(encoding))
+                    .flatten()
+                    .cloned(),
+            );
             open.extend(o.pieces.iter().cloned());
         }
         Snapshot {
@@ -371,65 +387,87 @@ impl<E: Env> State<E> {
         self.published.0.set(Some(value));
     }
 
-    /// Serves requests until close, crash, or every handle is gone.
+    /// Serves requests until close, crash, or every handle is gone. Between requests it
+    /// appends the row groups the write lane finished encoding and starts the next sealed
+    /// chunk's (a replay's backlog, or a live write's flush).
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let prune_on = self.config.keep_recent > 0 && !self.config.prune_interval.is_zero();
         let clock = self.env.clock().clone();
         let mut tick = Box::pin(clock.sleep(self.config.prune_interval));
-        // Held while serving, dropped while waiting for a request: the pool lends the cores
-        // kept for commits to reads only while it is dropped (see `BlockingPool::foreground`).
+        // Held while serving or encoding, dropped while only waiting for a request: the pool
+        // lends the cores kept for commits to reads only while it is dropped (see
+        // `BlockingPool::foreground`).
         let mut busy = Some(self.env.spawner().foreground());
+        enum Event {
+            Request(Option<Request>),
+            Encoded(EncodedPair),
+            PruneDue,
+        }
         loop {
             self.publish();
-            // The chunks replay sealed (at most a window's) are written one per turn while no
-            // request waits: open returns before the window is encoded, a status call waits
-            // for at most one chunk, and a write that reaches a flush writes what is left first.
-            if self.has_backlog() {
-                match rx.try_recv() {
-                    Ok(req) => {
-                        if let Served::Ended(answer) = self.serve(req).await {
-                            return self.end(answer);
-                        }
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        self.write_backlog_chunk().await;
-                        self.free_retired();
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => return,
-                }
+            if let Err(e) = self.start_encoding() {
+                crate::mark!("poison-backlog");
+                self.poison(&e);
                 continue;
             }
-            if rx.is_empty() {
+            if rx.is_empty() && self.encoding.is_none() {
                 busy = None;
             }
-            let req = if prune_on {
+            let event = {
+                let encoded = async {
+                    match self.encoding.as_mut() {
+                        Some(job) => job.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let prune_due = async {
+                    match prune_on {
+                        true => (&mut tick).await,
+                        false => std::future::pending().await,
+                    }
+                };
+                // Requests first: a commit waits for no encode, only for its own work.
                 tokio::select! {
                     biased;
-                    req = rx.recv() => req,
-                    _ = &mut tick => {
-                        busy.get_or_insert_with(|| self.env.spawner().foreground());
-                        tick = Box::pin(clock.sleep(self.config.prune_interval));
-                        let _ = self.prune().await;
-                        continue;
-                    }
+                    req = rx.recv() => Event::Request(req),
+                    done = encoded => Event::Encoded(done),
+                    () = prune_due => Event::PruneDue,
                 }
-            } else {
-                rx.recv().await
             };
             busy.get_or_insert_with(|| self.env.spawner().foreground());
-            let Some(req) = req else {
+            match event {
+                Event::Request(Some(req)) => {
+                    if let Served::Ended(answer) = self.serve(req).await {
+                        return self.end(answer);
+                    }
+                }
                 // Every handle dropped without close: leave the open pair unfinished; its rows
                 // are in the WAL and the next open replays them.
-                return;
-            };
-            if let Served::Ended(answer) = self.serve(req).await {
-                return self.end(answer);
+                Event::Request(None) => return,
+                Event::Encoded(done) => {
+                    self.encoding = None;
+                    crate::mark!("flush-backlog-written");
+                    // Chunks retired before this one go to the write lane; this one waits for
+                    // the next write's caller to free it (see `Request::Write`).
+                    self.free_retired();
+                    if let Err(e) = self.append_encoded(done).await {
+                        crate::mark!("poison-backlog");
+                        self.poison(&e);
+                    }
+                }
+                Event::PruneDue => {
+                    tick = Box::pin(clock.sleep(self.config.prune_interval));
+                    let _ = self.prune().await;
+                }
             }
         }
     }
 
     /// Serves one request (see [`Served`]).
     async fn serve(&mut self, req: Request) -> Served {
+        if self.encoding.is_some() {
+            crate::mark!("flush-overlapped-request");
+        }
         match req {
             Request::Write {
                 height,
@@ -443,7 +481,7 @@ impl<E: Env> State<E> {
                 let _ = reply.send((r, std::mem::take(&mut self.retired)));
                 // After the ack: the caller builds its next block while the row groups this
                 // write sealed are encoded (their chunks go back to it with the next reply).
-                self.write_sealed_after_ack().await;
+                self.advance_after_ack().await;
                 return Served::Going;
             }
             Request::SetMaxBlocksPerFile { n, reply } => {
@@ -479,6 +517,14 @@ impl<E: Env> State<E> {
                 let _ = reply.send(r);
             }
             Request::Status { reply } => {
+                // What status reports is settled: the chunks the last writes left to the
+                // write lane are appended first (a replay's longer backlog shows as unwritten).
+                if let Err(e) = self.write_sealed_up_to(SEALED_CHUNKS_AFTER_ACK_MAX).await {
+                    crate::mark!("poison-backlog");
+                    self.poison(&e);
+                }
+                // Published before the answer: a read after the status sees what it reports.
+                self.publish();
                 let _ = reply.send(Ok(self.status()));
             }
             Request::Prune { reply } => {

@@ -591,6 +591,7 @@ pub(crate) async fn open<E: Env>(
         hook,
         doomed: Vec::new(),
         retired: Vec::new(),
+        encoding: None,
         published: Publisher(Published::default()),
         last_prune_error: None,
         ending: ending.clone(),

@@ -7,10 +7,9 @@ use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
 use crate::mark;
-use crate::parquet::index::FileIndex;
 use crate::parquet::receipts_to_batch_from;
 use crate::parquet::writer::logs_row_group;
-use crate::parquet::writer::PairWriter;
+use crate::parquet::writer::{EncodedPair, PairWriter};
 use crate::types::{
     LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
     MAX_TOPICS_PER_LOG,
@@ -54,16 +53,24 @@ pub(crate) fn check_input(receipts: &[ReceiptInput]) -> Result<()> {
     Ok(())
 }
 
+/// Most sealed chunks a write leaves when it returns to the coordinator's loop, the one being
+/// encoded included: the write lane encodes a block's row groups while the next block commits,
+/// and a write waits (after its ack) only for the flush of the block two before it. Bounds the
+/// open window's rows in memory when writes come faster than the lane encodes them.
+pub const SEALED_CHUNKS_AFTER_ACK_MAX: usize = 2;
+
 /// Who writes the rows the block flush interval seals. Either way the rows are sealed as a
 /// chunk at the same boundary (so a replayed window gets the row groups a live run wrote), served
-/// from memory until written, and written in block order before anything later.
+/// from memory until written, and written in block order before anything later, one chunk
+/// encoded at a time on the write lane while the coordinator serves requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FlushRule {
-    /// Live writes: the coordinator writes the chunk right after it acks the write (the WAL
-    /// already holds the rows), while the caller prepares its next block.
+    /// Live writes: the chunk's encoding starts right after the write's ack (the WAL already
+    /// holds the rows), while the caller prepares its next block (see
+    /// [`State::advance_after_ack`]).
     AfterAck,
-    /// Replay: open returns once the window is staged; the coordinator writes the chunks when
-    /// idle or at the next flush.
+    /// Replay: open returns once the window is staged; the coordinator encodes the chunks one
+    /// after another while it serves requests, or at the next flush.
     WhenIdle,
 }
 
@@ -290,48 +297,105 @@ impl<E: Env> State<E> {
         self.poisoned.is_none() && self.open.as_ref().is_some_and(|o| o.backlog() > 0)
     }
 
-    /// Writes what the write just acked sealed (see [`FlushRule::AfterAck`]): the caller already
-    /// has its answer, so a failure poisons the store and the next call reports it; the rows
-    /// are in the WAL, and readable in memory until the poison.
-    pub(crate) async fn write_sealed_after_ack(&mut self) {
-        if !self.has_backlog() {
-            return;
+    /// Keeps the write lane busy after a write's ack (see [`FlushRule::AfterAck`]): starts
+    /// encoding the oldest sealed chunk if nothing is being encoded, and waits only while more
+    /// than [`SEALED_CHUNKS_AFTER_ACK_MAX`] chunks are sealed (a replay's backlog, or writes
+    /// faster than the lane). The caller already has its answer, so a failure poisons the
+    /// store and the next call reports it; the rows are in the WAL, and readable in memory
+    /// until the poison.
+    pub(crate) async fn advance_after_ack(&mut self) {
+        let r = async {
+            self.start_encoding()?;
+            let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
+            // Each turn appends one chunk, so the backlog at the start bounds the turns.
+            for _ in 0..backlog.saturating_sub(SEALED_CHUNKS_AFTER_ACK_MAX) {
+                self.settle_encoding().await?;
+                self.start_encoding()?;
+            }
+            Ok::<_, Error>(())
         }
-        let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
-        if let Err(e) = self.write_sealed(backlog).await {
+        .await;
+        if let Err(e) = r {
             mark!("poison-flush-after-ack");
             self.poison(&e);
         }
+        debug_assert!(
+            self.poisoned.is_some()
+                || self.open.as_ref().map_or(0, |o| o.backlog()) <= SEALED_CHUNKS_AFTER_ACK_MAX
+        );
     }
 
-    /// Writes the oldest sealed chunk; a failure poisons the store (the rows stay readable in
-    /// memory until then, and the WAL has them).
-    pub(crate) async fn write_backlog_chunk(&mut self) {
-        debug_assert!(self.has_backlog());
-        mark!("flush-backlog-written");
-        if let Err(e) = self.write_sealed(1).await {
-            mark!("poison-backlog");
-            self.poison(&e);
+    /// Starts encoding the oldest sealed chunk's row groups on the write lane, unless a chunk is
+    /// being encoded already or the store is poisoned. The chunk stays sealed, so reads find its
+    /// rows in memory until [`State::settle_encoding`] appends them to the pair's files.
+    pub(crate) fn start_encoding(&mut self) -> Result<()> {
+        if self.encoding.is_some() || !self.has_backlog() {
+            return Ok(());
+        }
+        self.failpoint(fp::BEFORE_FLUSH)?;
+        let open = self.open.as_mut().expect("a backlog has an open pair");
+        let chunk = open.sealed.front().expect("a backlog").clone();
+        let logs_len: usize = chunk.iter().map(|p| p.logs.len()).sum();
+        let logs = (logs_len > 0).then(|| {
+            let pieces = chunk.clone();
+            move || logs_row_group(pieces.iter().flat_map(|p| &p.logs), logs_len)
+        });
+        let receipts = move || {
+            let n = chunk.iter().map(|p| p.receipts.len()).sum();
+            receipts_to_batch_from(chunk.iter().flat_map(|p| &p.receipts), n)
+        };
+        let job = open.writer.start_encode(self.env.spawner(), receipts, logs);
+        self.encoding = Some(job);
+        Ok(())
+    }
+
+    /// Waits for the chunk being encoded, if any, and appends its row groups (see
+    /// [`State::append_encoded`]).
+    pub(crate) async fn settle_encoding(&mut self) -> Result<()> {
+        match self.encoding.take() {
+            Some(job) => self.append_encoded(job.await).await,
+            None => Ok(()),
         }
     }
 
-    /// Writes up to `max_chunks` sealed chunks, oldest first, as row groups; from then on reads
-    /// fetch those rows from the pair's files and the chunk leaves memory.
-    async fn write_sealed(&mut self, max_chunks: usize) -> Result<()> {
-        for _ in 0..max_chunks {
-            let Some(chunk) = self.open.as_ref().and_then(|o| o.sealed.front().cloned()) else {
-                break;
-            };
-            self.failpoint(fp::BEFORE_FLUSH)?;
-            let (receipts, logs) = self.write_chunk(&chunk).await?;
-            let open = self.open.as_mut().expect("a flush has an open pair");
-            open.sealed.pop_front().expect("the chunk just written");
-            open.receipt_groups.push(receipts);
-            open.log_groups.extend(logs);
-            // Freed by whoever the coordinator answers next (see `State::retired`); readers
-            // holding the pieces keep them alive either way.
-            self.retired.extend(chunk);
+    /// Appends the row groups of the oldest sealed chunk, encoded: receipts first, then logs
+    /// (none when the chunk has none). From then on reads fetch those rows from the pair's
+    /// files and the chunk leaves memory. The caller took `self.encoding`.
+    pub(crate) async fn append_encoded(&mut self, done: EncodedPair) -> Result<()> {
+        debug_assert!(self.encoding.is_none(), "one chunk is encoded at a time");
+        let open = self.open.as_mut().expect("a flush has an open pair");
+        open.writer.end_encode(done)?;
+        let receipts = open.writer.append_receipt_row_group().await?;
+        self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
+        let open = self.open.as_mut().expect("a flush has an open pair");
+        let logs = open.writer.append_log_row_group().await?;
+        self.failpoint(fp::AFTER_FLUSH)?;
+        let open = self.open.as_mut().expect("a flush has an open pair");
+        let chunk = open.sealed.pop_front().expect("the chunk just written");
+        open.receipt_groups.push(receipts);
+        open.log_groups.extend(logs);
+        // Freed by whoever the coordinator answers next (see `State::retired`); readers
+        // holding the pieces keep them alive either way.
+        self.retired.extend(chunk);
+        Ok(())
+    }
+
+    /// Writes every sealed chunk, oldest first, the one being encoded included.
+    async fn write_sealed(&mut self) -> Result<()> {
+        let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
+        self.write_sealed_up_to(backlog).await
+    }
+
+    /// Writes up to `max_chunks` sealed chunks, oldest first, the one being encoded included
+    /// (it is always written, even when `max_chunks` is 0).
+    pub(crate) async fn write_sealed_up_to(&mut self, max_chunks: usize) -> Result<()> {
+        let in_flight = usize::from(self.encoding.is_some());
+        // Each turn appends one chunk.
+        for _ in 0..max_chunks.max(in_flight) {
+            self.start_encoding()?;
+            self.settle_encoding().await?;
         }
+        debug_assert!(self.encoding.is_none());
         Ok(())
     }
 
@@ -358,34 +422,7 @@ impl<E: Env> State<E> {
     /// flush; the unwritten chunks stay readable in memory.
     pub(crate) async fn flush_open(&mut self) -> Result<()> {
         self.seal_buffers();
-        let backlog = self.open.as_ref().map_or(0, |o| o.backlog());
-        self.write_sealed(backlog).await
-    }
-
-    /// Encodes `chunk` as one row group per file (both files at once, see
-    /// [`PairWriter::encode_row_groups`]) and appends them, receipts first; returns their
-    /// indexes in the unfinished files (no logs row group when the chunk has no logs).
-    async fn write_chunk(
-        &mut self,
-        chunk: &[Arc<Chunk>],
-    ) -> Result<(Arc<FileIndex>, Option<Arc<FileIndex>>)> {
-        let open = self.open.as_mut().expect("a flush has an open pair");
-        let pieces = chunk.to_vec();
-        let receipts = move || {
-            let n = pieces.iter().map(|p| p.receipts.len()).sum();
-            receipts_to_batch_from(pieces.iter().flat_map(|p| &p.receipts), n)
-        };
-        let n = chunk.iter().map(|p| p.logs.len()).sum();
-        let logs = (n > 0).then(|| logs_row_group(chunk.iter().flat_map(|p| &p.logs), n));
-        open.writer
-            .encode_row_groups(self.env.spawner(), receipts, logs)
-            .await?;
-        let receipts = open.writer.append_receipt_row_group().await?;
-        self.failpoint(fp::AFTER_RECEIPT_ROW_GROUP)?;
-        let open = self.open.as_mut().expect("a flush has an open pair");
-        let logs = open.writer.append_log_row_group().await?;
-        self.failpoint(fp::AFTER_FLUSH)?;
-        Ok((receipts, logs))
+        self.write_sealed().await
     }
 
     /// Finalizes the open pair and makes it durable (data, final names, directory entries), then

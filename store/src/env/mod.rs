@@ -138,17 +138,19 @@ pub trait BlockingPool: Clone + Send + Sync + 'static {
         Foreground(None)
     }
 
-    /// Runs CPU work of the coordinator's own writes: one file's row group is encoded here
-    /// while the coordinator encodes the other file's. Same contract as
+    /// Runs CPU work of the coordinator's own writes: a flush's two row groups are encoded
+    /// here while the coordinator serves the next requests. Same contract as
     /// [`BlockingPool::run_blocking`], but never queued behind reads: a block commit must not
     /// wait for a `get_logs` decode (the real env gives it a lane of its own at the async
-    /// workers' priority). The work may start when this is called, before the future is polled.
+    /// workers' priority). The work may start when this is called, before the future is polled,
+    /// and the future borrows nothing: the coordinator keeps it while it serves other requests.
     /// By default it is `run_blocking`, which is right for environments that run work inline.
     fn run_write<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
-        self.run_blocking(work)
+    ) -> impl Future<Output = T> + Send + 'static {
+        let pool = self.clone();
+        async move { pool.run_blocking(work).await }
     }
 
     /// Reads `reads` (offset, length) from `file`, then runs `work` on the bytes, in order:

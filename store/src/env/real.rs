@@ -327,11 +327,11 @@ pub const DECODE_SLOTS_MIN: usize = 1;
 /// 100-row-group query wait for a hundred decodes. Copying from the page cache is short next
 /// to decoding, so one thread keeps a disk busy without taking a core for long.
 pub const READ_SLOTS: usize = 1;
-/// Threads of the write lane ([`BlockingPool::run_write`]): the coordinator encodes one file of
-/// a flush itself and hands the other to this lane, so one thread makes a flush two-way
-/// parallel. It runs at the process's priority, apart from the decode slots: a commit never
-/// waits for a read.
-pub const WRITE_LANE_THREADS: usize = 1;
+/// Threads of the write lane ([`BlockingPool::run_write`]): a flush's receipts and logs row
+/// groups are encoded there side by side while the coordinator serves the next requests, so
+/// two threads let a flush take about as long as its logs file alone. It runs at the process's
+/// priority, apart from the decode slots: a commit never waits for a read.
+pub const WRITE_LANE_THREADS: usize = 2;
 /// Nice value (Linux, per thread) of the pool threads; the async workers keep the process's.
 /// Best effort: where it cannot be set, the pool runs at the process's priority.
 pub const POOL_THREAD_NICE: i32 = 10;
@@ -513,7 +513,7 @@ impl BlockingPool for TokioSpawner {
     fn run_write<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> impl Future<Output = T> + Send {
+    ) -> impl Future<Output = T> + Send + 'static {
         static WRITE: OnceLock<Pool> = OnceLock::new();
         WRITE
             .get_or_init(|| Pool::start("receipt-store-write", WRITE_LANE_THREADS, false))

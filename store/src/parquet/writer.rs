@@ -13,7 +13,7 @@ use super::{
     LAST_SEEN_BLOCK_KEY, LAYOUT_VERSION, LAYOUT_VERSION_KEY, PAGE_CRC_KEY, PAGE_INDEX_CRC_KEY,
     ROW_GROUP_CRC_KEY,
 };
-use crate::env::{BlockingPool, Fs, FsFile, ReadAt};
+use crate::env::{BlockingPool, BoxFuture, Fs, FsFile, ReadAt};
 use crate::error::Error;
 use crate::files::{discard, final_file_name, open_file_name};
 use crate::types::LogRecord;
@@ -346,7 +346,7 @@ struct FileWriter<F: Fs> {
     path: PathBuf,
     final_path: PathBuf,
     /// `None` only while a row group is being encoded on the write lane (see
-    /// [`PairWriter::encode_row_groups`]).
+    /// [`PairWriter::start_encode`]).
     encoder: Option<ArrowWriter<Vec<u8>>>,
     /// The encoder's page sizes (see [`PageTally`]).
     tally: PageTally,
@@ -425,11 +425,29 @@ impl<F: Fs> FileWriter<F> {
         Ok((base, len, crc))
     }
 
-    /// Encodes one row group on this task (see [`encode_row_group`]).
-    fn encode(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        let encoder = self.encoder.as_mut().expect("no encode in flight");
-        let encoded = encode_row_group(encoder, &self.tally, &self.path, self.written, batch)?;
-        self.pending = Some(encoded);
+    /// Queues the encoding of the batch `batch` builds as one row group on `lane` (see
+    /// [`encode_row_group`]); the job owns the encoder until [`FileWriter::take_back`].
+    fn encode_on<P: BlockingPool>(
+        &mut self,
+        lane: &P,
+        batch: impl FnOnce() -> RecordBatch + Send + 'static,
+    ) -> BoxFuture<EncodeJobOutput> {
+        let mut encoder = self.encoder.take().expect("no encode in flight");
+        let (path, base) = (self.path.clone(), self.written);
+        let tally = self.tally.clone();
+        Box::pin(lane.run_write(move || {
+            let batch = batch();
+            assert!(batch.num_rows() > 0, "a row group has rows");
+            let encoded = encode_row_group(&mut encoder, &tally, &path, base, &batch);
+            (encoder, encoded)
+        }))
+    }
+
+    /// Puts the encoder [`FileWriter::encode_on`] lent back, and keeps its row group to append.
+    fn take_back(&mut self, (encoder, encoded): EncodeJobOutput) -> Result<(), Error> {
+        assert!(self.encoder.is_none(), "the encoder was lent to this job");
+        self.encoder = Some(encoder);
+        self.pending = Some(encoded?);
         Ok(())
     }
 
@@ -591,6 +609,16 @@ fn encode_row_group(
     })
 }
 
+/// What one encode job hands back: the encoder it borrowed, and the row group or why not.
+type EncodeJobOutput = (ArrowWriter<Vec<u8>>, Result<EncodedGroup, Error>);
+
+/// Both files' encode jobs of one flush, done (see [`PairWriter::start_encode`]).
+pub struct EncodedPair {
+    receipts: EncodeJobOutput,
+    /// None when the flush had no logs.
+    logs: Option<EncodeJobOutput>,
+}
+
 /// The writer of the open pair: `.receipts_<start>.parquet.open` / `.logs_<start>.parquet.open`
 /// while it is written, `receipts_<start>.parquet` / `logs_<start>.parquet` once finished.
 pub struct PairWriter<F: Fs> {
@@ -708,43 +736,45 @@ impl<F: Fs> PairWriter<F> {
         self.row_groups
     }
 
-    /// Encodes one row group of each file, both at once: the receipts file's on `lane` (the
-    /// env's write lane, [`BlockingPool::run_write`]), which also builds its batch with
-    /// `receipts`, while this task encodes the logs file's (none when `logs` is `None`).
-    /// Encoding is most of a flush's cost and the two files are independent, so on two cores a
-    /// flush takes about as long as the logs file's encoding alone. Nothing is appended:
+    /// Starts encoding one row group of each file on `lane` (the env's write lane,
+    /// [`BlockingPool::run_write`]), each job building its batch first (`logs`: none when the
+    /// flush has no logs), and returns the two jobs as one future: the coordinator serves
+    /// requests while they run, and encoding (with the batch builds and the logs sort) is most
+    /// of a flush's cost, so a flush overlaps the next block's commit instead of delaying it.
+    /// Nothing is appended: [`PairWriter::end_encode`] takes the future's output back, then
     /// [`PairWriter::append_receipt_row_group`] and [`PairWriter::append_log_row_group`] write
-    /// the bytes, in that order. On error (or if this future is dropped) the writer must not be
-    /// used again: the store is poisoned.
-    pub async fn encode_row_groups<P: BlockingPool>(
+    /// the bytes, in that order. The writer's encoders are in the jobs until `end_encode`: it
+    /// encodes nothing else meanwhile, and if the future is dropped it must not be used again
+    /// (the store is poisoned or ending).
+    pub fn start_encode<P: BlockingPool>(
         &mut self,
         lane: &P,
         receipts: impl FnOnce() -> RecordBatch + Send + 'static,
-        logs: Option<RecordBatch>,
-    ) -> Result<(), Error> {
-        let mut encoder = self.receipts.encoder.take().expect("no encode in flight");
-        let (path, base) = (self.receipts.path.clone(), self.receipts.written);
-        let tally = self.receipts.tally.clone();
-        let receipts_job = lane.run_write(move || {
-            let batch = receipts();
-            assert!(
-                batch.num_rows() > 0,
-                "a flush with no receipts writes nothing"
-            );
-            let r = encode_row_group(&mut encoder, &tally, &path, base, &batch);
-            (encoder, r)
-        });
-        let logs_encoded = match logs {
-            Some(batch) => self.logs.encode(&batch),
-            None => Ok(()),
-        };
-        let (encoder, receipts_encoded) = receipts_job.await;
-        self.receipts.encoder = Some(encoder);
-        self.receipts.pending = Some(receipts_encoded?);
-        logs_encoded
+        logs: Option<impl FnOnce() -> RecordBatch + Send + 'static>,
+    ) -> BoxFuture<EncodedPair> {
+        let receipts_job = self.receipts.encode_on(lane, receipts);
+        let logs_job = logs.map(|logs| self.logs.encode_on(lane, logs));
+        Box::pin(async move {
+            // Both jobs are already queued (`run_write` starts its work when called).
+            let receipts = receipts_job.await;
+            let logs = match logs_job {
+                Some(job) => Some(job.await),
+                None => None,
+            };
+            EncodedPair { receipts, logs }
+        })
     }
 
-    /// Appends the receipts row group [`PairWriter::encode_row_groups`] encoded and returns its
+    /// Takes back what [`PairWriter::start_encode`]'s jobs made: the encoders, and the row
+    /// groups to append next. The first encode error is the result (the store is poisoned).
+    pub fn end_encode(&mut self, done: EncodedPair) -> Result<(), Error> {
+        let EncodedPair { receipts, logs } = done;
+        let receipts = self.receipts.take_back(receipts);
+        let logs = logs.map_or(Ok(()), |l| self.logs.take_back(l));
+        receipts.and(logs)
+    }
+
+    /// Appends the receipts row group [`PairWriter::start_encode`] encoded and returns its
     /// index in the unfinished file.
     pub async fn append_receipt_row_group(&mut self) -> Result<Arc<FileIndex>, Error> {
         let index = self.receipts.append_encoded(FileKind::Receipts).await?;
@@ -752,7 +782,7 @@ impl<F: Fs> PairWriter<F> {
         Ok(index)
     }
 
-    /// Appends the logs row group [`PairWriter::encode_row_groups`] encoded and returns its
+    /// Appends the logs row group [`PairWriter::start_encode`] encoded and returns its
     /// index (nothing when that flush had no logs).
     pub async fn append_log_row_group(&mut self) -> Result<Option<Arc<FileIndex>>, Error> {
         if self.logs.pending.is_none() {
