@@ -329,9 +329,14 @@ pub const DECODE_SLOTS_MIN: usize = 1;
 pub const READ_SLOTS: usize = 1;
 /// Threads of the write lane ([`BlockingPool::run_write`]): a flush's receipts and logs row
 /// groups are encoded there side by side while the coordinator serves the next requests, so
-/// two threads let a flush take about as long as its logs file alone. It runs at the process's
-/// priority, apart from the decode slots: a commit never waits for a read.
+/// two threads let a flush take about as long as its logs file alone. It runs apart from the
+/// decode slots, at [`WRITE_LANE_NICE`]: a commit never waits for a read.
 pub const WRITE_LANE_THREADS: usize = 2;
+/// Nice value (Linux, per thread) of the write lane: below the async workers (0), so a commit
+/// on the coordinator or a point lookup on a reader's task takes a busy core from a flush's
+/// encoding, and above the decode pool ([`POOL_THREAD_NICE`]), so a flush still gets the CPU
+/// before a `get_logs` decode.
+pub const WRITE_LANE_NICE: i32 = 5;
 /// Nice value (Linux, per thread) of the pool threads; the async workers keep the process's.
 /// Best effort: where it cannot be set, the pool runs at the process's priority.
 pub const POOL_THREAD_NICE: i32 = 10;
@@ -366,14 +371,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn start(name: &str, threads: usize, nice: bool) -> Pool {
+    /// `threads` threads at nice value `nice` (never raised above the process's, see
+    /// [`lower_this_thread_priority`]).
+    fn start(name: &str, threads: usize, nice: i32) -> Pool {
         Self::start_threads(name, threads, 0, None, nice)
     }
 
-    /// `threads` threads as [`Pool::start`] (lowered priority), plus `idle_threads` that each
-    /// wait for `gate` to open before taking a job.
+    /// `threads` threads as [`Pool::start`] at [`POOL_THREAD_NICE`], plus `idle_threads` that
+    /// each wait for `gate` to open before taking a job.
     fn start_gated(name: &str, threads: usize, idle_threads: usize, gate: &'static Gate) -> Pool {
-        Self::start_threads(name, threads, idle_threads, Some(gate), true)
+        Self::start_threads(name, threads, idle_threads, Some(gate), POOL_THREAD_NICE)
     }
 
     fn start_threads(
@@ -381,7 +388,7 @@ impl Pool {
         threads: usize,
         idle_threads: usize,
         gate: Option<&'static Gate>,
-        nice: bool,
+        nice: i32,
     ) -> Pool {
         assert!(threads > 0, "a pool needs at least one thread");
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
@@ -392,9 +399,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    if nice {
-                        lower_this_thread_priority();
-                    }
+                    lower_this_thread_priority(nice);
                     // Runs for the life of the process: the sender lives in a static.
                     loop {
                         if let Some(gate) = gate {
@@ -434,7 +439,7 @@ impl Pool {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_this_thread_priority() {
+fn lower_this_thread_priority(nice: i32) {
     extern "C" {
         fn gettid() -> i32;
         fn getpriority(which: u32, who: u32) -> i32;
@@ -443,26 +448,26 @@ fn lower_this_thread_priority() {
     const PRIO_PROCESS: u32 = 0;
     // SAFETY: syscalls about this thread only; no memory is passed or returned. On Linux a
     // thread id given to PRIO_PROCESS reads or sets that thread's nice value alone. Only ever
-    // lowers the priority: in a process already nicer than POOL_THREAD_NICE (started under
-    // `nice -n 19`, say) setting 10 would, for root, raise the pool above the async workers
-    // (found when the test suite ran under `nice -n 19`). Results are ignored on purpose (best
-    // effort): where the nice value cannot be set, the pool runs at the process's.
+    // lowers the priority: in a process already nicer than `nice` (started under `nice -n 19`,
+    // say) setting 10 would, for root, raise the pool above the async workers (found when the
+    // test suite ran under `nice -n 19`). Results are ignored on purpose (best effort): where
+    // the nice value cannot be set, the pool runs at the process's.
     unsafe {
         let tid = gettid() as u32;
-        if getpriority(PRIO_PROCESS, tid) < POOL_THREAD_NICE {
-            setpriority(PRIO_PROCESS, tid, POOL_THREAD_NICE);
+        if getpriority(PRIO_PROCESS, tid) < nice {
+            setpriority(PRIO_PROCESS, tid, nice);
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_this_thread_priority() {}
+fn lower_this_thread_priority(_nice: i32) {}
 
 /// A large file read on the read pool ([`READ_SLOTS`] threads).
 async fn read_off_workers(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     static READS: OnceLock<Pool> = OnceLock::new();
     READS
-        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS, true))
+        .get_or_init(|| Pool::start("receipt-store-read", READ_SLOTS, POOL_THREAD_NICE))
         .run(move || pread(&file, offset, len))
         .await
 }
@@ -516,7 +521,7 @@ impl BlockingPool for TokioSpawner {
     ) -> impl Future<Output = T> + Send + 'static {
         static WRITE: OnceLock<Pool> = OnceLock::new();
         WRITE
-            .get_or_init(|| Pool::start("receipt-store-write", WRITE_LANE_THREADS, false))
+            .get_or_init(|| Pool::start("receipt-store-write", WRITE_LANE_THREADS, WRITE_LANE_NICE))
             .run(work)
     }
 }
