@@ -7,8 +7,13 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// Addresses logs are drawn from (index into this in plans' filters).
+/// Addresses logs are drawn from (index into this in plans' filters): address `i` is
+/// [`ADDRESS_PREFIX_LEN`] bytes of the first one's, then `ADDRESSES[i]` (see [`address`]).
 pub const ADDRESSES: [u8; 3] = [0xA0, 0xA1, 0xA2];
+/// Leading bytes every model address shares, as precompiles do (0x00..1001, 0x00..1002): a
+/// flush that orders logs by a fixed-length address prefix before the whole address (the sort
+/// before b584cbe) writes them out of the order their file declares.
+pub const ADDRESS_PREFIX_LEN: usize = 8;
 /// Topics logs are drawn from.
 pub const TOPICS: [u8; 3] = [0x70, 0x71, 0x72];
 
@@ -28,7 +33,9 @@ pub fn log_matches(f: &receipt_store::LogFilter, l: &LogRecord) -> bool {
 }
 
 pub fn address(i: u8) -> [u8; 20] {
-    [ADDRESSES[i as usize % ADDRESSES.len()]; 20]
+    let mut a = [ADDRESSES[i as usize % ADDRESSES.len()]; 20];
+    a[..ADDRESS_PREFIX_LEN].fill(ADDRESSES[0]);
+    a
 }
 
 pub fn topic(i: u8) -> [u8; 32] {
@@ -133,10 +140,16 @@ fn text_or_hex(b: &[u8]) -> String {
     }
 }
 
-/// Hex of a byte array whose bytes are all equal is shortened to `<byte>x<len>`.
+/// `b` as runs of equal bytes, `a0x8+a1x12` (the model's addresses and topics are a run or
+/// two; anything with more than two runs is hex).
 fn short(b: &[u8]) -> String {
-    match b.first() {
-        Some(f) if b.iter().all(|x| x == f) => format!("{f:02x}x{}", b.len()),
+    let runs: Vec<&[u8]> = b.chunk_by(|x, y| x == y).collect();
+    match runs.len() {
+        1 | 2 => runs
+            .iter()
+            .map(|r| format!("{:02x}x{}", r[0], r.len()))
+            .collect::<Vec<_>>()
+            .join("+"),
         _ => hex(b),
     }
 }

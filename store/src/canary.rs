@@ -52,10 +52,15 @@ pub enum Canary {
     /// A flush's chunk leaves the rows reads see when its encoding starts on the write lane
     /// instead of when its row groups are appended: a read while it is encoded misses them.
     ChunkUnpublishedWhileEncoding,
+    /// A flush sorts a logs row group by the first 8 bytes of address and topic0, and by the
+    /// full values only where both prefixes tie (the sort before b584cbe): two addresses
+    /// sharing their first 8 bytes (precompiles 0x00..1001 and 0x00..1002) are ordered by
+    /// topic0 first, against the file's declared order.
+    PrefixPairRowSort,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 17] = [
+    pub const ALL: [Canary; 18] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -73,6 +78,7 @@ impl Canary {
         Canary::LeakReplacedWalSegments,
         Canary::PartialKeyRowSort,
         Canary::ChunkUnpublishedWhileEncoding,
+        Canary::PrefixPairRowSort,
     ];
 }
 

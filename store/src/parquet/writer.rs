@@ -135,6 +135,17 @@ pub fn log_row_permutation(rows: &[&LogRecord]) -> Vec<u32> {
         keys.sort_by_key(|k| (k.0, k.2));
         return keys.into_iter().map(|k| k.2).collect();
     }
+    if crate::planted!(PrefixPairRowSort) {
+        // The planted bug (this sort before b584cbe): the prefix pair first, the full order
+        // only on equal pairs, so addresses sharing 8 bytes are ordered by topic0 first.
+        keys.sort_unstable_by(|a, b| {
+            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+                let (x, y) = (rows[a.2 as usize], rows[b.2 as usize]);
+                log_row_order(x, y).then(a.2.cmp(&b.2))
+            })
+        });
+        return keys.into_iter().map(|k| k.2).collect();
+    }
     keys.sort_unstable();
     let full = |x: &(u64, u64, u32), y: &(u64, u64, u32)| {
         log_row_order(rows[x.2 as usize], rows[y.2 as usize]).then(x.2.cmp(&y.2))
