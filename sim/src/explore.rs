@@ -142,6 +142,7 @@ impl CaseBuilder {
                 },
                 ops: self.ops,
                 reason: String::new(),
+                reaches: Vec::new(),
                 fault_salt: 0,
             },
             name,

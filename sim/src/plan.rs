@@ -377,6 +377,11 @@ pub struct Plan {
     /// Why this plan is kept (corpus entries only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Coverage marks the plan is kept to hit (corpus entries only): the corpus test fails when
+    /// a run misses one, so a change that moves the plan away from the state it was kept for
+    /// (a new timing, a new layout) says so instead of passing on a plan that tests nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reaches: Vec<String>,
     /// Mixed into the fault stream: the same ops with another salt see other power-loss images
     /// and fault draws (how `explore` enumerates durable images).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -827,6 +832,7 @@ pub fn generate(seed: u64, sc: &Scenario) -> Plan {
         swarm,
         ops,
         reason: String::new(),
+        reaches: Vec::new(),
         fault_salt: 0,
     }
 }

@@ -1,4 +1,5 @@
-//! The regression corpus: every plan in `seeds/` (each with a one-line reason) must pass, and the
+//! The regression corpus: every plan in `seeds/` (each with a one-line reason) must pass, hit
+//! every coverage mark it lists under `reaches` (the state it is kept for), and the
 //! state it recovers at the end must match its committed insta snapshot (one compact line per
 //! receipt and per log, in store order, plus the canonical state hash). A snapshot change means
 //! recovery changed.
@@ -35,6 +36,16 @@ fn every_corpus_plan_passes_and_recovers_its_snapshotted_state() {
     for (name, plan) in corpus() {
         let o = run_plan(&plan, false);
         assert!(o.failures.is_empty(), "{name}: {:?}", o.failures);
+        let missed: Vec<&String> = plan
+            .reaches
+            .iter()
+            .filter(|m| !o.marks.contains_key(*m))
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "{name} no longer reaches {missed:?}, the state it is kept for ({})",
+            plan.reason
+        );
         let state = o.final_state.expect("recovered at least once");
         let (receipts, logs) = state.compact_lines();
         let view = json!({

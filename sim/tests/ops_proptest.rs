@@ -118,6 +118,7 @@ fn plan(steps: &[Step], mbf: u64, keep_recent: u64, always: bool, readers: u32) 
         },
         ops,
         reason: String::new(),
+        reaches: Vec::new(),
         fault_salt: 0,
     }
 }

@@ -400,7 +400,7 @@ impl<E: Env> State<E> {
         let mut busy = Some(self.env.spawner().foreground());
         enum Event {
             Request(Option<Request>),
-            Encoded(EncodedPair),
+            Encoded(Box<EncodedPair>),
             PruneDue,
         }
         loop {
@@ -430,7 +430,7 @@ impl<E: Env> State<E> {
                 tokio::select! {
                     biased;
                     req = rx.recv() => Event::Request(req),
-                    done = encoded => Event::Encoded(done),
+                    done = encoded => Event::Encoded(Box::new(done)),
                     () = prune_due => Event::PruneDue,
                 }
             };
@@ -450,7 +450,7 @@ impl<E: Env> State<E> {
                     // Chunks retired before this one go to the write lane; this one waits for
                     // the next write's caller to free it (see `Request::Write`).
                     self.free_retired();
-                    if let Err(e) = self.append_encoded(done).await {
+                    if let Err(e) = self.append_encoded(*done).await {
                         crate::mark!("poison-backlog");
                         self.poison(&e);
                     }
