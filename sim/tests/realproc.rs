@@ -109,6 +109,7 @@ fn writes_plan(seed: u64, writes: u64, window: u64) -> Plan {
             })
             .collect(),
         reason: String::new(),
+        reaches: Vec::new(),
         fault_salt: 0,
     }
 }
