@@ -18,6 +18,7 @@
 
 use crate::coordinator::replay::{open_floor, replay_skips, scan, wal_heights, Effects, Scan};
 pub use crate::coordinator::replay::{DiscardReason, RecoveryAction};
+use crate::coordinator::write::number_logs_block_wide;
 use crate::coordinator::{Chunk, Snapshot};
 use crate::env::Fs;
 use crate::error::{Error, Result, WalError};
@@ -226,9 +227,9 @@ impl<F: Fs + Clone> DirectoryView<F> {
     }
 }
 
-/// The open window's rows from the records replay applies (the same skip rule, the same
-/// refusal of a block below one replayed before it), with tx order kept and log indices
-/// block-wide across records of one block, as the coordinator stages them.
+/// The open window's rows from the records replay stages (the same skip rule, the same
+/// refusal of a block below one replayed before it, the same block-wide log indices), in
+/// staged order.
 fn stage_open_window(
     records: &[WalRecord],
     floor: u64,
@@ -248,30 +249,10 @@ fn stage_open_window(
             )));
         }
         last_seen = Some(rec.height);
-        for r in &rec.receipts {
-            let mut log_index = match log_cursor {
-                Some((b, n)) if b == rec.height => n,
-                _ => 0,
-            };
-            open.receipts.push(ReceiptRecord {
-                tx_hash: r.tx_hash,
-                block_number: rec.height,
-                receipt_bytes: r.receipt_bytes.clone(),
-            });
-            for log in &r.logs {
-                open.logs.push(LogRecord {
-                    block_number: rec.height,
-                    tx_hash: r.tx_hash,
-                    tx_index: r.tx_index,
-                    log_index,
-                    address: log.address,
-                    topics: log.topics.clone(),
-                    data: log.data.clone(),
-                });
-                log_index = log_index.saturating_add(1);
-            }
-            log_cursor = Some((rec.height, log_index));
-        }
+        let mut rows = rec.rows();
+        number_logs_block_wide(&mut log_cursor, rec.height, &mut rows);
+        open.receipts.extend(rows.receipts);
+        open.logs.extend(rows.logs);
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ pub use query::LogFilter;
 pub use types::*;
 pub use wal::{WalTailCut, WalTailKind};
 
-use coordinator::{Ending, Published, Request, SharedEnding};
+use coordinator::{Ending, Prepared, Published, Request, SharedEnding};
 use env::Env;
 use query::{IndexCache, Reader};
 use std::path::{Path, PathBuf};
@@ -166,15 +166,22 @@ impl<E: Env> Store<E> {
     /// Stores one block's receipts (one WAL record per call). Empty `receipts` observes the
     /// block. Heights below the last seen block fail with `non-monotonic`.
     pub async fn write_receipts(&self, height: u64, receipts: Vec<ReceiptInput>) -> Result<()> {
-        // The WAL payload is encoded here, on the caller's task, while the coordinator may still
-        // be writing the previous block's row groups. Only valid input is encoded; the
-        // coordinator checks everything again in its own order, so errors do not change.
+        // The WAL payload is encoded and the rows are built here, on the caller's task, while
+        // the coordinator may still be serving the previous block. Only valid input is
+        // prepared; the coordinator checks everything again in its own order, so errors do not
+        // change.
         let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
-        let frame = valid.then(|| PendingFrame::encode(height, &receipts));
+        let (receipts, prepared) = if valid {
+            let frame = PendingFrame::encode(height, &receipts);
+            let rows = Rows::of(height, receipts);
+            (Vec::new(), Some(Prepared { frame, rows }))
+        } else {
+            (receipts, None)
+        };
         let request = |reply| Request::Write {
             height,
             receipts,
-            frame,
+            prepared,
             reply,
         };
         match self.request(request).await {

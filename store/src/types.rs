@@ -58,6 +58,55 @@ pub struct LogRecord {
     pub data: Vec<u8>,
 }
 
+/// The rows one `write_receipts` call stages in the open window, built once from its receipts:
+/// on the writer's task for a live write ([`Rows::of`]), by the WAL decoder at replay. Every row
+/// is of one block; log indices count from 0 within the call (the coordinator adds the logs
+/// earlier calls staged for the same block). The coordinator moves these vectors into the open
+/// window as they are, so a block's rows are allocated once, where its input is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rows {
+    pub receipts: Vec<ReceiptRecord>,
+    pub logs: Vec<LogRecord>,
+    /// How many of `logs` are the first receipt's: a flush interval seals the open window
+    /// right after a block's first receipt, so that receipt and its logs may go to another
+    /// row group than the rest.
+    pub first_receipt_logs: usize,
+}
+
+impl Rows {
+    /// The rows of `receipts` at block `height`, moving their buffers (no copy of any byte
+    /// string).
+    pub fn of(height: u64, receipts: Vec<ReceiptInput>) -> Rows {
+        let nlogs = receipts.iter().map(|r| r.logs.len()).sum();
+        let mut rows = Rows {
+            receipts: Vec::with_capacity(receipts.len()),
+            logs: Vec::with_capacity(nlogs),
+            first_receipt_logs: receipts.first().map_or(0, |r| r.logs.len()),
+        };
+        let mut log_index = 0u32;
+        for r in receipts {
+            for log in r.logs {
+                rows.logs.push(LogRecord {
+                    block_number: height,
+                    tx_hash: r.tx_hash,
+                    tx_index: r.tx_index,
+                    log_index,
+                    address: log.address,
+                    topics: log.topics,
+                    data: log.data,
+                });
+                log_index = log_index.saturating_add(1);
+            }
+            rows.receipts.push(ReceiptRecord {
+                tx_hash: r.tx_hash,
+                block_number: height,
+                receipt_bytes: r.receipt_bytes,
+            });
+        }
+        rows
+    }
+}
+
 /// A block recovered from the WAL at open, with its transaction hashes in write order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayedBlock {

@@ -5,7 +5,7 @@
 mod close;
 mod prune;
 pub(crate) mod replay;
-mod write;
+pub(crate) mod write;
 
 pub(crate) use replay::open;
 pub(crate) use write::check_input;
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::files::{ClosedPair, QuarantinedFile};
 use crate::parquet::index::FileIndex;
 use crate::parquet::writer::{EncodedPair, OpenReaders, PairWriter};
-use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord};
+use crate::types::{Config, LogRecord, ReceiptInput, ReceiptRecord, Rows};
 use crate::wal::{PendingFrame, Wal, WalTailCut};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -167,17 +167,26 @@ enum Served {
     Ended(Box<dyn FnOnce() + Send>),
 }
 
+/// A valid write's work done on the caller's task before the coordinator gets it: the WAL
+/// payload encoded (most of an append's CPU) and the rows built (one allocation pass over the
+/// block, on the thread that allocated its input).
+pub(crate) struct Prepared {
+    pub frame: PendingFrame,
+    pub rows: Rows,
+}
+
 pub(crate) enum Request {
     /// The reply carries the chunks this write retired (rows now in the pair's files), for
     /// the caller to free on its own thread: the caller allocated most of those rows, and
     /// glibc frees a block's thousands of them several times faster on the thread whose arena
     /// they came from (freeing them on the write lane cost 8% of a 500-block write).
     ///
-    /// `frame` is the WAL record's payload, encoded by the caller when its input is valid.
+    /// `prepared`: the WAL record's payload and the rows, both built by the caller when its
+    /// input is valid (then `receipts` is empty: its buffers moved into the rows).
     Write {
         height: u64,
         receipts: Vec<ReceiptInput>,
-        frame: Option<PendingFrame>,
+        prepared: Option<Prepared>,
         reply: oneshot::Sender<(Result<()>, Vec<Arc<Chunk>>)>,
     },
     SetMaxBlocksPerFile {
@@ -218,14 +227,13 @@ pub(crate) enum Ending {
 
 pub(crate) type SharedEnding = Arc<Mutex<Option<Ending>>>;
 
-/// The open pair and the rows of its window. Rows move one way: buffer -> sealed chunk ->
-/// row group in the pair's files; only the first two are in memory.
+/// The open pair and the rows of its window. Rows move one way: piece -> sealed chunk -> row
+/// group in the pair's files; only the first two are in memory.
 pub(crate) struct OpenPair<E: Env> {
     pub writer: PairWriter<E::Fs>,
-    pub buf_receipts: Vec<ReceiptRecord>,
-    pub buf_logs: Vec<LogRecord>,
-    /// Rows staged since the last seal, one immutable piece per write (moved out of the buffers
-    /// when the write ends), so a published snapshot shares them instead of copying them.
+    /// Rows staged since the last seal, one immutable piece per write (its [`crate::Rows`] as the
+    /// writer built them, see [`State::stage`]), so a published snapshot shares them instead of
+    /// copying them.
     pub pieces: Vec<Arc<Chunk>>,
     /// Sealed chunks not yet written, in block order, each the pieces of one row group (the
     /// backlog replay leaves, see [`State::replay`]; a live write's are written right after its
@@ -246,7 +254,7 @@ impl<E: Env> OpenPair<E> {
     /// Receipts of the window held in memory.
     fn receipts_in_memory(&self) -> usize {
         let pieces = self.sealed.iter().flatten().chain(&self.pieces);
-        pieces.map(|c| c.receipts.len()).sum::<usize>() + self.buf_receipts.len()
+        pieces.map(|c| c.receipts.len()).sum::<usize>()
     }
 }
 
@@ -353,10 +361,6 @@ impl<E: Env> State<E> {
                 }
                 written = Some(files);
             }
-            debug_assert!(
-                o.buf_receipts.is_empty(),
-                "publish pieces the buffers first"
-            );
             // The planted bug: the chunk being encoded leaves what reads see too early.
             let encoding =
                 self.encoding.is_some() && crate::planted!(ChunkUnpublishedWhileEncoding);
@@ -379,7 +383,6 @@ impl<E: Env> State<E> {
     /// Publishes what reads see now (see [`Published`]). A poisoned store's open window may
     /// hold half a write: it publishes only why, and reads fail until a reopen replays the WAL.
     pub(crate) fn publish(&mut self) {
-        self.piece_buffers();
         let value = match &self.poisoned {
             Some(why) => Err(why.clone()),
             None => Ok(self.snapshot()),
@@ -472,10 +475,10 @@ impl<E: Env> State<E> {
             Request::Write {
                 height,
                 receipts,
-                frame,
+                prepared,
                 reply,
             } => {
-                let r = self.write(height, receipts, frame).await;
+                let r = self.write(height, receipts, prepared).await;
                 // Published before the answer: a read after an acked write sees it.
                 self.publish();
                 let _ = reply.send((r, std::mem::take(&mut self.retired)));

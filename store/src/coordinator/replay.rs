@@ -505,7 +505,7 @@ async fn lone_file<F: Fs>(
 pub(crate) fn wal_heights(records: &[WalRecord]) -> std::collections::BTreeSet<u64> {
     records
         .iter()
-        .filter(|r| !r.receipts.is_empty())
+        .filter(|r| r.receipts > 0)
         .map(|r| r.height)
         .collect()
 }
@@ -518,7 +518,7 @@ pub(crate) fn replay_skips(rec: &WalRecord, floor: u64) -> bool {
     } else {
         rec.height < floor
     };
-    rec.receipts.is_empty() || below
+    rec.receipts == 0 || below
 }
 
 /// What `open` hands back besides the request channel.
@@ -683,10 +683,9 @@ impl<E: Env> State<E> {
                 self.rotate(rec.height, None, false).await?;
             }
             mark!("replay-applied");
-            let hashes: Vec<_> = rec.receipts.iter().map(|r| r.tx_hash).collect();
-            for r in rec.receipts {
-                self.apply(rec.height, r, FlushRule::WhenIdle).await?;
-            }
+            let rows = rec.rows();
+            let hashes: Vec<_> = rows.receipts.iter().map(|r| r.tx_hash).collect();
+            self.stage(rec.height, rows, FlushRule::WhenIdle).await?;
             self.latest = Some(self.latest.map_or(rec.height, |l| l.max(rec.height)));
             match out.last_mut() {
                 Some(b) if b.block_number == rec.height => b.tx_hashes.extend(hashes),

@@ -2,7 +2,7 @@
 //! `lib.rs`: no zero sentinel, sealed windows reject late writes, every failure after the WAL
 //! append poisons the store instead of leaving half-applied state behind.
 
-use super::{failpoints as fp, Chunk, OpenPair, State};
+use super::{failpoints as fp, Chunk, OpenPair, Prepared, State};
 use crate::env::{Env, Fs};
 use crate::error::{Error, Result};
 use crate::files::{discard, ClosedPair};
@@ -10,10 +10,7 @@ use crate::mark;
 use crate::parquet::receipts_to_batch_from;
 use crate::parquet::writer::logs_row_group;
 use crate::parquet::writer::{EncodedPair, PairWriter};
-use crate::types::{
-    LogRecord, ReceiptInput, ReceiptRecord, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES,
-    MAX_TOPICS_PER_LOG,
-};
+use crate::types::{ReceiptInput, Rows, MAX_LOG_DATA_BYTES, MAX_RECEIPT_BYTES, MAX_TOPICS_PER_LOG};
 use crate::wal::PendingFrame;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -53,6 +50,29 @@ pub(crate) fn check_input(receipts: &[ReceiptInput]) -> Result<()> {
     Ok(())
 }
 
+/// Numbers `rows`' logs block-wide: after the logs earlier writes of `block` staged, as
+/// `cursor` (the block and its logs so far) counts them, and moves the cursor past them. Returns
+/// whether the write continues a block. Replay and `inspect` stage a window with this one rule.
+pub(crate) fn number_logs_block_wide(
+    cursor: &mut Option<(u64, u32)>,
+    block: u64,
+    rows: &mut Rows,
+) -> bool {
+    let before = match *cursor {
+        Some((b, n)) if b == block => Some(n),
+        _ => None,
+    };
+    let base = before.unwrap_or(0);
+    if base > 0 {
+        for log in &mut rows.logs {
+            log.log_index = base.saturating_add(log.log_index);
+        }
+    }
+    let count = u32::try_from(rows.logs.len()).unwrap_or(u32::MAX);
+    *cursor = Some((block, base.saturating_add(count)));
+    before.is_some()
+}
+
 /// Most sealed chunks a write leaves when it returns to the coordinator's loop, the one being
 /// encoded included: the write lane encodes a block's row groups while the next block commits,
 /// and a write waits (after its ack) only for the flush of the block two before it. Bounds the
@@ -88,15 +108,19 @@ impl<E: Env> State<E> {
     }
 
     /// `write_receipts(height, receipts)`.
-    /// `frame`: the WAL payload the caller encoded, if it did (see [`PendingFrame`]).
+    /// `prepared`: the WAL payload and rows the caller built, if it did (see [`Prepared`]).
     pub(crate) async fn write(
         &mut self,
         height: u64,
         receipts: Vec<ReceiptInput>,
-        frame: Option<PendingFrame>,
+        prepared: Option<Prepared>,
     ) -> Result<()> {
         self.check_usable()?;
-        if receipts.is_empty() {
+        let empty = match &prepared {
+            Some(p) => p.rows.receipts.is_empty(),
+            None => receipts.is_empty(),
+        };
+        if empty {
             return self.observe(height).await;
         }
         if let Some(last) = self.last_seen {
@@ -121,25 +145,27 @@ impl<E: Env> State<E> {
                 last_seen: self.last_seen.unwrap_or(floor - 1),
             });
         }
-        // A caller sends a frame only for input `check_input` accepted (`Store::write_receipts`):
+        // A caller prepares only input `check_input` accepted (`Store::write_receipts`):
         // checking those receipts again here would find nothing, on the coordinator's time.
-        if frame.is_none() {
-            validate(&receipts)?;
-        }
-        debug_assert!(check_input(&receipts).is_ok(), "framed input was checked");
         let rotate = self.rotates_at(height);
-        let frame = match frame {
-            Some(f) => {
+        let (frame, rows) = match prepared {
+            Some(Prepared { frame, rows }) => {
                 assert_eq!(
-                    f.height(),
+                    frame.height(),
                     height,
                     "the caller encoded this block's payload"
                 );
-                f
+                (frame, rows)
             }
-            None => PendingFrame::encode(height, &receipts),
+            None => {
+                validate(&receipts)?;
+                (
+                    PendingFrame::encode(height, &receipts),
+                    Rows::of(height, receipts),
+                )
+            }
         };
-        let r = self.write_logged(height, receipts, frame, rotate).await;
+        let r = self.write_logged(height, rows, frame, rotate).await;
         if let Err(e) = &r {
             mark!("poison-write");
             self.poison(e);
@@ -150,7 +176,7 @@ impl<E: Env> State<E> {
     async fn write_logged(
         &mut self,
         height: u64,
-        receipts: Vec<ReceiptInput>,
+        rows: Rows,
         frame: PendingFrame,
         rotate: bool,
     ) -> Result<()> {
@@ -166,9 +192,7 @@ impl<E: Env> State<E> {
             mark!("rotate-on-write");
             self.rotate(height, Some(seq), true).await?;
         }
-        for r in receipts {
-            self.apply(height, r, FlushRule::AfterAck).await?;
-        }
+        self.stage(height, rows, FlushRule::AfterAck).await?;
         self.latest = Some(self.latest.map_or(height, |l| l.max(height)));
         Ok(())
     }
@@ -194,13 +218,20 @@ impl<E: Env> State<E> {
         Ok(())
     }
 
-    /// Stages one receipt (spec 3.2): lazy aligned start, block counter, buffers, flush rule.
-    pub(crate) async fn apply(
+    /// Stages one write's rows (spec 3.2): lazy aligned start, block counter, log indices
+    /// block-wide, flush rule. The rows' vectors become a piece of the open window as they are.
+    /// The flush interval is checked after the first receipt, as upstream checks it after
+    /// every receipt: the counters move only on a block's first receipt, so that is the one
+    /// place a seal can fall, and the first receipt (with its logs) closes the sealed chunk.
+    pub(crate) async fn stage(
         &mut self,
         block: u64,
-        input: ReceiptInput,
+        mut rows: Rows,
         rule: FlushRule,
     ) -> Result<()> {
+        assert!(!rows.receipts.is_empty(), "an empty write stages nothing");
+        debug_assert!(rows.receipts.iter().all(|r| r.block_number == block));
+        debug_assert!(rows.logs.iter().all(|l| l.block_number == block));
         if self.open.is_none() {
             let aligned = block / self.config.max_blocks_per_file * self.config.max_blocks_per_file;
             if aligned >= self.file_start_block {
@@ -222,73 +253,33 @@ impl<E: Env> State<E> {
             }
             self.last_seen = Some(block);
         }
-        let mut log_index = match self.log_cursor {
-            Some((b, n)) if b == block => {
-                mark!("write-same-block-continues-log-index");
-                n
-            }
-            _ => 0,
-        };
-        let open = self.open.as_mut().expect("opened above");
-        open.buf_receipts.push(ReceiptRecord {
-            tx_hash: input.tx_hash,
-            block_number: block,
-            receipt_bytes: input.receipt_bytes,
-        });
-        for log in input.logs {
-            open.buf_logs.push(LogRecord {
-                block_number: block,
-                tx_hash: input.tx_hash,
-                tx_index: input.tx_index,
-                log_index,
-                address: log.address,
-                topics: log.topics,
-                data: log.data,
-            });
-            log_index = log_index.saturating_add(1);
+        if number_logs_block_wide(&mut self.log_cursor, block, &mut rows) {
+            mark!("write-same-block-continues-log-index");
         }
-        open.rows += 1;
-        self.log_cursor = Some((block, log_index));
         let bfi = self.config.block_flush_interval;
+        let open = self.open.as_mut().expect("opened above");
+        open.rows += rows.receipts.len() as u64;
         if bfi > 0 && self.blocks_since_flush >= bfi {
             match rule {
                 FlushRule::AfterAck => mark!("flush-automatic"),
                 FlushRule::WhenIdle => mark!("flush-sealed-at-replay"),
             }
-            self.seal_buffers();
+            // The first receipt closes the chunk being sealed; the rest start the next one.
+            let first = Chunk {
+                receipts: vec![rows.receipts.remove(0)],
+                logs: rows.logs.drain(..rows.first_receipt_logs).collect(),
+            };
+            open.pieces.push(Arc::new(first));
+            open.sealed.push_back(std::mem::take(&mut open.pieces));
             self.blocks_since_flush = 0;
         }
+        if !rows.receipts.is_empty() {
+            open.pieces.push(Arc::new(Chunk {
+                receipts: rows.receipts,
+                logs: rows.logs,
+            }));
+        }
         Ok(())
-    }
-
-    /// Moves the buffered rows into an immutable piece (see [`OpenPair::pieces`]). The next
-    /// buffers start at this piece's size: blocks are alike, and growing a buffer from empty
-    /// re-copied it a dozen times per block.
-    pub(crate) fn piece_buffers(&mut self) {
-        let Some(open) = self.open.as_mut() else {
-            return;
-        };
-        if open.buf_receipts.is_empty() {
-            debug_assert!(open.buf_logs.is_empty(), "logs come with their receipt");
-            return;
-        }
-        let (receipts, logs) = (open.buf_receipts.len(), open.buf_logs.len());
-        open.pieces.push(Arc::new(Chunk {
-            receipts: std::mem::replace(&mut open.buf_receipts, Vec::with_capacity(receipts)),
-            logs: std::mem::replace(&mut open.buf_logs, Vec::with_capacity(logs)),
-        }));
-    }
-
-    /// Seals the rows staged since the last seal (same row-group boundaries as a flush), to be
-    /// written by the next flush or by the coordinator.
-    fn seal_buffers(&mut self) {
-        self.piece_buffers();
-        let Some(open) = self.open.as_mut() else {
-            return;
-        };
-        if !open.pieces.is_empty() {
-            open.sealed.push_back(std::mem::take(&mut open.pieces));
-        }
     }
 
     /// Whether sealed chunks wait to be written (never on a poisoned store: nothing more is
@@ -405,8 +396,6 @@ impl<E: Env> State<E> {
         mark!("pair-opened");
         self.open = Some(OpenPair {
             writer,
-            buf_receipts: Vec::new(),
-            buf_logs: Vec::new(),
             pieces: Vec::new(),
             sealed: VecDeque::new(),
             receipt_groups: Vec::new(),
@@ -421,7 +410,9 @@ impl<E: Env> State<E> {
     /// failure the store is poisoned by the caller, so rows are never written twice by a later
     /// flush; the unwritten chunks stay readable in memory.
     pub(crate) async fn flush_open(&mut self) -> Result<()> {
-        self.seal_buffers();
+        if let Some(open) = self.open.as_mut().filter(|o| !o.pieces.is_empty()) {
+            open.sealed.push_back(std::mem::take(&mut open.pieces));
+        }
         self.write_sealed().await
     }
 
@@ -436,10 +427,7 @@ impl<E: Env> State<E> {
             return Ok(None);
         };
         debug_assert_eq!(open.backlog(), 0, "flushed above");
-        debug_assert!(
-            open.buf_receipts.is_empty() && open.pieces.is_empty(),
-            "flushed above"
-        );
+        debug_assert!(open.pieces.is_empty(), "flushed above");
         let start = open.writer.start;
         // Every row is in a written row group now; the last one holds the highest block.
         let max_block = open

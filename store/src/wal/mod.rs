@@ -24,8 +24,9 @@ use crate::error::WalError;
 use crate::files::{quarantine, Evidence, QuarantineReason, QuarantinedFile};
 use crate::mark;
 use crate::types::{ReceiptInput, SyncPolicy};
+use bytes::Bytes;
 use record::{
-    decode_marker, decode_payload, decode_v1_header, encode_frame, starts_v2,
+    check_payload, decode_marker, decode_v1_header, frame_of_payload, starts_v2,
     FRAME_V1_HEADER_BYTES, HEAD_MAGIC, MARKER_BYTES, MAX_RECORD_PAYLOAD_BYTES, TAIL_MAGIC,
 };
 pub use record::{PendingFrame, WalRecord};
@@ -165,7 +166,7 @@ enum Frame {
 /// inspector. After a bad frame the scan looks for the next valid frame (a sequence number not
 /// below the expected one) and goes on from there; the look-ahead is bounded by the segment's
 /// length.
-pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> (SegmentScan, Vec<WalRecord>) {
+pub fn scan_segment(bytes: &Bytes, expected_first_seq: u64) -> (SegmentScan, Vec<WalRecord>) {
     let mut scan = SegmentScan::default();
     let mut records = Vec::new();
     // v1 frames carry no magic, so the look-ahead tries them only in segments written in v1.
@@ -194,7 +195,7 @@ pub fn scan_segment(bytes: &[u8], expected_first_seq: u64) -> (SegmentScan, Vec<
             } => {
                 let resume = (pos + 1..bytes.len()).find_map(|p| {
                     match parse_frame_at(bytes, p, None, allow_v1) {
-                        Frame::Valid(rec, _, _) if rec.seq >= next_seq => Some((p, rec.seq)),
+                        Frame::Valid(rec, ..) if rec.seq >= next_seq => Some((p, rec.seq)),
                         _ => None,
                     }
                 });
@@ -254,7 +255,7 @@ fn trailer_at_end(bytes: &[u8], pos: usize, want_seq: Option<u64>) -> Option<u64
 }
 
 /// Parses the frame at `pos`; with `want_seq`, a frame with another sequence number is invalid.
-fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: bool) -> Frame {
+fn parse_frame_at(bytes: &Bytes, pos: usize, want_seq: Option<u64>, allow_v1: bool) -> Frame {
     let rest = &bytes[pos..];
     let bad = |reason: String| {
         let height = trailer_at_end(bytes, pos, want_seq);
@@ -269,7 +270,7 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
         if !allow_v1 {
             return bad("no frame header".to_string());
         }
-        return match parse_v1_frame(rest, want_seq) {
+        return match parse_v1_frame(bytes, pos, want_seq) {
             Ok((rec, len)) => Frame::Valid(rec, pos + len, false),
             Err(reason) => bad(reason),
         };
@@ -316,7 +317,8 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
             frame_end: Some(pos + frame_len),
         };
     }
-    match decode_payload(h.seq, payload) {
+    let payload = bytes.slice(pos + MARKER_BYTES..pos + MARKER_BYTES + h.payload_len);
+    match check_payload(h.seq, payload) {
         Ok(rec) if rec.height == h.height => {
             let exact = rest
                 .get(MARKER_BYTES + h.payload_len..frame_len)
@@ -342,7 +344,12 @@ fn parse_frame_at(bytes: &[u8], pos: usize, want_seq: Option<u64>, allow_v1: boo
     }
 }
 
-fn parse_v1_frame(rest: &[u8], want_seq: Option<u64>) -> Result<(WalRecord, usize), String> {
+fn parse_v1_frame(
+    bytes: &Bytes,
+    pos: usize,
+    want_seq: Option<u64>,
+) -> Result<(WalRecord, usize), String> {
+    let rest = &bytes[pos..];
     if rest.len() < FRAME_V1_HEADER_BYTES {
         return Err(format!("short frame header ({} bytes)", rest.len()));
     }
@@ -363,17 +370,18 @@ fn parse_v1_frame(rest: &[u8], want_seq: Option<u64>) -> Result<(WalRecord, usiz
     if let Some(want) = want_seq.filter(|&w| w != h.seq) {
         return Err(format!("sequence {} where {want} was expected", h.seq));
     }
-    let rec = decode_payload(h.seq, payload)
+    let start = pos + FRAME_V1_HEADER_BYTES;
+    let rec = check_payload(h.seq, bytes.slice(start..start + h.len))
         .map_err(|e| format!("checksummed payload does not decode: {e}"))?;
     Ok((rec, FRAME_V1_HEADER_BYTES + h.len))
 }
 
 /// A whole file's bytes, and the handle they were read through.
-async fn read_all<F: Fs>(fs: &F, path: &Path) -> Result<(F::File, Vec<u8>), std::io::Error> {
+async fn read_all<F: Fs>(fs: &F, path: &Path) -> Result<(F::File, Bytes), std::io::Error> {
     let file = fs.open(path).await?;
     let len = file.len().await?;
     let bytes = file.read_at(0, len as usize).await?;
-    Ok((file, bytes))
+    Ok((file, Bytes::from(bytes)))
 }
 
 /// The open WAL. Owned by the coordinator.
@@ -396,7 +404,7 @@ struct Scanned<F: Fs> {
     /// The handle it was read through, held (never read again) so that replacing or removing
     /// the segment in the rewrite only unlinks it: its pages are freed when [`Replaced`] is.
     _file: F::File,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     scan: SegmentScan,
 }
 
@@ -481,7 +489,7 @@ impl<F: Fs> Wal<F> {
         // interrupted between its rename and its removals leaves the same records in two
         // segments: identical records under one sequence number are one record.
         let mut records: Vec<WalRecord> = Vec::new();
-        let mut sources = Vec::new();
+        let mut sources: Vec<(usize, usize)> = Vec::new();
         for (si, (s, recs)) in scanned.iter().zip(decoded).enumerate() {
             for (fi, rec) in recs.into_iter().enumerate() {
                 match records.last() {
@@ -659,7 +667,7 @@ impl<F: Fs> WalContents<F> {
                 } else {
                     // v1 frames, and v2 frames with a damaged trailer, are written anew.
                     mark!("wal-record-reencoded-at-open");
-                    RewriteFrame::Encoded(encode_frame(r.seq, r.height, &r.receipts))
+                    RewriteFrame::Encoded(frame_of_payload(r.seq, r.height, r.payload()))
                 }
             })
             .collect();
@@ -1067,6 +1075,11 @@ impl<F: Fs> Wal<F> {
 mod tests {
     use super::record::encode_frame;
     use super::*;
+
+    /// [`scan_segment`] over a copy of `bytes`.
+    fn scan_bytes(bytes: &[u8], first_seq: u64) -> (SegmentScan, Vec<WalRecord>) {
+        scan_segment(&Bytes::copy_from_slice(bytes), first_seq)
+    }
     use crate::types::LogInput;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1174,7 +1187,7 @@ mod tests {
                         continue;
                     };
                     seen += 1;
-                    let (scan, _) = scan_segment(&bytes, 1);
+                    let (scan, _) = scan_bytes(&bytes, 1);
                     let got = match (scan.frames.len(), scan.tail()) {
                         (2, None) if scan.bad.is_empty() => Verdict::Valid,
                         (1, Some(b)) if scan.bad.len() == 1 && b.complete => Verdict::Corrupt,
@@ -1215,7 +1228,7 @@ mod tests {
         bytes[second_at + 10] ^= 0x10;
         bytes[third_at - 10] ^= 0x10;
         bytes[third_at + MARKER_BYTES + 5] ^= 0x10;
-        let (scan, _) = scan_segment(&bytes, 1);
+        let (scan, _) = scan_bytes(&bytes, 1);
         assert_eq!(scan.frames.len(), 1, "only the first record is valid");
         let tail = scan.tail().expect("the rotted records are the tail");
         assert_eq!(tail.offset_bytes as usize, second_at);
@@ -1227,7 +1240,7 @@ mod tests {
         // With the third's trailer rotted too, no append in the cut provably completed.
         let last_trailer = bytes.len() - 10;
         bytes[last_trailer] ^= 0x10;
-        let tail = scan_segment(&bytes, 1).0.tail().cloned().expect("a tail");
+        let tail = scan_bytes(&bytes, 1).0.tail().cloned().expect("a tail");
         assert!(
             !tail.complete,
             "every trailer spoiled: indistinguishable from a torn append"
@@ -1251,7 +1264,7 @@ mod tests {
         bytes[first_at + MARKER_BYTES + 3] ^= 0x20;
         bytes[second_at + MARKER_BYTES + 3] ^= 0x20;
         let floor = 4;
-        let (scan, _) = scan_segment(&bytes, 1);
+        let (scan, _) = scan_bytes(&bytes, 1);
         let tail = scan.tail().expect("both rotted records are the tail");
         assert_eq!(tail.offset_bytes as usize, first_at);
         assert_eq!(tail.height, Some(3), "the first frame's header is valid");
@@ -1263,7 +1276,7 @@ mod tests {
         );
         // Only the first record (block 3, below the floor) rotted and nothing follows it.
         let one = &bytes[..second_at];
-        let (scan, _) = scan_segment(one, 1);
+        let (scan, _) = scan_bytes(one, 1);
         let tail = scan.tail().expect("the rotted record is the tail");
         assert!(tail.single_frame);
         assert_eq!(tail_verdict(tail, floor), (WalTailKind::Corrupt, true));
@@ -1285,7 +1298,7 @@ mod tests {
         let second_trailer_at = frames[0].len() + frames[1].len() - 4;
         bytes[second_trailer_at] ^= 0x01;
         std::fs::write(wal.join(segment_name(1)), &bytes).unwrap();
-        let (scan, _) = scan_segment(&bytes, 1);
+        let (scan, _) = scan_bytes(&bytes, 1);
         assert_eq!(
             scan.frames.iter().map(|f| f.exact).collect::<Vec<_>>(),
             vec![true, false, true],
@@ -1313,7 +1326,7 @@ mod tests {
         }
         let frame_len = bytes.len() / 4;
         bytes[frame_len + MARKER_BYTES + 3] ^= 0x40;
-        let (scan, records) = scan_segment(&bytes, 1);
+        let (scan, records) = scan_bytes(&bytes, 1);
         assert_eq!(
             scan.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
             vec![1, 3, 4]
@@ -1336,7 +1349,7 @@ mod tests {
     #[test]
     fn a_rotted_header_takes_its_height_from_its_own_trailer_only() {
         let bytes = segment(Part::Rotten, Part::Intact, Part::Intact).expect("writable");
-        let (scan, _) = scan_segment(&bytes, 1);
+        let (scan, _) = scan_bytes(&bytes, 1);
         let tail = scan.tail().expect("the rotted record is the tail");
         assert_eq!(tail.height, Some(11), "height read from the trailer");
         assert!(tail.complete && tail.single_frame);
@@ -1344,7 +1357,7 @@ mod tests {
         assert_eq!(tail_verdict(tail, 11), (WalTailKind::Corrupt, false));
 
         // The same bytes where record 3 was expected: the trailer names record 2, not this one.
-        let (scan, _) = scan_segment(&bytes[frame_len()..], 3);
+        let (scan, _) = scan_bytes(&bytes[frame_len()..], 3);
         let tail = scan.tail().expect("a tail");
         assert_eq!(
             tail.height, None,
@@ -1358,7 +1371,7 @@ mod tests {
         let mut longer = bytes[..first + MARKER_BYTES + 4].to_vec();
         longer.extend([0xAB; 5]);
         longer.extend(&bytes[first + MARKER_BYTES + 4..]);
-        let (scan, _) = scan_segment(&longer, 1);
+        let (scan, _) = scan_bytes(&longer, 1);
         let tail = scan.tail().expect("a tail");
         assert_eq!(tail.offset_bytes as usize, first);
         assert_eq!(tail.height, None, "the trailer's length does not fit");
@@ -1394,7 +1407,7 @@ mod tests {
     fn a_frame_that_skips_a_sequence_number_is_bad_not_valid() {
         let mut bytes = encode_frame(1, 10, &receipts());
         bytes.extend(encode_frame(3, 12, &receipts()));
-        let (scan, records) = scan_segment(&bytes, 1);
+        let (scan, records) = scan_bytes(&bytes, 1);
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
         let tail = scan.tail().expect("the skipping frame is a bad tail");
         assert_eq!(tail.offset_bytes as usize, frame_len());
@@ -1449,7 +1462,7 @@ mod tests {
             .unwrap();
         assert_eq!(contents.records.len(), 1, "only the record at the limit");
         assert_eq!(
-            contents.records[0].receipts[0].receipt_bytes.len(),
+            contents.records[0].rows().receipts[0].receipt_bytes.len(),
             MAX_RECORD_PAYLOAD_BYTES - FIXED_BYTES
         );
     }
@@ -1464,7 +1477,7 @@ mod tests {
         bytes.extend(encode_frame(2, 11, &receipts()));
         bytes[bad_at + MARKER_BYTES + 3] ^= 0x40;
         bytes.extend(encode_frame(1, 10, &receipts()));
-        let (scan, records) = scan_segment(&bytes, 1);
+        let (scan, records) = scan_bytes(&bytes, 1);
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
         assert_eq!(scan.bad.len(), 1);
         assert_eq!(scan.bad[0].offset_bytes as usize, bad_at);
@@ -1568,7 +1581,7 @@ mod tests {
     fn a_torn_tail_says_how_it_was_cut_in_both_frame_versions() {
         use super::record::encode_frame_v1;
         let reason = |bytes: &[u8]| {
-            let (scan, records) = scan_segment(bytes, 1);
+            let (scan, records) = scan_bytes(bytes, 1);
             assert_eq!(records.len(), 1, "the first record stays");
             assert!(scan.tail().is_some());
             scan.reason.clone()

@@ -24,7 +24,10 @@
 //! is `tx_hash [32] | tx_index u32 | len u32 | receipt_bytes | nlogs u32 | nlogs × log`; a log is
 //! `address [20] | ntopics u8 | ntopics × [32] | len u32 | data`.
 
-use crate::types::{LogInput, ReceiptInput, MAX_TOPICS_PER_LOG};
+use crate::types::{
+    Address, LogRecord, ReceiptInput, ReceiptRecord, Rows, Topic, TxHash, MAX_TOPICS_PER_LOG,
+};
+use bytes::Bytes;
 
 /// Header (and trailer) size of a v2 frame.
 pub const MARKER_BYTES: usize = 32;
@@ -56,12 +59,39 @@ const _: () = assert!(
     "a header never reads as a trailer"
 );
 
-/// One decoded WAL record: one `write_receipts` call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One WAL record, checked: one `write_receipts` call. Its payload stays as read (a slice of
+/// its segment's bytes, no copy) until [`WalRecord::rows`] decodes it straight into the rows
+/// replay stages: a full window is decoded once, into the memory it is served from, and by
+/// replay, while the rewrite at open writes the same bytes out.
+#[derive(Clone, Debug)]
 pub struct WalRecord {
     pub seq: u64,
     pub height: u64,
-    pub receipts: Vec<ReceiptInput>,
+    /// How many receipts the record holds.
+    pub receipts: usize,
+    payload: Bytes,
+}
+
+/// Two records are the same record when their sequence numbers, heights and payload bytes
+/// are (the codec is deterministic, and a v1 frame's payload is a v2 frame's).
+impl PartialEq for WalRecord {
+    fn eq(&self, other: &Self) -> bool {
+        (self.seq, self.height, &self.payload) == (other.seq, other.height, &other.payload)
+    }
+}
+
+impl Eq for WalRecord {}
+
+impl WalRecord {
+    /// The rows this record stages (see [`Rows`]), decoded from its payload.
+    pub fn rows(&self) -> Rows {
+        decode_rows(&self.payload).expect("the payload was checked when its frame was read")
+    }
+
+    /// The payload's bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 pub fn checksum(seq: u64, payload: &[u8]) -> u32 {
@@ -159,6 +189,15 @@ pub fn starts_v2(b: &[u8]) -> bool {
 /// Encodes a whole v2 frame for `seq`.
 pub fn encode_frame(seq: u64, height: u64, receipts: &[ReceiptInput]) -> Vec<u8> {
     PendingFrame::encode(height, receipts).seal(seq)
+}
+
+/// Encodes a whole v2 frame for `seq` around a payload already encoded (and checksummed), e.g.
+/// one read from a v1 frame or from a frame whose trailer is damaged.
+pub fn frame_of_payload(seq: u64, height: u64, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(2 * MARKER_BYTES + payload.len());
+    frame.extend_from_slice(&[0; MARKER_BYTES]);
+    frame.extend_from_slice(payload);
+    PendingFrame { height, frame }.seal(seq)
 }
 
 /// A v2 frame whose payload is encoded but whose header and trailer wait for the sequence
@@ -265,8 +304,20 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes a payload whose checksum already matched. Errors describe what is malformed.
-pub fn decode_payload(seq: u64, payload: &[u8]) -> Result<WalRecord, String> {
+/// A payload's height and receipt count.
+struct PayloadHead {
+    height: u64,
+    receipts: usize,
+}
+
+/// Walks a payload (layout in the module doc): `receipt(index, tx_hash, tx_index, bytes, logs)`
+/// for each receipt, then `log(tx_hash, tx_index, address, topics, data)` for each of its logs.
+/// Checking and decoding are this one walk, so they cannot disagree on what is valid.
+fn walk_payload<'a>(
+    payload: &'a [u8],
+    mut receipt: impl FnMut(usize, TxHash, u32, &'a [u8], usize),
+    mut log: impl FnMut(TxHash, u32, Address, &[Topic], &'a [u8]),
+) -> Result<PayloadHead, String> {
     let mut c = Cursor { b: payload, pos: 0 };
     let version = c.u8()?;
     if version != PAYLOAD_VERSION {
@@ -274,38 +325,27 @@ pub fn decode_payload(seq: u64, payload: &[u8]) -> Result<WalRecord, String> {
     }
     let height = c.u64()?;
     let n = c.u32()? as usize;
-    let mut receipts = Vec::with_capacity(n.min(1 << 16));
-    for _ in 0..n {
+    let mut topics = [[0u8; 32]; MAX_TOPICS_PER_LOG];
+    for i in 0..n {
         let tx_hash = c.arr::<32>()?;
         let tx_index = c.u32()?;
         let len = c.u32()? as usize;
-        let receipt_bytes = c.take(len)?.to_vec();
+        let receipt_bytes = c.take(len)?;
         let nlogs = c.u32()? as usize;
-        let mut logs = Vec::with_capacity(nlogs.min(1 << 16));
+        receipt(i, tx_hash, tx_index, receipt_bytes, nlogs);
         for _ in 0..nlogs {
             let address = c.arr::<20>()?;
             let ntopics = c.u8()? as usize;
             if ntopics > MAX_TOPICS_PER_LOG {
                 return Err(format!("log with {ntopics} topics"));
             }
-            let mut topics = Vec::with_capacity(ntopics);
-            for _ in 0..ntopics {
-                topics.push(c.arr::<32>()?);
+            for t in topics.iter_mut().take(ntopics) {
+                *t = c.arr::<32>()?;
             }
             let dlen = c.u32()? as usize;
-            let data = c.take(dlen)?.to_vec();
-            logs.push(LogInput {
-                address,
-                topics,
-                data,
-            });
+            let data = c.take(dlen)?;
+            log(tx_hash, tx_index, address, &topics[..ntopics], data);
         }
-        receipts.push(ReceiptInput {
-            tx_hash,
-            tx_index,
-            receipt_bytes,
-            logs,
-        });
     }
     if c.pos != payload.len() {
         return Err(format!(
@@ -313,16 +353,80 @@ pub fn decode_payload(seq: u64, payload: &[u8]) -> Result<WalRecord, String> {
             payload.len() - c.pos
         ));
     }
+    Ok(PayloadHead {
+        height,
+        receipts: n,
+    })
+}
+
+/// Checks a payload whose checksum already matched, without decoding it (nothing is
+/// allocated), and returns the record it holds. Errors describe what is malformed.
+pub fn check_payload(seq: u64, payload: Bytes) -> Result<WalRecord, String> {
+    let head = walk_payload(&payload, |_, _, _, _, _| {}, |_, _, _, _, _| {})?;
     Ok(WalRecord {
         seq,
-        height,
+        height: head.height,
+        receipts: head.receipts,
+        payload,
+    })
+}
+
+/// Decodes a payload into the rows it stages (see [`Rows`]).
+pub fn decode_rows(payload: &[u8]) -> Result<Rows, String> {
+    // The height and the receipt count precede the first receipt (bytes 1..9 and 9..13); a
+    // payload too short for them fails the walk. Capacities are bounded by the payload's length
+    // (a receipt takes at least 44 bytes, a log 25), not trusted from its counts.
+    let le = |r: std::ops::Range<usize>| {
+        payload.get(r).map_or(0, |b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+        })
+    };
+    let block = le(1..9);
+    let n = le(9..13) as usize;
+    let mut receipts = Vec::with_capacity(n.min(payload.len() / 44));
+    let mut logs = Vec::with_capacity(n.min(payload.len() / 25));
+    let mut first_receipt_logs = 0;
+    let mut log_index = 0u32;
+    let head = walk_payload(
+        payload,
+        |i, tx_hash, _, receipt_bytes, nlogs| {
+            if i == 0 {
+                first_receipt_logs = nlogs;
+            }
+            receipts.push(ReceiptRecord {
+                tx_hash,
+                block_number: block,
+                receipt_bytes: receipt_bytes.to_vec(),
+            });
+        },
+        |tx_hash, tx_index, address, topics, data| {
+            logs.push(LogRecord {
+                block_number: block,
+                tx_hash,
+                tx_index,
+                log_index,
+                address,
+                topics: topics.to_vec(),
+                data: data.to_vec(),
+            });
+            log_index = log_index.saturating_add(1);
+        },
+    )?;
+    debug_assert_eq!((head.height, head.receipts), (block, receipts.len()));
+    Ok(Rows {
         receipts,
+        logs,
+        first_receipt_logs,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::types::LogInput;
 
     fn sample() -> Vec<ReceiptInput> {
         vec![ReceiptInput {
@@ -351,14 +455,18 @@ mod tests {
             decode_marker(&frame, TAIL_MAGIC).is_none(),
             "a header is no trailer"
         );
-        let rec = decode_payload(42, payload).unwrap();
+        let rec = check_payload(42, Bytes::copy_from_slice(payload)).unwrap();
+        assert_eq!((rec.seq, rec.height, rec.receipts), (42, 1000, 1));
+        assert_eq!(rec.rows(), Rows::of(1000, sample()));
+    }
+
+    #[test]
+    fn a_payload_framed_anew_is_the_frame_encoded_from_its_receipts() {
+        let frame = encode_frame_v1(5, 77, &sample());
+        let payload = &frame[FRAME_V1_HEADER_BYTES..];
         assert_eq!(
-            rec,
-            WalRecord {
-                seq: 42,
-                height: 1000,
-                receipts: sample()
-            }
+            frame_of_payload(5, 77, payload),
+            encode_frame(5, 77, &sample())
         );
     }
 
@@ -383,7 +491,9 @@ mod tests {
         let frame = encode_frame_v1(1, 5, &sample());
         let payload = &frame[FRAME_V1_HEADER_BYTES..];
         for cut in 0..payload.len() {
-            assert!(decode_payload(1, &payload[..cut]).is_err(), "cut {cut}");
+            let cut_payload = Bytes::copy_from_slice(&payload[..cut]);
+            assert!(check_payload(1, cut_payload).is_err(), "cut {cut}");
+            assert!(decode_rows(&payload[..cut]).is_err(), "cut {cut}");
         }
     }
 }
