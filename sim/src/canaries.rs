@@ -14,7 +14,7 @@ use std::sync::Mutex;
 pub const MIN_CATCH_RATE: f64 = 0.05;
 
 /// Each planted bug and the scenario that exists to catch it.
-pub const TABLE: [(Canary, &str); 18] = [
+pub const TABLE: [(Canary, &str); 19] = [
     (Canary::AckBeforeWalFsync, "power-loss"),
     (Canary::SkipRotationDirSync, "power-loss"),
     (Canary::DropWalBeforePairDurable, "power-loss"),
@@ -33,6 +33,7 @@ pub const TABLE: [(Canary, &str); 18] = [
     (Canary::PartialKeyRowSort, "default"),
     (Canary::ChunkUnpublishedWhileEncoding, "default"),
     (Canary::PrefixPairRowSort, "default"),
+    (Canary::TrustEverySegmentDurable, "fsync-failure"),
 ];
 
 #[derive(Debug, Clone, Serialize)]

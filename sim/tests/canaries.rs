@@ -78,6 +78,11 @@ fn trusting_a_retried_fsync_is_caught() {
 }
 
 #[test]
+fn keeping_the_last_wal_segment_unrewritten_at_open_is_caught() {
+    assert_caught(Canary::TrustEverySegmentDurable, "fsync-failure");
+}
+
+#[test]
 fn an_off_by_one_at_the_replay_boundary_is_caught() {
     assert_caught(Canary::ReplayBoundaryOffByOne, "crash-storm");
 }

@@ -57,10 +57,15 @@ pub enum Canary {
     /// sharing their first 8 bytes (precompiles 0x00..1001 and 0x00..1002) are ordered by
     /// topic0 first, against the file's declared order.
     PrefixPairRowSort,
+    /// Open keeps every WAL segment as it read it, the last one too, instead of rewriting the
+    /// records no successor proves durable: records a crashed process appended after a failed
+    /// fsync, read back from the page cache, are replayed and built upon, then lost to a
+    /// power loss.
+    TrustEverySegmentDurable,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 18] = [
+    pub const ALL: [Canary; 19] = [
         Canary::AckBeforeWalFsync,
         Canary::SkipRotationDirSync,
         Canary::DropWalBeforePairDurable,
@@ -79,6 +84,7 @@ impl Canary {
         Canary::PartialKeyRowSort,
         Canary::ChunkUnpublishedWhileEncoding,
         Canary::PrefixPairRowSort,
+        Canary::TrustEverySegmentDurable,
     ];
 }
 

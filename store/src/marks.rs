@@ -57,7 +57,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("wal-corrupt-tail-quarantined", "open keeps a complete but corrupt last WAL record in quarantine and reports it"),
     ("wal-covered-corruption-quarantined", "open keeps corrupt WAL bytes that closed pairs cover in quarantine and goes on"),
     ("wal-duplicate-record-merged", "identical records under one sequence number are read once"),
-    ("wal-rewritten-at-open", "open rewrites the valid records into a fresh fsynced segment"),
+    ("wal-rewritten-at-open", "open rewrites the needed records not known durable into a fresh fsynced segment"),
+    ("wal-durable-segments-kept-at-open", "open keeps WAL segments a rolled successor proves durable instead of rewriting them"),
     ("wal-record-reencoded-at-open", "the rewrite at open encodes a v1 frame, or a v2 frame with a damaged trailer, anew"),
     (
         "quarantine-failed-copy-removed",

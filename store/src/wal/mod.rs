@@ -653,9 +653,20 @@ impl<F: Fs> WalContents<F> {
         if records.len() < read_count {
             mark!("wal-records-below-floor-dropped");
         }
+        let durable = known_durable_segments(&scanned);
+        // Segments known durable stay as they are, unless every record in them is below the
+        // floor (then they go, as the rewrite's old segments do); the rewrite covers the rest.
+        let needed: Vec<bool> = (0..scanned.len())
+            .map(|si| sources.iter().any(|&(s, _)| s == si))
+            .collect();
+        let kept: Vec<usize> = (0..durable).filter(|&si| needed[si]).collect();
+        if !kept.is_empty() {
+            mark!("wal-durable-segments-kept-at-open");
+        }
         let frames = records
             .iter()
             .zip(&sources)
+            .filter(|(_, &(si, _))| si >= durable)
             .map(|(r, &(si, fi))| {
                 let span = scanned[si].scan.frames[fi];
                 debug_assert_eq!((span.seq, span.height), (r.seq, r.height));
@@ -671,18 +682,52 @@ impl<F: Fs> WalContents<F> {
                 }
             })
             .collect();
+        let first = records
+            .iter()
+            .zip(&sources)
+            .find(|(_, &(si, _))| si >= durable)
+            .map_or(next_seq, |(r, _)| r.seq);
         let rewrite = WalRewrite {
             fs,
             dir,
             segments,
             scanned,
             frames,
-            first: records.first().map_or(next_seq, |r| r.seq),
+            kept,
+            first,
             read_any,
             next_seq,
         };
         Ok((records, rewrite, report))
     }
+}
+
+/// How many of the oldest segments are known durable, so open may keep them as they are
+/// instead of rewriting their records. A segment is, when the segment after it begins at the
+/// sequence number right after its last record: only [`Wal::roll`] makes such a successor, and
+/// only once every record before it was fsynced (each append with `always`, the whole segment
+/// with `never`; a failed fsync poisons the store, which never rolls again). A rewrite at open
+/// names its segment after the first record it holds, so a segment an interrupted rewrite left
+/// behind overlaps that one and proves nothing. The segment must also be whole: every frame
+/// valid and exact, from its first sequence number on. The last segment never qualifies: a
+/// crashed process may have appended to it after a failed fsync (fsyncgate), and its pages read
+/// back from the page cache need not be on the disk.
+fn known_durable_segments<F: Fs>(scanned: &[Scanned<F>]) -> usize {
+    if crate::planted!(TrustEverySegmentDurable) {
+        // The planted bug: the last segment is trusted too (no rewrite at open).
+        return scanned.len();
+    }
+    let proven = |pair: &[Scanned<F>]| {
+        let (s, next) = (&pair[0], &pair[1]);
+        let frames = &s.scan.frames;
+        s.scan.bad.is_empty()
+            && frames.first().is_some_and(|f| f.seq == s.seg.first_seq)
+            && frames.iter().all(|f| f.exact)
+            && frames
+                .last()
+                .is_some_and(|f| f.seq + 1 == next.seg.first_seq)
+    };
+    scanned.windows(2).take_while(|pair| proven(pair)).count()
 }
 
 /// One record's frame in the rewrite at open: its bytes as read, or encoded anew.
@@ -703,6 +748,9 @@ pub struct WalRewrite<F: Fs> {
     segments: Vec<Segment>,
     scanned: Vec<Scanned<F>>,
     frames: Vec<RewriteFrame>,
+    /// Indexes of the segments kept as they are (see [`known_durable_segments`]), oldest first.
+    kept: Vec<usize>,
+    /// The sequence number of the first record rewritten, which names the fresh segment.
     first: u64,
     read_any: bool,
     next_seq: u64,
@@ -722,6 +770,7 @@ impl<F: Fs> WalRewrite<F> {
             mut segments,
             scanned,
             frames,
+            kept,
             first,
             read_any,
             next_seq,
@@ -731,12 +780,12 @@ impl<F: Fs> WalRewrite<F> {
             move |source| WalError::Io { path, source }
         };
         if read_any {
-            // Rewrite every needed record into a fresh, fsynced segment before anything is
-            // replayed or acked on top of it. After a failed fsync (fsyncgate) the old pages can
-            // still be readable from the page cache although they will never reach the disk, and
-            // a later fsync of the same file does not bring them back: only new writes do.
-            // Records below the floor are in closed files: they are left out, so no segment of
-            // records that closed files cover outlives an open.
+            // Rewrite every needed record not known durable into a fresh, fsynced segment
+            // before anything is replayed or acked on top of it. After a failed fsync
+            // (fsyncgate) the old pages can still be readable from the page cache although they
+            // will never reach the disk, and a later fsync of the same file does not bring them
+            // back: only new writes do. Records below the floor are in closed files: they are
+            // left out, so no segment of records that closed files cover outlives an open.
             mark!("wal-rewritten-at-open");
             let tmp = dir.join(REWRITE_TMP);
             let mut f = fs.create(&tmp).await.map_err(io(&tmp))?;
@@ -753,12 +802,17 @@ impl<F: Fs> WalRewrite<F> {
             drop(f);
             let target = dir.join(segment_name(first));
             fs.rename(&tmp, &target).await.map_err(io(&target))?;
-            for seg in segments.drain(..) {
-                if seg.path != target {
+            let mut sealed = Vec::with_capacity(kept.len() + 1);
+            for (si, seg) in segments.drain(..).enumerate() {
+                if kept.contains(&si) {
+                    debug_assert_ne!(seg.path, target, "a kept segment precedes the rewrite");
+                    sealed.push(seg);
+                } else if seg.path != target {
                     fs.remove(&seg.path).await.map_err(io(&seg.path))?;
                 }
             }
             fs.sync_dir(&dir).await.map_err(io(&dir))?;
+            segments = sealed;
             segments.push(Segment {
                 first_seq: first,
                 path: target,
@@ -1519,6 +1573,72 @@ mod tests {
             matches!(&err, WalError::Corrupt { reason, .. } if reason.contains("record 5")),
             "{err}"
         );
+    }
+
+    /// Open keeps the segments a rolled successor proves durable as they are (same files) and
+    /// rewrites only the rest: the last segment always, and every segment from the first one
+    /// not proven on (here one an interrupted rewrite overlaps). Kept segments whose records are
+    /// all below the floor are removed, as rewritten ones are.
+    #[tokio::test]
+    async fn open_rewrites_only_the_segments_no_rolled_successor_proves_durable() {
+        use crate::env::real::RealFs;
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join(WAL_DIR_NAME);
+        std::fs::create_dir_all(&wal).unwrap();
+        let frames = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
+            seqs.flat_map(|q| encode_frame(q, 10 + q, &receipts()))
+                .collect()
+        };
+        let inode = |first: u64| std::fs::metadata(wal.join(segment_name(first))).map(|m| m.ino());
+        let names = || {
+            let mut n: Vec<String> = std::fs::read_dir(&wal)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        async fn open(data: &Path, floor: u64) -> (Wal<RealFs>, Vec<u64>) {
+            let contents = Wal::read(RealFs, data).await.unwrap();
+            let (w, records, _) = contents
+                .open(SyncPolicy::Never, 1 << 20, floor)
+                .await
+                .unwrap();
+            (w, records.iter().map(|r| r.seq).collect())
+        }
+        std::fs::write(wal.join(segment_name(1)), frames(1..=3)).unwrap();
+        std::fs::write(wal.join(segment_name(4)), frames(4..=6)).unwrap();
+        std::fs::write(wal.join(segment_name(7)), frames(7..=8)).unwrap();
+        let before = [inode(1).unwrap(), inode(4).unwrap(), inode(7).unwrap()];
+        let (w, seqs) = open(tmp.path(), 0).await;
+        assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+        assert_eq!(w.segment_count(), 3);
+        assert_eq!(
+            (inode(1).unwrap(), inode(4).unwrap()),
+            (before[0], before[1])
+        );
+        assert_ne!(
+            inode(7).unwrap(),
+            before[2],
+            "the last segment is rewritten"
+        );
+        drop(w);
+        // Records 1..=3 (blocks 11..=13) are below the floor: their segment goes.
+        let (w, seqs) = open(tmp.path(), 14).await;
+        assert_eq!(seqs, (4..=8).collect::<Vec<_>>());
+        assert_eq!(names(), vec![segment_name(4), segment_name(7)]);
+        assert_eq!(inode(4).unwrap(), before[1]);
+        drop(w);
+        // A rewrite cut before its removals left segment 5 over records 5..=8: segment 4's
+        // successor does not begin after its last record, so nothing is proven and every
+        // needed record is rewritten into one segment.
+        std::fs::write(wal.join(segment_name(5)), frames(5..=8)).unwrap();
+        let (w, seqs) = open(tmp.path(), 14).await;
+        assert_eq!(seqs, (4..=8).collect::<Vec<_>>());
+        assert_eq!(names(), vec![segment_name(4)]);
+        assert_ne!(inode(4).unwrap(), before[1]);
+        assert_eq!(w.segment_count(), 1);
     }
 
     /// `drop_before` removes exactly the sealed segments whose records all precede the given
