@@ -55,8 +55,8 @@ pub trait FaultHook: Send + Sync + 'static {
     fn should_fail(&self, point: &'static str) -> bool;
 }
 
-/// Rows of the open window held in memory (a chunk replay sealed, or the buffer since the last
-/// flush), shared with readers. Rows written to the open pair's files are read from there.
+/// Rows of the open window held in memory (a piece one write staged, or a chunk of pieces sealed
+/// for a flush), shared with readers. Rows written to the open pair's files are read from there.
 #[derive(Debug, Default, Clone)]
 pub struct Chunk {
     pub receipts: Vec<ReceiptRecord>,

@@ -1539,6 +1539,12 @@ mod tests {
         assert!(!scan.valid_after_bad);
     }
 
+    /// Records `seqs` (record q at block 10 + q) framed back to back, as a segment holds them.
+    fn frames(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        seqs.flat_map(|q| encode_frame(q, 10 + q, &receipts()))
+            .collect()
+    }
+
     /// A rewrite at open cut after its rename and before its removals leaves the same records in
     /// two segments (and its own segment named by its first record, between the old ones): each
     /// record is read once, in order; the same sequence number with other contents is refused.
@@ -1548,10 +1554,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let wal = tmp.path().join(WAL_DIR_NAME);
         std::fs::create_dir_all(&wal).unwrap();
-        let frames = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
-            seqs.flat_map(|q| encode_frame(q, 10 + q, &receipts()))
-                .collect()
-        };
         std::fs::write(wal.join(segment_name(1)), frames(1..=3)).unwrap();
         std::fs::write(wal.join(segment_name(4)), frames(4..=6)).unwrap();
         // The rewrite kept records 2..=6 (record 1 was below the floor).
@@ -1586,10 +1588,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let wal = tmp.path().join(WAL_DIR_NAME);
         std::fs::create_dir_all(&wal).unwrap();
-        let frames = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
-            seqs.flat_map(|q| encode_frame(q, 10 + q, &receipts()))
-                .collect()
-        };
         let inode = |first: u64| std::fs::metadata(wal.join(segment_name(first))).map(|m| m.ino());
         let names = || {
             let mut n: Vec<String> = std::fs::read_dir(&wal)
