@@ -173,7 +173,7 @@ impl<E: Env> Store<E> {
         let valid = !receipts.is_empty() && coordinator::check_input(&receipts).is_ok();
         let (receipts, prepared) = if valid {
             let frame = PendingFrame::encode(height, &receipts);
-            let rows = Rows::of(height, receipts);
+            let rows = Rows::of(height, receipts).with_log_order();
             (Vec::new(), Some(Prepared { frame, rows }))
         } else {
             (receipts, None)

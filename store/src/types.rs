@@ -71,6 +71,10 @@ pub struct Rows {
     /// right after a block's first receipt, so that receipt and its logs may go to another
     /// row group than the rest.
     pub first_receipt_logs: usize,
+    /// The logs' positions in the logs file's row order, when the writer sorted them on its
+    /// own task ([`Rows::with_log_order`]): the flush then merges a chunk's sorted pieces
+    /// instead of sorting the chunk. Replay leaves it to the flush.
+    pub log_order: Option<Vec<u32>>,
 }
 
 impl Rows {
@@ -82,6 +86,7 @@ impl Rows {
             receipts: Vec::with_capacity(receipts.len()),
             logs: Vec::with_capacity(nlogs),
             first_receipt_logs: receipts.first().map_or(0, |r| r.logs.len()),
+            log_order: None,
         };
         let mut log_index = 0u32;
         for r in receipts {
@@ -104,6 +109,13 @@ impl Rows {
             });
         }
         rows
+    }
+
+    /// These rows with their logs' row order computed (see [`Rows::log_order`]).
+    pub fn with_log_order(mut self) -> Rows {
+        let logs: Vec<&LogRecord> = self.logs.iter().collect();
+        self.log_order = Some(crate::parquet::writer::log_row_permutation(&logs));
+        self
     }
 }
 

@@ -61,6 +61,8 @@ pub trait FaultHook: Send + Sync + 'static {
 pub struct Chunk {
     pub receipts: Vec<ReceiptRecord>,
     pub logs: Vec<LogRecord>,
+    /// `logs`' positions in the logs file's row order, when its writer sorted them.
+    pub log_order: Option<Vec<u32>>,
 }
 
 impl Chunk {

@@ -265,9 +265,21 @@ impl<E: Env> State<E> {
                 FlushRule::WhenIdle => mark!("flush-sealed-at-replay"),
             }
             // The first receipt closes the chunk being sealed; the rest start the next one.
+            let k = rows.first_receipt_logs;
+            let (head_order, rest_order) = match rows.log_order.take() {
+                Some(order) => {
+                    let (head, rest): (Vec<u32>, Vec<u32>) =
+                        order.into_iter().partition(|&i| (i as usize) < k);
+                    let rest = rest.into_iter().map(|i| i - k as u32).collect();
+                    (Some(head), Some(rest))
+                }
+                None => (None, None),
+            };
+            rows.log_order = rest_order;
             let first = Chunk {
                 receipts: vec![rows.receipts.remove(0)],
-                logs: rows.logs.drain(..rows.first_receipt_logs).collect(),
+                logs: rows.logs.drain(..k).collect(),
+                log_order: head_order,
             };
             open.pieces.push(Arc::new(first));
             open.sealed.push_back(std::mem::take(&mut open.pieces));
@@ -277,6 +289,7 @@ impl<E: Env> State<E> {
             open.pieces.push(Arc::new(Chunk {
                 receipts: rows.receipts,
                 logs: rows.logs,
+                log_order: rows.log_order,
             }));
         }
         Ok(())
@@ -329,7 +342,13 @@ impl<E: Env> State<E> {
         let logs_len: usize = chunk.iter().map(|p| p.logs.len()).sum();
         let logs = (logs_len > 0).then(|| {
             let pieces = chunk.clone();
-            move || logs_row_group(pieces.iter().flat_map(|p| &p.logs), logs_len)
+            move || {
+                let runs: Vec<_> = pieces
+                    .iter()
+                    .map(|p| (&p.logs[..], p.log_order.as_deref()))
+                    .collect();
+                logs_row_group(&runs, logs_len)
+            }
         });
         let receipts = move || {
             let n = chunk.iter().map(|p| p.receipts.len()).sum();

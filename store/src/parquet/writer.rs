@@ -93,16 +93,55 @@ pub fn log_row_order(a: &LogRecord, b: &LogRecord) -> std::cmp::Ordering {
         .then(a.log_index.cmp(&b.log_index))
 }
 
-/// One logs row group's batch: `rows` (`len` of them, in block and log order as staged) in
-/// [`log_row_order`] (see [`log_row_permutation`]).
-pub fn logs_row_group<'a>(
-    rows: impl IntoIterator<Item = &'a LogRecord>,
-    len: usize,
-) -> RecordBatch {
-    let rows: Vec<&LogRecord> = rows.into_iter().collect();
+/// One logs row group's batch from a chunk's pieces (`len` rows in all), each a run of rows in
+/// staged order with, when its writer sorted it, its own positions in [`log_row_order`]: when
+/// every run is sorted the runs are merged (one pass, ties to the earlier run, so the order is
+/// the one sorting them together gives), otherwise all rows are sorted
+/// ([`log_row_permutation`]).
+pub fn logs_row_group(runs: &[(&[LogRecord], Option<&[u32]>)], len: usize) -> RecordBatch {
+    let rows: Vec<&LogRecord> = runs.iter().flat_map(|(r, _)| r.iter()).collect();
     debug_assert_eq!(rows.len(), len);
-    let order = log_row_permutation(&rows);
+    let order = if runs.iter().all(|(_, o)| o.is_some()) {
+        let mut base = 0u32;
+        let mut merged: Vec<u32> = Vec::new();
+        for (run, order) in runs {
+            let order = order.expect("checked above");
+            assert_eq!(order.len(), run.len(), "a run's order covers its rows");
+            let run_order = order.iter().map(|&i| base + i);
+            merged = merge_runs(&rows, merged, run_order);
+            base += run.len() as u32;
+        }
+        merged
+    } else {
+        log_row_permutation(&rows)
+    };
+    let planted = crate::planted!(PartialKeyRowSort) || crate::planted!(PrefixPairRowSort);
+    debug_assert!(
+        planted
+            || order
+                .windows(2)
+                .all(|w| log_row_order(rows[w[0] as usize], rows[w[1] as usize]).is_le())
+    );
     logs_to_batch_from(order.iter().map(|&i| rows[i as usize]), len)
+}
+
+/// Merges two runs of positions into `rows`, each in [`log_row_order`], into one; on ties the
+/// first run's position goes first (its rows were staged earlier).
+fn merge_runs(rows: &[&LogRecord], first: Vec<u32>, second: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut out = Vec::with_capacity(first.len() + second.size_hint().0);
+    let mut first = first.into_iter().peekable();
+    for b in second {
+        while let Some(&a) = first.peek() {
+            if log_row_order(rows[b as usize], rows[a as usize]).is_lt() {
+                break;
+            }
+            out.push(a);
+            first.next();
+        }
+        out.push(b);
+    }
+    out.extend(first);
+    out
 }
 
 /// The positions of `rows` in [`log_row_order`], ties kept in position order. It runs on the
@@ -874,6 +913,31 @@ mod tests {
                 log_row_order(&rows[x as usize], &rows[y as usize]).then(x.cmp(&y))
             });
             prop_assert_eq!(log_row_permutation(&refs), expected);
+        }
+
+        #[test]
+        fn merging_sorted_runs_gives_the_batch_sorting_them_together_gives(
+            specs in proptest::collection::vec(
+                (0u8..4, proptest::option::of(0u8..3), 0u64..4, 0u32..3), 0..80),
+            cuts in proptest::collection::vec(0usize..80, 0..4),
+        ) {
+            let rows: Vec<LogRecord> =
+                specs.iter().map(|&(a, t, b, l)| row(a, t, b, l)).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(rows.len())).collect();
+            cuts.push(0);
+            cuts.push(rows.len());
+            cuts.sort_unstable();
+            let runs: Vec<&[LogRecord]> = cuts.windows(2).map(|w| &rows[w[0]..w[1]]).collect();
+            let orders: Vec<Vec<u32>> = runs
+                .iter()
+                .map(|run| log_row_permutation(&run.iter().collect::<Vec<_>>()))
+                .collect();
+            let sorted: Vec<_> = runs.iter().zip(&orders).map(|(r, o)| (*r, Some(&o[..]))).collect();
+            let unsorted: Vec<_> = runs.iter().map(|r| (*r, None)).collect();
+            prop_assert_eq!(
+                logs_row_group(&sorted, rows.len()),
+                logs_row_group(&unsorted, rows.len())
+            );
         }
     }
 }

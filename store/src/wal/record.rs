@@ -419,6 +419,7 @@ pub fn decode_rows(payload: &[u8]) -> Result<Rows, String> {
         receipts,
         logs,
         first_receipt_logs,
+        log_order: None,
     })
 }
 
