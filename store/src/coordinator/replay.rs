@@ -675,10 +675,8 @@ impl<E: Env> State<E> {
                     self.last_seen.unwrap_or(0)
                 )));
             }
-            if self.open.is_some()
-                && self.last_seen != Some(rec.height)
-                && rec.height % self.config.max_blocks_per_file == 0
-            {
+            // The rotation rule of a live write (`State::rotates_at`), written once.
+            if self.rotates_at(rec.height) {
                 mark!("replay-rotated");
                 self.rotate(rec.height, None, false).await?;
             }

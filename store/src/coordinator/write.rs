@@ -99,8 +99,9 @@ impl<E: Env> State<E> {
         height.is_multiple_of(self.config.max_blocks_per_file)
     }
 
-    /// The rotation condition: a writer is open, the height is new, and it is a boundary.
-    fn rotates_at(&self, height: u64) -> bool {
+    /// The rotation condition: a writer is open, the height is new, and it is a boundary. Live
+    /// writes and replay both ask it.
+    pub(crate) fn rotates_at(&self, height: u64) -> bool {
         let last_seen = self
             .last_seen
             .filter(|&l| !(l == 0 && crate::planted!(ZeroHeightSentinel)));
