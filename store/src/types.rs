@@ -85,30 +85,62 @@ impl Rows {
         let mut rows = Rows {
             receipts: Vec::with_capacity(receipts.len()),
             logs: Vec::with_capacity(nlogs),
-            first_receipt_logs: receipts.first().map_or(0, |r| r.logs.len()),
-            log_order: None,
+            ..Rows::default()
         };
-        let mut log_index = 0u32;
         for r in receipts {
+            rows.push_receipt(height, r.tx_hash, r.receipt_bytes, r.logs.len());
             for log in r.logs {
-                rows.logs.push(LogRecord {
-                    block_number: height,
-                    tx_hash: r.tx_hash,
-                    tx_index: r.tx_index,
-                    log_index,
-                    address: log.address,
-                    topics: log.topics,
-                    data: log.data,
-                });
-                log_index = log_index.saturating_add(1);
+                rows.push_log(
+                    height,
+                    r.tx_hash,
+                    r.tx_index,
+                    log.address,
+                    log.topics,
+                    log.data,
+                );
             }
-            rows.receipts.push(ReceiptRecord {
-                tx_hash: r.tx_hash,
-                block_number: height,
-                receipt_bytes: r.receipt_bytes,
-            });
         }
         rows
+    }
+
+    /// Appends a receipt of block `height` that has `logs` logs (pushed after it).
+    pub(crate) fn push_receipt(
+        &mut self,
+        height: u64,
+        tx_hash: TxHash,
+        receipt_bytes: Vec<u8>,
+        logs: usize,
+    ) {
+        if self.receipts.is_empty() {
+            self.first_receipt_logs = logs;
+        }
+        self.receipts.push(ReceiptRecord {
+            tx_hash,
+            block_number: height,
+            receipt_bytes,
+        });
+    }
+
+    /// Appends a log of the last receipt pushed; its index is its position in the call.
+    pub(crate) fn push_log(
+        &mut self,
+        height: u64,
+        tx_hash: TxHash,
+        tx_index: u32,
+        address: Address,
+        topics: Vec<Topic>,
+        data: Vec<u8>,
+    ) {
+        let log_index = u32::try_from(self.logs.len()).unwrap_or(u32::MAX);
+        self.logs.push(LogRecord {
+            block_number: height,
+            tx_hash,
+            tx_index,
+            log_index,
+            address,
+            topics,
+            data,
+        });
     }
 
     /// These rows with their logs' row order computed (see [`Rows::log_order`]).

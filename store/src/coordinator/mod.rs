@@ -253,6 +253,13 @@ impl<E: Env> OpenPair<E> {
         self.sealed.len()
     }
 
+    /// Seals the pieces staged since the last seal as one chunk (one row group per file).
+    pub fn seal_pieces(&mut self) {
+        if !self.pieces.is_empty() {
+            self.sealed.push_back(std::mem::take(&mut self.pieces));
+        }
+    }
+
     /// Receipts of the window held in memory.
     fn receipts_in_memory(&self) -> usize {
         let pieces = self.sealed.iter().flatten().chain(&self.pieces);

@@ -283,7 +283,7 @@ impl<E: Env> State<E> {
                 log_order: head_order,
             };
             open.pieces.push(Arc::new(first));
-            open.sealed.push_back(std::mem::take(&mut open.pieces));
+            open.seal_pieces();
             self.blocks_since_flush = 0;
         }
         if !rows.receipts.is_empty() {
@@ -430,8 +430,8 @@ impl<E: Env> State<E> {
     /// failure the store is poisoned by the caller, so rows are never written twice by a later
     /// flush; the unwritten chunks stay readable in memory.
     pub(crate) async fn flush_open(&mut self) -> Result<()> {
-        if let Some(open) = self.open.as_mut().filter(|o| !o.pieces.is_empty()) {
-            open.sealed.push_back(std::mem::take(&mut open.pieces));
+        if let Some(open) = self.open.as_mut() {
+            open.seal_pieces();
         }
         self.write_sealed().await
     }

@@ -656,9 +656,10 @@ impl<F: Fs> WalContents<F> {
         let durable = known_durable_segments(&scanned);
         // Segments known durable stay as they are, unless every record in them is below the
         // floor (then they go, as the rewrite's old segments do); the rewrite covers the rest.
-        let needed: Vec<bool> = (0..scanned.len())
-            .map(|si| sources.iter().any(|&(s, _)| s == si))
-            .collect();
+        let mut needed = vec![false; scanned.len()];
+        for &(si, _) in &sources {
+            needed[si] = true;
+        }
         let kept: Vec<usize> = (0..durable).filter(|&si| needed[si]).collect();
         if !kept.is_empty() {
             mark!("wal-durable-segments-kept-at-open");
@@ -1129,12 +1130,12 @@ impl<F: Fs> Wal<F> {
 mod tests {
     use super::record::encode_frame;
     use super::*;
+    use crate::types::LogInput;
 
     /// [`scan_segment`] over a copy of `bytes`.
     fn scan_bytes(bytes: &[u8], first_seq: u64) -> (SegmentScan, Vec<WalRecord>) {
         scan_segment(&Bytes::copy_from_slice(bytes), first_seq)
     }
-    use crate::types::LogInput;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Part {

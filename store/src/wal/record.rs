@@ -24,9 +24,7 @@
 //! is `tx_hash [32] | tx_index u32 | len u32 | receipt_bytes | nlogs u32 | nlogs × log`; a log is
 //! `address [20] | ntopics u8 | ntopics × [32] | len u32 | data`.
 
-use crate::types::{
-    Address, LogRecord, ReceiptInput, ReceiptRecord, Rows, Topic, TxHash, MAX_TOPICS_PER_LOG,
-};
+use crate::types::{Address, ReceiptInput, Rows, Topic, TxHash, MAX_TOPICS_PER_LOG};
 use bytes::Bytes;
 
 /// Header (and trailer) size of a v2 frame.
@@ -310,13 +308,55 @@ struct PayloadHead {
     receipts: usize,
 }
 
-/// Walks a payload (layout in the module doc): `receipt(index, tx_hash, tx_index, bytes, logs)`
-/// for each receipt, then `log(tx_hash, tx_index, address, topics, data)` for each of its logs.
-/// Checking and decoding are this one walk, so they cannot disagree on what is valid.
+/// What [`walk_payload`] tells as it walks a payload: each receipt, then each of its logs.
+trait PayloadVisitor<'a> {
+    fn receipt(&mut self, height: u64, tx_hash: TxHash, bytes: &'a [u8], logs: usize);
+    fn log(
+        &mut self,
+        height: u64,
+        receipt: (TxHash, u32),
+        address: Address,
+        topics: &[Topic],
+        data: &'a [u8],
+    );
+}
+
+/// Checking visits nothing.
+impl PayloadVisitor<'_> for () {
+    fn receipt(&mut self, _: u64, _: TxHash, _: &[u8], _: usize) {}
+    fn log(&mut self, _: u64, _: (TxHash, u32), _: Address, _: &[Topic], _: &[u8]) {}
+}
+
+/// Decoding builds the rows.
+impl<'a> PayloadVisitor<'a> for Rows {
+    fn receipt(&mut self, height: u64, tx_hash: TxHash, bytes: &'a [u8], logs: usize) {
+        self.push_receipt(height, tx_hash, bytes.to_vec(), logs);
+    }
+    fn log(
+        &mut self,
+        height: u64,
+        (tx_hash, tx_index): (TxHash, u32),
+        address: Address,
+        topics: &[Topic],
+        data: &'a [u8],
+    ) {
+        self.push_log(
+            height,
+            tx_hash,
+            tx_index,
+            address,
+            topics.to_vec(),
+            data.to_vec(),
+        );
+    }
+}
+
+/// Walks a payload (layout in the module doc), telling `visitor` each receipt and log, and
+/// returns its height and receipt count. Checking and decoding are this one walk, so they
+/// cannot disagree on what is valid.
 fn walk_payload<'a>(
     payload: &'a [u8],
-    mut receipt: impl FnMut(usize, TxHash, u32, &'a [u8], usize),
-    mut log: impl FnMut(TxHash, u32, Address, &[Topic], &'a [u8]),
+    visitor: &mut impl PayloadVisitor<'a>,
 ) -> Result<PayloadHead, String> {
     let mut c = Cursor { b: payload, pos: 0 };
     let version = c.u8()?;
@@ -326,13 +366,13 @@ fn walk_payload<'a>(
     let height = c.u64()?;
     let n = c.u32()? as usize;
     let mut topics = [[0u8; 32]; MAX_TOPICS_PER_LOG];
-    for i in 0..n {
+    for _ in 0..n {
         let tx_hash = c.arr::<32>()?;
         let tx_index = c.u32()?;
         let len = c.u32()? as usize;
         let receipt_bytes = c.take(len)?;
         let nlogs = c.u32()? as usize;
-        receipt(i, tx_hash, tx_index, receipt_bytes, nlogs);
+        visitor.receipt(height, tx_hash, receipt_bytes, nlogs);
         for _ in 0..nlogs {
             let address = c.arr::<20>()?;
             let ntopics = c.u8()? as usize;
@@ -344,7 +384,13 @@ fn walk_payload<'a>(
             }
             let dlen = c.u32()? as usize;
             let data = c.take(dlen)?;
-            log(tx_hash, tx_index, address, &topics[..ntopics], data);
+            visitor.log(
+                height,
+                (tx_hash, tx_index),
+                address,
+                &topics[..ntopics],
+                data,
+            );
         }
     }
     if c.pos != payload.len() {
@@ -362,7 +408,7 @@ fn walk_payload<'a>(
 /// Checks a payload whose checksum already matched, without decoding it (nothing is
 /// allocated), and returns the record it holds. Errors describe what is malformed.
 pub fn check_payload(seq: u64, payload: Bytes) -> Result<WalRecord, String> {
-    let head = walk_payload(&payload, |_, _, _, _, _| {}, |_, _, _, _, _| {})?;
+    let head = walk_payload(&payload, &mut ())?;
     Ok(WalRecord {
         seq,
         height: head.height,
@@ -373,54 +419,17 @@ pub fn check_payload(seq: u64, payload: Bytes) -> Result<WalRecord, String> {
 
 /// Decodes a payload into the rows it stages (see [`Rows`]).
 pub fn decode_rows(payload: &[u8]) -> Result<Rows, String> {
-    // The height and the receipt count precede the first receipt (bytes 1..9 and 9..13); a
-    // payload too short for them fails the walk. Capacities are bounded by the payload's length
-    // (a receipt takes at least 44 bytes, a log 25), not trusted from its counts.
-    let le = |r: std::ops::Range<usize>| {
-        payload.get(r).map_or(0, |b| {
-            b.iter()
-                .rev()
-                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
-        })
+    // Capacities are bounded by the payload's length (a receipt takes at least 44 bytes), not
+    // trusted from its receipt count (bytes 9..13, read again by the walk).
+    let n = payload.get(9..13).map_or(0, le_u32) as usize;
+    let mut rows = Rows {
+        receipts: Vec::with_capacity(n.min(payload.len() / 44)),
+        logs: Vec::with_capacity(n.min(payload.len() / 44)),
+        ..Rows::default()
     };
-    let block = le(1..9);
-    let n = le(9..13) as usize;
-    let mut receipts = Vec::with_capacity(n.min(payload.len() / 44));
-    let mut logs = Vec::with_capacity(n.min(payload.len() / 25));
-    let mut first_receipt_logs = 0;
-    let mut log_index = 0u32;
-    let head = walk_payload(
-        payload,
-        |i, tx_hash, _, receipt_bytes, nlogs| {
-            if i == 0 {
-                first_receipt_logs = nlogs;
-            }
-            receipts.push(ReceiptRecord {
-                tx_hash,
-                block_number: block,
-                receipt_bytes: receipt_bytes.to_vec(),
-            });
-        },
-        |tx_hash, tx_index, address, topics, data| {
-            logs.push(LogRecord {
-                block_number: block,
-                tx_hash,
-                tx_index,
-                log_index,
-                address,
-                topics: topics.to_vec(),
-                data: data.to_vec(),
-            });
-            log_index = log_index.saturating_add(1);
-        },
-    )?;
-    debug_assert_eq!((head.height, head.receipts), (block, receipts.len()));
-    Ok(Rows {
-        receipts,
-        logs,
-        first_receipt_logs,
-        log_order: None,
-    })
+    let head = walk_payload(payload, &mut rows)?;
+    debug_assert_eq!(head.receipts, rows.receipts.len());
+    Ok(rows)
 }
 
 #[cfg(test)]
